@@ -1,0 +1,87 @@
+"""Start the trainer under `accelerate launch`, detached: its own session and process group, output to
+train.log, so that it outlives the terminal. Everything is an argument list; nothing goes through a shell."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from . import runfile
+from .errors import BadInput
+from .events import METRICS, read_status, write_status
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def accelerate_command(cfg, run_dir: Path, resume: bool) -> tuple[list, dict]:
+    """The `accelerate launch` argument list and the environment additions for this run file."""
+    hw = cfg.hardware
+    total = hw.num_processes * hw.num_machines
+    argv = [sys.executable, "-m", "accelerate.commands.launch", "--quiet",
+            "--num_processes", str(total), "--num_machines", str(hw.num_machines),
+            "--machine_rank", str(hw.machine_rank), "--mixed_precision", "no", "--dynamo_backend", "no"]
+    env = {"PYTHONUNBUFFERED": "1"}
+    if hw.gpus:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in hw.gpus)
+    else:
+        env["ACCELERATE_USE_CPU"] = "true"  # with --multi_gpu this gives gloo ranks on the CPU
+    if total > 1:
+        argv += ["--multi_gpu", "--main_process_port", str(hw.main_process_port or free_port())]
+        if hw.num_machines > 1:
+            argv += ["--main_process_ip", hw.main_process_ip]
+    elif not hw.gpus:
+        argv += ["--cpu"]
+    argv += ["-m", "engine.trainer", str(run_dir)] + (["--resume"] if resume else [])
+    return argv, env
+
+
+def _absolute(value: str, base: Path) -> str:
+    p = Path(value).expanduser()
+    if p.is_absolute():
+        return value
+    candidate = base / p
+    return str(candidate.resolve()) if candidate.exists() else value
+
+
+def prepare_run_dir(cfg, resume: bool, cwd: Path | None = None) -> Path:
+    """Create (or reopen, for --resume) the run directory and write run.toml with local paths made absolute."""
+    cwd = cwd or Path.cwd()
+    run_dir = runfile.run_dir(cfg, cwd)
+    has_run = (run_dir / METRICS).exists()
+    if has_run and not resume:
+        raise BadInput(f"run directory {run_dir} already holds a run; continue it with --resume, or give the "
+                       "run another name.", path=cfg.path, key="name")
+    if resume and not has_run:
+        raise BadInput(f"nothing to resume in {run_dir}; start it without --resume.", path=cfg.path, key="name")
+    st = read_status(run_dir)
+    if st.get("state") in ("starting", "loading", "training", "evaluating", "checkpointing"):
+        raise BadInput(f"a trainer is already running in {run_dir} (pid {st.get('pid')}); watch it with "
+                       f"`rigtune watch {run_dir}` or stop it with `rigtune stop {run_dir}`.", path=cfg.path)
+    values = cfg.to_dict()
+    values["output_root"] = str(run_dir.parent)
+    values["model"]["base"] = _absolute(values["model"]["base"], cwd)
+    values["data"]["path"] = _absolute(values["data"]["path"], cwd)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    runfile.save(values, run_dir / "run.toml", header=f"as launched from {cfg.path or 'a run file'}")
+    return run_dir
+
+
+def launch(cfg, resume: bool = False, cwd: Path | None = None) -> tuple[subprocess.Popen, Path]:
+    """Start training detached. Returns the launcher process and the run directory."""
+    run_dir = prepare_run_dir(cfg, resume, cwd)
+    argv, extra_env = accelerate_command(cfg, run_dir, resume)
+    env = {**os.environ, **extra_env}
+    write_status(run_dir, state="starting", step=0, total_steps=0, message="")
+    with open(run_dir / "train.log", "ab") as logf:
+        logf.write(f"\n=== rigtune: {' '.join(argv)}\n".encode())
+        logf.flush()
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+                                env=env, cwd=str(cwd or Path.cwd()), start_new_session=True)
+    write_status(run_dir, pid=proc.pid, pgid=proc.pid, launcher_pid=proc.pid)
+    return proc, run_dir

@@ -1,0 +1,66 @@
+"""Load the base model (NF4 through bitsandbytes, or 16-bit) and attach LoRA with peft."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import BadInput
+
+DTYPES = {"bfloat16": "bfloat16", "float16": "float16", "float32": "float32"}
+
+
+def _hub_kwargs(m) -> dict:
+    kw = {"trust_remote_code": bool(m.trust_remote_code)}
+    if m.revision:
+        kw["revision"] = m.revision
+    return kw
+
+
+def load_tokenizer(cfg):
+    from transformers import AutoTokenizer
+
+    from .data import ensure_chat_template
+    m = cfg.model
+    try:
+        tok = AutoTokenizer.from_pretrained(m.base, **_hub_kwargs(m))
+    except (OSError, ValueError) as e:
+        raise BadInput(f"cannot load the tokenizer of '{m.base}' ({str(e).splitlines()[0][:200]}). Give a local "
+                       "model folder or a Hugging Face id that is reachable.", key="model.base") from None
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return ensure_chat_template(tok)
+
+
+def load_model(cfg, device):
+    """The base model on `device` with LoRA adapters attached; only the adapters are trainable."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    m, lora = cfg.model, cfg.lora
+    dtype = getattr(torch, DTYPES[m.compute_dtype])
+    kwargs = dict(_hub_kwargs(m), dtype=dtype, attn_implementation=m.attn_implementation,
+                  device_map={"": device}, low_cpu_mem_usage=True)
+    if m.quantization != "none":
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type=m.quantization, bnb_4bit_use_double_quant=m.double_quant,
+            bnb_4bit_compute_dtype=dtype, bnb_4bit_quant_storage=dtype)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(m.base, **kwargs)
+    except (OSError, ValueError) as e:
+        raise BadInput(f"cannot load model '{m.base}' ({str(e).splitlines()[0][:300]}).", key="model.base") from None
+    model.config.use_cache = False
+    if cfg.train.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    targets = lora.target_modules
+    peft_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, bias="none",
+                             target_modules=targets, task_type="CAUSAL_LM")
+    try:
+        model = get_peft_model(model, peft_config)
+    except ValueError as e:
+        raise BadInput(f"LoRA target_modules {targets!r} do not match this model ({str(e)[:200]}); use "
+                       "\"all-linear\" or names such as [\"q_proj\", \"v_proj\"].", key="lora.target_modules") from None
+    return model
+
+
+def is_local_model(base: str) -> bool:
+    return Path(base).expanduser().is_dir()

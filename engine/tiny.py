@@ -1,0 +1,106 @@
+"""Tiny Llama-architecture models and BPE tokenizers, built locally in seconds (the CPU demo and the tests).
+
+Nothing here touches the network: the tokenizer is trained with `tokenizers` on the texts given, and the
+model is randomly initialised from a LlamaConfig and saved with safetensors.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+SPECIALS = ["<|pad|>", "<|begin|>", "<|end|>", "<|im_start|>", "<|im_end|>"]
+
+
+def build_tokenizer(texts, vocab_size: int = 512):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from .data import DEFAULT_CHAT_TEMPLATE
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<|pad|>", bos_token="<|begin|>",
+                                   eos_token="<|im_end|>", unk_token=None)
+    fast.chat_template = DEFAULT_CHAT_TEMPLATE
+    return fast
+
+
+def _quiet():
+    from transformers.utils import logging
+    logging.disable_progress_bar()
+
+
+def build_model(out_dir, texts, *, vocab_size=512, hidden=128, layers=4, heads=4, kv_heads=2,
+                intermediate=384, seed=0) -> Path:
+    """Save a random-init Llama and its tokenizer to out_dir (a complete local model folder)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    _quiet()
+    out = Path(out_dir)
+    tok = build_tokenizer(texts, vocab_size)
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=intermediate,
+                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                         max_position_embeddings=4096, tie_word_embeddings=False,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                         pad_token_id=tok.pad_token_id)
+    model = LlamaForCausalLM(config)
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    model.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    (tmp / "rigtune-tiny.json").write_text(json.dumps({"built_by": "rigtune", "seed": seed}))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(tmp, out)
+    except OSError:  # built meanwhile by another process: keep theirs
+        import shutil
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("RIGTUNE_CACHE", Path.home() / ".cache" / "rigtune"))
+
+
+def pretrain(model_dir, texts, *, steps: int = 300, lr: float = 3e-3, seq_len: int = 256, seed: int = 0):
+    """Full-parameter causal-LM training of a tiny model on plain texts, saved in place. Gives the demo a
+    base that knows its words, so that the LoRA fine-tune has something to build on."""
+    import random
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _quiet()
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    ids = [tok(t)["input_ids"] + [tok.eos_token_id] for t in texts]
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * max(0.05, 1 - s / steps))
+    model.train()
+    for _ in range(steps):
+        rng.shuffle(ids)
+        rows, row = [], []
+        for x in ids:
+            if len(row) + len(x) > seq_len:
+                rows.append(row)
+                row = []
+            row = row + x
+            if len(rows) == 4:
+                break
+        batch = torch.tensor([r[:seq_len] + [tok.pad_token_id] * (seq_len - len(r)) for r in rows])
+        labels = batch.masked_fill(batch == tok.pad_token_id, -100)
+        loss = model(input_ids=batch, labels=labels).loss
+        loss.backward()
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+    model.save_pretrained(model_dir, safe_serialization=True)
+    return loss.item()

@@ -1,0 +1,28 @@
+"""Preset data shipped with rigtune, and a small loader. Presets are partial run files: their values are laid
+over the run-file defaults. Two placeholders stand for things built or shipped locally:
+  rigtune:tiny-demo  the tiny demo model, built once into the cache (engine.tiny)
+  rigtune:demo-data  the bundled demo dataset (demo.jsonl here)
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+HERE = Path(__file__).parent
+DEMO_DATA = HERE / "demo.jsonl"
+RUN_PRESETS = {"cpu-demo": HERE / "cpu-demo.toml"}
+
+
+def preset_ids() -> list:
+    return sorted(RUN_PRESETS)
+
+
+def load_run_preset(preset_id: str) -> dict:
+    """The preset's values, {section: {key: value}} and top-level keys. KeyError for an unknown id."""
+    with open(RUN_PRESETS[preset_id], "rb") as f:
+        return tomllib.load(f)

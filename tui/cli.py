@@ -1,0 +1,267 @@
+"""The `rigtune` command line. Heavy libraries (torch, transformers) are imported inside the commands that
+need them, so `rigtune --help` stays instant."""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from engine.errors import BadInput
+
+USAGE = """\
+rigtune                       the CPU demo (the wizard comes in a later release)
+rigtune demo                  build the tiny demo model and train it on the bundled dataset
+rigtune init --preset ID      write a run file (presets: cpu-demo)
+rigtune check RUN_FILE        validate a run file and its dataset without loading the model
+rigtune train RUN_FILE        launch training detached, and follow it
+rigtune stop RUN_DIR          stop a run gracefully (it saves a checkpoint and the adapter)
+"""
+
+
+def _fmt_eta(seconds: float | None) -> str:
+    if seconds is None or seconds != seconds:
+        return "--:--"
+    seconds = int(seconds)
+    h, rem = divmod(seconds, 3600)
+    return f"{h}:{rem // 60:02d}:{rem % 60:02d}" if h else f"{rem // 60:02d}:{rem % 60:02d}"
+
+
+# ---------------------------------------------------------------------------- check
+
+def cmd_check(args) -> int:
+    from engine import data as D
+    from engine import runfile
+    from engine.model import is_local_model
+
+    cfg = runfile.load(args.run_file)
+    examples, fmt, files = D.load_examples(cfg.data.path, cfg.data.format)
+    print(f"{args.run_file}: run file OK (run directory {runfile.run_dir(cfg)})")
+    print(f"dataset: {cfg.data.path} ({len(files)} file{'s' if len(files) != 1 else ''})")
+    print(f"format: {fmt}")
+    if is_local_model(cfg.model.base):
+        from engine.model import load_tokenizer
+        tok = load_tokenizer(cfg)
+        train, evals, report = D.prepare(cfg, tok, examples, fmt)
+        print(report.summary())
+    else:
+        train_idx, eval_idx = D.split_indices(len(examples), cfg.data.eval_fraction, cfg.train.seed)
+        print(f"{len(examples)} records ({len(train_idx)} train, {len(eval_idx)} eval); token lengths need the "
+              f"model's tokenizer, which is not local ({cfg.model.base})")
+    if cfg.model.trust_remote_code:
+        print("warning: trust_remote_code = true runs Python code shipped with the model", file=sys.stderr)
+    return 0
+
+
+# ---------------------------------------------------------------------------- init and demo
+
+def _preset_values(preset: str, model: str | None, dataset: str | None, log=print) -> dict:
+    import presets
+    from engine import runfile
+    try:
+        values = runfile.defaults(**presets.load_run_preset(preset))
+    except KeyError:
+        raise BadInput(f"unknown preset '{preset}'; presets: {', '.join(presets.preset_ids())}.",
+                       key="--preset") from None
+    if model:
+        values["model"]["base"] = model
+    if dataset:
+        values["data"]["path"] = dataset
+    if values["model"]["base"] == "rigtune:tiny-demo":
+        from engine.demo import demo_model
+        values["model"]["base"] = str(demo_model(log))
+    if values["data"]["path"] == "rigtune:demo-data":
+        values["data"]["path"] = str(presets.DEMO_DATA)
+    return values
+
+
+def cmd_init(args) -> int:
+    from engine import runfile
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise BadInput("already exists; choose another --out or add --force to overwrite.", path=str(out))
+    values = _preset_values(args.preset, args.model, args.dataset)
+    if args.name:
+        values["name"] = args.name
+    cfg = runfile.validate(values, path=str(out))
+    runfile.save(cfg, out, header=f"written by rigtune init --preset {args.preset}")
+    print(f"wrote {out}\nnext: rigtune check {out}   then   rigtune train {out}")
+    return 0
+
+
+def _free_name(root: Path, base: str) -> str:
+    name, n = base, 1
+    while (root / name / "metrics.jsonl").exists():
+        n += 1
+        name = f"{base}-{n}"
+    return name
+
+
+def cmd_demo(args) -> int:
+    from engine import runfile
+    values = _preset_values("cpu-demo", None, None)
+    values["name"] = _free_name(Path(values["output_root"]), values["name"])
+    cfg = runfile.validate(values, path="preset cpu-demo")
+    print(f"CPU demo: QLoRA (NF4) on a tiny local model, run directory {runfile.run_dir(cfg)}")
+    return _train(cfg, resume=False)
+
+
+# ---------------------------------------------------------------------------- train and follow
+
+def cmd_train(args) -> int:
+    from engine import runfile
+    cfg = runfile.load(args.run_file)
+    return _train(cfg, resume=args.resume)
+
+
+def _train(cfg, resume: bool) -> int:
+    from engine import data as D
+    from engine.launch import launch
+    D.load_examples(cfg.data.path, cfg.data.format)  # bad data fails here, before anything starts
+    if cfg.model.trust_remote_code:
+        print("warning: trust_remote_code = true runs Python code shipped with the model", file=sys.stderr)
+    proc, run_dir = launch(cfg, resume=resume)
+    print(f"training in {run_dir} (pid {proc.pid}); log: {run_dir / 'train.log'}")
+    print("Ctrl-C stops gracefully (checkpoint + adapter); closing the terminal leaves training running.")
+    return follow(run_dir, proc)
+
+
+def follow(run_dir: Path, proc=None, out=sys.stdout) -> int:
+    """Print one line per logged step until the run's process group is gone; return its exit status."""
+    from engine.events import group_alive, read_events, read_status_raw
+
+    pgid = read_status_raw(run_dir).get("pgid") or (proc.pid if proc else None)
+    stopping = {"n": 0}
+
+    def forward(signum, frame):
+        stopping["n"] += 1
+        if pgid:
+            try:
+                os.killpg(pgid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        print("\nstopping after this step (checkpoint and adapter are saved)...", file=out, flush=True)
+
+    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    offset, end, total, first = 0, None, None, None
+    try:
+        while True:
+            events, offset = read_events(run_dir, offset)
+            for ev in events:
+                kind = ev["event"]
+                if kind == "start":
+                    total = ev.get("total_steps")
+                    first = None
+                    print(f"start: {ev.get('world_size')} process(es), {total} steps, "
+                          f"{ev.get('trainable_params'):,} trainable params"
+                          + (f", resumed from {ev['resumed_from']}" if ev.get("resumed_from") else ""), file=out)
+                elif kind == "step":
+                    if first is None:
+                        first = (ev["step"] - 1, ev["time"] - 0.0)
+                    done = ev["step"] - first[0]
+                    rate = (ev["time"] - first[1]) / done if done > 0 and ev["time"] > first[1] else None
+                    eta = rate * (total - ev["step"]) if rate and total else None
+                    print(f"step {ev['step']}/{total}  loss {ev['loss']:.4f}  lr {ev['lr']:.2e}  "
+                          f"{ev['tokens_per_s']:.0f} tok/s  ETA {_fmt_eta(eta)}", file=out, flush=True)
+                elif kind == "eval":
+                    s = ev.get("sample") or {}
+                    loss = f"eval_loss {ev['eval_loss']:.4f}" if ev.get("eval_loss") is not None else "eval"
+                    completion = (s.get("completion") or "").replace("\n", " ")[:60]
+                    print(f"  {loss}" + (f"  sample: {completion!r}" if s else ""), file=out, flush=True)
+                elif kind == "checkpoint":
+                    print(f"  checkpoint {ev['path']}", file=out, flush=True)
+                elif kind == "end":
+                    end = ev
+            launcher_done = proc is None or proc.poll() is not None
+            if launcher_done and not group_alive(pgid):
+                events, offset = read_events(run_dir, offset)
+                end = next((e for e in reversed(events) if e["event"] == "end"), end)
+                break
+            time.sleep(0.3)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    if end is None:
+        print(f"the trainer ended without an end event; see {run_dir / 'train.log'}", file=sys.stderr)
+        return 1
+    if end["reason"] == "error":
+        print(f"rigtune: training failed: {end.get('message')}\n(log: {run_dir / 'train.log'})", file=sys.stderr)
+        return int(end.get("exit_code") or 1)
+    print(f"{end['reason']} at step {end.get('step')}: adapter in {run_dir / 'adapter'}", file=out)
+    return 0
+
+
+# ---------------------------------------------------------------------------- stop
+
+def cmd_stop(args) -> int:
+    from engine.events import FINAL_STATES, group_alive, read_status
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "status.json").exists():
+        raise BadInput("not a run directory (no status.json).", path=str(run_dir))
+    st = read_status(run_dir)
+    if st.get("state") in FINAL_STATES:
+        print(f"{run_dir}: not running (state {st['state']}, step {st.get('step')})")
+        return 0
+    pgid = st.get("pgid")
+    os.killpg(int(pgid), signal.SIGTERM)
+    print(f"asked the trainer (process group {pgid}) to stop after its current step...")
+    deadline = time.time() + args.timeout
+    while group_alive(pgid) and time.time() < deadline:
+        time.sleep(0.3)
+    if group_alive(pgid):
+        print(f"still running after {args.timeout:.0f} s (saving can take a while); run `rigtune stop` again to "
+              "wait more", file=sys.stderr)
+        return 1
+    st = read_status(run_dir)
+    print(f"{run_dir}: {st.get('state')} at step {st.get('step')}")
+    return 0
+
+
+# ---------------------------------------------------------------------------- entry point
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="rigtune", description="QLoRA fine-tuning on your own GPU box, from a terminal.",
+                                 usage=USAGE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = ap.add_subparsers(dest="command")
+    sub.add_parser("demo", help="train the CPU demo")
+    p = sub.add_parser("init", help="write a run file from a preset")
+    p.add_argument("--preset", required=True)
+    p.add_argument("--model")
+    p.add_argument("--dataset")
+    p.add_argument("--name")
+    p.add_argument("--out", default="run.toml")
+    p.add_argument("--force", action="store_true")
+    p = sub.add_parser("check", help="validate a run file and its dataset")
+    p.add_argument("run_file")
+    p = sub.add_parser("train", help="launch training")
+    p.add_argument("run_file")
+    p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
+    p.add_argument("--no-tui", action="store_true", help="plain progress lines (for scripts and CI)")
+    p = sub.add_parser("stop", help="stop a run gracefully")
+    p.add_argument("run_dir")
+    p.add_argument("--timeout", type=float, default=600)
+    return ap
+
+
+COMMANDS = {"demo": cmd_demo, "init": cmd_init, "check": cmd_check, "train": cmd_train, "stop": cmd_stop}
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    command = COMMANDS.get(args.command or "demo")
+    try:
+        return command(args)
+    except BadInput as e:
+        if args.debug:
+            raise
+        print(f"rigtune: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
