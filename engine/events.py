@@ -75,18 +75,19 @@ def read_status_raw(run_dir) -> dict:
 
 
 def pid_alive(pid) -> bool:
+    """True if the process runs. A zombie (dead, not yet reaped by its parent) counts as gone."""
+    import psutil
     if not pid:
         return False
     try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
+        return psutil.Process(int(pid)).status() != psutil.STATUS_ZOMBIE
+    except (psutil.NoSuchProcess, ValueError):
         return False
-    except PermissionError:
-        return True
-    return True
 
 
 def group_alive(pgid) -> bool:
+    """True while any live (non-zombie) process is in process group `pgid`."""
+    import psutil
     if not pgid:
         return False
     try:
@@ -95,7 +96,13 @@ def group_alive(pgid) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    for proc in psutil.process_iter(["status"]):
+        try:
+            if os.getpgid(proc.pid) == int(pgid) and proc.info["status"] != psutil.STATUS_ZOMBIE:
+                return True
+        except (ProcessLookupError, psutil.Error):
+            continue
+    return False
 
 
 def read_status(run_dir) -> dict:

@@ -1,0 +1,77 @@
+"""Shared fixtures: a tiny Llama-architecture model and BPE tokenizer built locally once per session, and
+helpers to write run files and run the `rigtune` command. Nothing is downloaded."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PEER = ROOT.parent / "shared" / "peer-data"
+DEMO = ROOT / "presets" / "demo.jsonl"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def peer(name: str) -> Path:
+    path = PEER / name
+    if not path.exists():
+        pytest.skip(f"peer data {path} not present")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    from engine.tiny import build_model
+    texts = [json.loads(line)["output"] for line in DEMO.read_text().splitlines()]
+    if PEER.exists():
+        texts += [r["output"] for r in json.loads((PEER / "alpaca_en_demo.json").read_text())[:200]]
+    return build_model(tmp_path_factory.mktemp("models") / "tiny", texts, vocab_size=400, hidden=64, layers=2,
+                       heads=4, kv_heads=2, intermediate=128)
+
+
+def run_file(tmp_path: Path, model: Path, dataset, name="t", **sections) -> Path:
+    """Write a small run file; `sections` maps a section to overrides, e.g. train={"max_steps": 4}."""
+    from engine import runfile
+    values = runfile.defaults(
+        name=name, output_root=str(tmp_path / "runs"),
+        model={"base": str(model), "compute_dtype": "float32"},
+        data={"path": str(dataset), "max_seq_len": 96, "eval_fraction": 0.05},
+        train={"micro_batch_size": 2, "gradient_accumulation_steps": 1, "max_steps": 6, "learning_rate": 3e-3,
+               "eval_every_steps": 3, "save_every_steps": 3, "gradient_checkpointing": False,
+               "sample_max_new_tokens": 8, "warmup_ratio": 0.0})
+    for section, overrides in sections.items():
+        if isinstance(overrides, dict):
+            values[section].update(overrides)
+        else:
+            values[section] = overrides
+    path = tmp_path / f"{name}.toml"
+    runfile.save(values, path)
+    return path
+
+
+def rigtune(*args, cwd=None, timeout=300, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tui.cli", *map(str, args)], cwd=cwd or ROOT, capture_output=True,
+                          text=True, timeout=timeout, **kw)
+
+
+def events(run_dir: Path) -> list:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def small_slice(tmp_path: Path, name: str, n: int) -> Path:
+    """The first n records of a peer-data file, in its own format."""
+    src = peer(name)
+    out = tmp_path / name
+    if src.suffix == ".jsonl":
+        out.write_text("".join(src.read_text().splitlines(keepends=True)[:n]))
+    else:
+        out.write_text(json.dumps(json.loads(src.read_text())[:n]))
+    return out

@@ -1,0 +1,85 @@
+"""The run file: defaults, round trip, and a precise, short error for every kind of bad input."""
+import pytest
+
+from engine import runfile
+from engine.errors import BadInput
+from tui.cli import main
+
+GOOD = '''name = "x"
+[model]
+base = "some/model"
+[data]
+path = "d.jsonl"
+'''
+
+
+def test_defaults_round_trip_with_help_comments():
+    values = runfile.defaults(model={"base": "m"}, data={"path": "d"}, lora={"target_modules": ["q_proj", "v_proj"]})
+    text = runfile.dumps(values)
+    assert runfile.loads(text).values == values
+    assert "# Peak learning rate." in text  # every key carries its help line
+    for section, keys in runfile.SECTIONS.items():
+        for k in keys:
+            assert f"\n{k.name} = " in text, k.name
+
+
+def test_preset_file_validates():
+    import presets
+    values = runfile.defaults(**presets.load_run_preset("cpu-demo"))
+    cfg = runfile.validate(values)
+    assert cfg.hardware.gpus == [] and cfg.model.quantization == "nf4"
+
+
+def test_trust_remote_code_is_off_by_default():
+    assert runfile.loads(GOOD).model.trust_remote_code is False
+
+
+@pytest.mark.parametrize("text, line, words", [
+    ('name = "x"\n[model]\nbase = "a\n', 3, ["not valid TOML"]),
+    (GOOD + "[train]\nepochs = 1\nepochs = 2\n", 8, ["defined twice", "train.epochs"]),
+    (GOOD + "[train]\nlearnin_rate = 1e-4\n", 7, ["Did you mean 'learning_rate'"]),
+    (GOOD + "[trian]\nepochs = 1\n", 6, ["unknown section [trian]", "Did you mean 'train'"]),
+    (GOOD + "[train]\nepochs = \"two\"\n", 7, ["'two' is not a number"]),
+    (GOOD + "[train]\nlearning_rate = 5.0\n", 7, ["out of range", "> 0 and ≤ 1"]),
+    (GOOD + "[lora]\nr = 0\n", 7, ["out of range"]),
+    (GOOD + "[train]\noptimizer = \"sgd\"\n", 7, ["'sgd' is not allowed", "adamw_torch"]),
+    (GOOD + "[data]\nmax_seq_len = 1024\n", None, ["defined twice"]),
+    ('name = "../../etc"\n[model]\nbase = "m"\n[data]\npath = "d"\n', 1, ["could leave output_root"]),
+    ('name = ".."\n[model]\nbase = "m"\n[data]\npath = "d"\n', 1, ["could leave output_root"]),
+    ('name = "x"\n[model]\nquantization = "nf4"\n[data]\npath = "d"\n', 2, ["needs 'base'"]),
+    (GOOD + "[model]\ndtype = \"bf16\"\n", None, ["defined twice"]),
+    (GOOD.replace("[data]", "[model]\n").replace('path = "d.jsonl"', "") + "[data]\n", None, ["defined twice"]),
+    (GOOD + "[train]\nlora_r = 8\n", 7, ["unknown key"]),
+    (GOOD + "[train]\nr = 8\n", 7, ["'r' belongs in [lora]"]),
+])
+def test_bad_run_files_name_line_and_key(tmp_path, capsys, text, line, words):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    code = main(["check", str(path)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "Traceback" not in err and err.count("\n") <= 2
+    assert str(path) in err
+    if line:
+        assert f"{path}:{line}" in err
+    for w in words:
+        assert w in err
+
+
+def test_missing_run_file(tmp_path, capsys):
+    assert main(["check", str(tmp_path / "nope.toml")]) == 2
+    assert "run file not found" in capsys.readouterr().err
+
+
+def test_strategy_checks():
+    with pytest.raises(BadInput, match="needs at least 2 processes"):
+        runfile.loads(GOOD + '[hardware]\nstrategy = "ddp"\n')
+    with pytest.raises(BadInput, match="num_processes = 2"):
+        runfile.loads(GOOD + '[hardware]\nnum_processes = 2\n')
+    cfg = runfile.loads(GOOD + '[hardware]\nstrategy = "ddp"\nnum_processes = 2\n')
+    assert cfg.hardware.num_processes == 2
+
+
+def test_run_dir_is_inside_output_root(tmp_path):
+    cfg = runfile.loads(GOOD.replace('name = "x"', f'name = "a.b-c_1"\noutput_root = "{tmp_path}"'))
+    assert runfile.run_dir(cfg) == tmp_path / "a.b-c_1"
