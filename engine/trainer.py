@@ -72,25 +72,32 @@ def lr_factor(step: int, total: int, warmup: int, kind: str) -> float:
 # ---------------------------------------------------------------------------- checkpoints
 
 def _flatten_optimizer(state: dict):
-    """Optimizer state as (tensors for safetensors, everything else as JSON) - nothing pickled."""
+    """Optimizer state as (tensors for safetensors, the rest as JSON with {"__tensor__": key} in their
+    place): nothing pickled, whatever the optimizer keeps (bitsandbytes keeps tensors in odd places)."""
     import torch
-    tensors, meta = {}, {"param_groups": state["param_groups"], "state": {}}
-    for pid, st in state["state"].items():
-        meta["state"][str(pid)] = {}
-        for k, v in st.items():
-            if isinstance(v, torch.Tensor):
-                tensors[f"{pid}.{k}"] = v.detach().to("cpu").contiguous().clone()
-                meta["state"][str(pid)][k] = "tensor"
-            else:
-                meta["state"][str(pid)][k] = v
-    return tensors, meta
+    tensors = {}
+
+    def walk(obj, path):
+        if isinstance(obj, torch.Tensor):
+            tensors[path] = obj.detach().to("cpu").contiguous().clone()
+            return {"__tensor__": path}
+        if isinstance(obj, dict):
+            return {"__dict__": [[k, walk(v, f"{path}.{k}")] for k, v in obj.items()]}
+        if isinstance(obj, (list, tuple)):
+            return [walk(v, f"{path}.{i}") for i, v in enumerate(obj)]
+        return obj
+
+    return tensors, walk(state, "s")
 
 
-def _unflatten_optimizer(tensors: dict, meta: dict) -> dict:
-    state = {}
-    for pid, st in meta["state"].items():
-        state[int(pid)] = {k: (tensors[f"{pid}.{k}"] if v == "tensor" else v) for k, v in st.items()}
-    return {"state": state, "param_groups": meta["param_groups"]}
+def _unflatten_optimizer(tensors: dict, meta):
+    if isinstance(meta, dict) and "__tensor__" in meta:
+        return tensors[meta["__tensor__"]]
+    if isinstance(meta, dict) and "__dict__" in meta:  # keeps integer keys integers
+        return {k: _unflatten_optimizer(tensors, v) for k, v in meta["__dict__"]}
+    if isinstance(meta, list):
+        return [_unflatten_optimizer(tensors, v) for v in meta]
+    return meta
 
 
 def _fsync_dir(path: Path):

@@ -37,12 +37,12 @@ def tiny_model(tmp_path_factory) -> Path:
                        heads=4, kv_heads=2, intermediate=128)
 
 
-def run_file(tmp_path: Path, model: Path, dataset, name="t", **sections) -> Path:
+def run_file(tmp_path: Path, base: Path, dataset, name="t", **sections) -> Path:
     """Write a small run file; `sections` maps a section to overrides, e.g. train={"max_steps": 4}."""
     from engine import runfile
     values = runfile.defaults(
         name=name, output_root=str(tmp_path / "runs"),
-        model={"base": str(model), "compute_dtype": "float32"},
+        model={"base": str(base), "compute_dtype": "float32"},
         data={"path": str(dataset), "max_seq_len": 96, "eval_fraction": 0.05},
         train={"micro_batch_size": 2, "gradient_accumulation_steps": 1, "max_steps": 6, "learning_rate": 3e-3,
                "eval_every_steps": 3, "save_every_steps": 3, "gradient_checkpointing": False,
