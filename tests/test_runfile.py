@@ -83,3 +83,13 @@ def test_strategy_checks():
 def test_run_dir_is_inside_output_root(tmp_path):
     cfg = runfile.loads(GOOD.replace('name = "x"', f'name = "a.b-c_1"\noutput_root = "{tmp_path}"'))
     assert runfile.run_dir(cfg) == tmp_path / "a.b-c_1"
+
+
+def test_readme_documents_every_key():
+    from conftest import ROOT
+    readme = (ROOT / "README.md").read_text()
+    for k in runfile.TOP:
+        assert f"`{k.name}`" in readme, k.name
+    for section, keys in runfile.SECTIONS.items():
+        for k in keys:
+            assert f"`{section}.{k.name}`" in readme, f"{section}.{k.name}"
