@@ -147,3 +147,8 @@ def test_packing_keeps_examples_apart(tok, tiny_model):
             torch.testing.assert_close(together[a:b], alone, atol=1e-5, rtol=1e-4)
             start += 1
     assert start == 5
+
+
+def test_unreachable_hub_dataset_is_a_clear_error():
+    with pytest.raises(BadInput, match="could not load Hugging Face dataset 'nobody/no-such-set'"):
+        D.load_examples("nobody/no-such-set")

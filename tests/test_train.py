@@ -140,6 +140,19 @@ def test_sigterm_stops_gracefully(tmp_path, tiny_model):
     assert json.loads((run / "status.json").read_text())["state"] == "stopped"
 
 
+def test_hangup_leaves_training_running(tmp_path, tiny_model):
+    """Losing the terminal kills `rigtune train` but not the trainer, which finishes on its own."""
+    rf = run_file(tmp_path, tiny_model, DEMO, train={"max_steps": 40, "save_every_steps": 0, "eval_every_steps": 0})
+    proc = _start(rf)
+    run = tmp_path / "runs" / "t"
+    _wait_for(run, lambda evs: len(steps_of(evs)) >= 1)
+    proc.send_signal(signal.SIGHUP)
+    proc.wait(timeout=30)
+    _wait_for(run, lambda evs: evs[-1]["event"] == "end")
+    evs = events(run)
+    assert evs[-1]["reason"] == "finished" and len(steps_of(evs)) == 40
+
+
 def test_stop_command(tmp_path, tiny_model):
     rf = run_file(tmp_path, tiny_model, DEMO, train={"max_steps": 500, "save_every_steps": 0, "eval_every_steps": 0})
     proc = _start(rf)

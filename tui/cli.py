@@ -205,7 +205,14 @@ def cmd_stop(args) -> int:
         print(f"{run_dir}: not running (state {st['state']}, step {st.get('step')})")
         return 0
     pgid = st.get("pgid")
-    os.killpg(int(pgid), signal.SIGTERM)
+    if not pgid:
+        raise BadInput("status.json names no process group; the run may still be starting, try again.",
+                       path=str(run_dir / "status.json"))
+    try:
+        os.killpg(int(pgid), signal.SIGTERM)
+    except ProcessLookupError:
+        print(f"{run_dir}: its processes are gone (state {read_status(run_dir).get('state')})")
+        return 0
     print(f"asked the trainer (process group {pgid}) to stop after its current step...")
     deadline = time.time() + args.timeout
     while group_alive(pgid) and time.time() < deadline:
