@@ -72,9 +72,36 @@ def prepare_run_dir(cfg, resume: bool, cwd: Path | None = None) -> Path:
     return run_dir
 
 
+def write_plan(cfg, run_dir: Path) -> None:
+    """plan.json: what the planner expects this run to need per GPU, for `rigtune plan` to compare with the
+    peak the trainer measures. Only for GPU runs of a model the planner knows without a download."""
+    if not cfg.hardware.gpus:
+        return
+    import json
+    from . import planner as P
+    from .scan import scan
+    try:
+        arch = P.resolve_model(cfg.model.base)
+    except BadInput:
+        return
+    gpus = scan().gpus
+    sizes = [gpus[i].memory_total_gib for i in cfg.hardware.gpus if i < len(gpus)]
+    if not sizes:
+        return
+    plan = P.plan(P.input_from_run(cfg, arch, sizes, None))
+    (run_dir / "plan.json").write_text(json.dumps({"model": arch.name, **plan.to_json()}, indent=1))
+
+
+FSDP_UNAVAILABLE = ("strategy 'fsdp' is planned and checked, but training with FSDP is not available in this "
+                    "version of rigtune yet; use strategy = \"ddp\" (the model must fit each card) or \"single\".")
+
+
 def launch(cfg, resume: bool = False, cwd: Path | None = None) -> tuple[subprocess.Popen, Path]:
     """Start training detached. Returns the launcher process and the run directory."""
+    if cfg.hardware.strategy == "fsdp":
+        raise BadInput(FSDP_UNAVAILABLE, path=cfg.path, key="hardware.strategy")
     run_dir = prepare_run_dir(cfg, resume, cwd)
+    write_plan(cfg, run_dir)
     argv, extra_env = accelerate_command(cfg, run_dir, resume)
     env = {**os.environ, **extra_env}
     write_status(run_dir, state="starting", step=0, total_steps=0, message="")

@@ -302,11 +302,11 @@ def _check_semantics(d: dict, path, text):
         fail("a multi-machine job needs main_process_ip, the address of machine rank 0.", "hardware", "main_process_ip")
     if hw["num_machines"] > 1 and not hw["main_process_port"]:
         fail("a multi-machine job needs a fixed main_process_port (for example 29500).", "hardware", "main_process_port")
-    if hw["strategy"] == "fsdp":
-        fail("strategy 'fsdp' is not available in this version of rigtune; use \"single\" or \"ddp\".",
-             "hardware", "strategy")
-    if hw["cpu_offload"]:
-        fail("cpu_offload needs strategy 'fsdp', which this version does not offer yet; set it to false.",
+    if hw["strategy"] == "fsdp" and hw["num_processes"] * hw["num_machines"] < 2:
+        fail("strategy 'fsdp' shards over at least 2 processes; set num_processes = 2 or more.",
+             "hardware", "num_processes")
+    if hw["cpu_offload"] and hw["strategy"] != "fsdp":
+        fail("cpu_offload offloads FSDP shards; it needs strategy = \"fsdp\" (or set it to false).",
              "hardware", "cpu_offload")
     m = d["model"]
     if not m["base"].strip():

@@ -204,6 +204,18 @@ def sample(model, tokenizer, example, max_new_tokens: int, device) -> dict | Non
     return {"prompt": prompt, "completion": completion}
 
 
+def measured_memory(device) -> dict:
+    """This process's peaks: GPU memory reserved by the caching allocator (what the planner predicts) and RSS."""
+    import resource
+
+    import torch
+    out = {"device": str(device), "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)}
+    if device.type == "cuda":
+        out["peak_gib"] = round(torch.cuda.max_memory_reserved(device) / 2**30, 3)
+        out["peak_allocated_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
+    return out
+
+
 # ---------------------------------------------------------------------------- the run
 
 def train(run_dir: Path, resume: bool) -> int:
@@ -350,6 +362,7 @@ def train(run_dir: Path, resume: bool) -> int:
             break
 
     if main:
+        log.write("memory", **measured_memory(accelerator.device))
         adapter = run_dir / "adapter"
         tmp = run_dir / ".tmp-adapter"
         shutil.rmtree(tmp, ignore_errors=True)

@@ -15,6 +15,8 @@ else:  # pragma: no cover
 
 HERE = Path(__file__).parent
 DEMO_DATA = HERE / "demo.jsonl"
+TIERS = HERE / "tiers.toml"
+MODELS = HERE / "models.toml"
 RUN_PRESETS = {"cpu-demo": HERE / "cpu-demo.toml"}
 
 
@@ -25,4 +27,10 @@ def preset_ids() -> list:
 def load_run_preset(preset_id: str) -> dict:
     """The preset's values, {section: {key: value}} and top-level keys. KeyError for an unknown id."""
     with open(RUN_PRESETS[preset_id], "rb") as f:
+        return tomllib.load(f)
+
+
+def load_tiers() -> dict:
+    """{"tiers": {id: {...}}, "rules": {...}} from tiers.toml."""
+    with open(TIERS, "rb") as f:
         return tomllib.load(f)

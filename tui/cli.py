@@ -14,7 +14,9 @@ from engine.errors import BadInput
 USAGE = """\
 rigtune                       the CPU demo (the wizard comes in a later release)
 rigtune demo                  build the tiny demo model and train it on the bundled dataset
-rigtune init --preset ID      write a run file (presets: cpu-demo)
+rigtune scan [--json]         GPUs, NVLink, driver, CPU, RAM and disk of this machine
+rigtune plan [RUN_FILE] [--model M] [--gpus NxGIB] ... [--json]   will it fit? (no download)
+rigtune init --preset ID      write a run file (presets: 1500, 3000, this-machine, cpu-demo)
 rigtune check RUN_FILE        validate a run file and its dataset without loading the model
 rigtune train RUN_FILE        launch training detached, and follow it
 rigtune stop RUN_DIR          stop a run gracefully (it saves a checkpoint and the adapter)
@@ -55,38 +57,166 @@ def cmd_check(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- scan and plan
+
+def cmd_scan(args) -> int:
+    import json
+    from engine import scan as S
+    from engine import tiers as T
+    m = S.scan()
+    if args.json:
+        print(json.dumps(m.to_json(), indent=1))
+        return 0
+    print(S.describe(m))
+    print(f"Tier  {T.verdict(T.this_machine(m))}")
+    return 0
+
+
+def _plan_input(args):
+    """PlanInput from a run file and/or flags; GPUs from --gpus, the run file's tier, or this machine."""
+    from engine import planner as P
+    from engine import runfile
+    from engine import tiers as T
+    cfg = runfile.load(args.run_file) if args.run_file else None
+    model = args.model or (cfg.model.base if cfg else None)
+    if not model:
+        raise BadInput("say which model to plan for: --model NAME|DIR|config.json, or a run file.", key="--model")
+    arch = P.resolve_model(model)
+    ram = None
+    if args.gpus:
+        gpus = P.parse_gpus(args.gpus)
+        note = f"planning for --gpus {args.gpus}"
+    elif cfg and cfg.hardware.tier in T.tiers():
+        tier = T.tiers()[cfg.hardware.tier]
+        gpus, ram, note = list(tier.gpus), tier.ram_gib, f"planning for the {tier.label} tier"
+    else:
+        from engine.scan import scan
+        m = scan()
+        if not m.gpus:
+            raise BadInput("this machine has no NVIDIA GPU; say what to plan for with --gpus NxGIB (e.g. 1x24 or "
+                           "2x24).", key="--gpus")
+        gpus, ram, note = [g.memory_total_gib for g in m.gpus], m.ram_total_gib, "planning for this machine"
+        if cfg and cfg.hardware.gpus:
+            gpus = [gpus[i] for i in cfg.hardware.gpus if i < len(gpus)] or gpus
+    inp = P.input_from_run(cfg, arch, gpus, ram) if cfg else P.PlanInput(arch=arch, gpus=gpus, ram_gib=ram)
+    flags = {"seq_len": args.seq_len, "micro_batch": args.micro_batch, "lora_r": args.lora_r,
+             "optimizer": args.optimizer, "gradient_checkpointing": args.gradient_checkpointing,
+             "attn": args.attn, "quantization": args.quantization, "strategy": args.strategy}
+    if args.lora_targets:
+        flags["lora_targets"] = "all-linear" if args.lora_targets == "all-linear" else args.lora_targets.split(",")
+    if args.cpu_offload:
+        flags["cpu_offload"] = True
+    inp = P.replace(inp, **{k: v for k, v in flags.items() if v is not None})
+    pick = args.strategy is None and cfg is None
+    return inp, pick, note
+
+
+def cmd_plan(args) -> int:
+    import json
+    from engine import planner as P
+    inp, pick, note = _plan_input(args)
+    p = P.plan(inp, pick_strategy=pick)
+    past = P.past_runs(Path(args.runs), inp.arch.name)
+    if past:
+        p.notes.append(past)
+    if args.json:
+        print(json.dumps(p.to_json(), indent=1))
+        return 0
+    cards = f"{len(inp.gpus)} x {min(inp.gpus):g} GiB"
+    print(f"{inp.arch.name}: seq {inp.seq_len}, micro-batch {inp.micro_batch}, LoRA r{inp.lora_r}, "
+          f"{inp.quantization}, {inp.optimizer}, gradient checkpointing {'on' if inp.gradient_checkpointing else 'off'}")
+    print(f"{note}: {cards}, strategy {p.strategy}{' + CPU offload' if p.cpu_offload else ''}")
+    width = max(len(k) for k in p.breakdown_gib)
+    for k, v in p.breakdown_gib.items():
+        print(f"  {k:<{width}} {v:7.2f} GiB")
+    print(f"  {'per GPU':<{width}} {p.per_gpu_peak_gib:7.2f} GiB of {p.gpu_gib:g}  ->  "
+          f"{'FITS' if p.fits else 'DOES NOT FIT'}")
+    print(f"longest sequence at this micro-batch: {p.max_seq_len}; largest micro-batch at this length: "
+          f"{p.max_micro_batch}")
+    for n in p.notes:
+        print(f"- {n}")
+    return 0
+
+
 # ---------------------------------------------------------------------------- init and demo
 
-def _preset_values(preset: str, model: str | None, dataset: str | None, log=print) -> dict:
+def _preset_values(preset: str, model: str | None, dataset: str | None, log=print) -> tuple[dict, str]:
+    """A complete run file's values for a preset, and the header comment saying why."""
     import presets
     from engine import runfile
-    try:
+    from engine import tiers as T
+    header = f"written by rigtune init --preset {preset}"
+    if preset in presets.RUN_PRESETS:
         values = runfile.defaults(**presets.load_run_preset(preset))
-    except KeyError:
-        raise BadInput(f"unknown preset '{preset}'; presets: {', '.join(presets.preset_ids())}.",
-                       key="--preset") from None
-    if model:
-        values["model"]["base"] = model
+        if model:
+            values["model"]["base"] = model
+    elif preset in T.tiers() or preset == "this-machine":
+        values, why = _tier_values(preset, model)
+        header += "\n" + why
+    else:
+        raise BadInput(f"unknown preset '{preset}'; presets: {', '.join(presets.preset_ids() + list(T.tiers()))}, "
+                       "this-machine.", key="--preset")
     if dataset:
         values["data"]["path"] = dataset
     if values["model"]["base"] == "rigtune:tiny-demo":
         from engine.demo import demo_model
         values["model"]["base"] = str(demo_model(log))
-    if values["data"]["path"] == "rigtune:demo-data":
+    if values["data"]["path"] in ("rigtune:demo-data", None):
         values["data"]["path"] = str(presets.DEMO_DATA)
-    return values
+    return values, header
 
+
+def _tier_values(preset: str, model: str | None) -> tuple[dict, str]:
+    """Run-file values for a tier: micro-batch, sequence length, strategy and offload chosen by the planner."""
+    from engine import planner as P
+    from engine import runfile
+    from engine import tiers as T
+    if preset == "this-machine":
+        from engine.scan import scan
+        tier = T.this_machine(scan())
+        if not tier.gpus:
+            raise BadInput("this machine has no NVIDIA GPU; use --preset cpu-demo, or --preset 1500 / 3000 to write "
+                           "a run file for a tier.", key="--preset")
+    else:
+        tier = T.tiers()[preset]
+    run = tier.run
+    arch = P.resolve_model(model or run["model"])
+    settings = {"optimizer": run.get("optimizer", "adamw_torch")}
+    inp, why = T.plan_for(tier, arch, seq_len=run["max_seq_len"], micro_batch=run["micro_batch_size"], **settings)
+    fits = P._fits(inp)
+    if not fits:
+        longest = P.max_seq_len(inp)
+        if longest >= 256:
+            inp = P.replace(inp, seq_len=longest)
+            why += f" Sequence length cut to {longest} to fit."
+    effective = run["micro_batch_size"] * run["gradient_accumulation_steps"]
+    accum = max(1, effective // (inp.micro_batch * (len(tier.gpus) if inp.strategy != "single" else 1)))
+    n = len(tier.gpus) if inp.strategy != "single" else 1
+    values = runfile.defaults(
+        name=f"{arch.name.lower()}-{tier.id}",
+        hardware={"tier": tier.id, "gpus": list(range(n)), "strategy": inp.strategy, "num_processes": n,
+                  "cpu_offload": inp.cpu_offload},
+        model={"base": model if model and not arch.hf_id else arch.hf_id, "compute_dtype": "bfloat16"},
+        data={"path": None, "max_seq_len": inp.seq_len},
+        train={"micro_batch_size": inp.micro_batch, "gradient_accumulation_steps": accum,
+               "optimizer": inp.optimizer})
+    p = P.plan(inp)
+    verdict = (f"planned: {p.per_gpu_peak_gib:.1f} GiB per GPU of {p.gpu_gib:g} GiB"
+               f" ({', '.join(f'{k} {v:.1f}' for k, v in p.breakdown_gib.items())})")
+    if not p.fits:
+        verdict += " - DOES NOT FIT this tier even so; see rigtune plan"
+    return values, f"{tier.label} tier: {tier.summary}\n{why}\n{verdict}\nmicro-batch {inp.micro_batch} x accumulation {accum} x {n} process(es) keeps the effective batch at {inp.micro_batch * accum * n}.\nReplace data.path with your dataset."
 
 def cmd_init(args) -> int:
     from engine import runfile
     out = Path(args.out)
     if out.exists() and not args.force:
         raise BadInput("already exists; choose another --out or add --force to overwrite.", path=str(out))
-    values = _preset_values(args.preset, args.model, args.dataset)
+    values, header = _preset_values(args.preset, args.model, args.dataset)
     if args.name:
         values["name"] = args.name
     cfg = runfile.validate(values, path=str(out))
-    runfile.save(cfg, out, header=f"written by rigtune init --preset {args.preset}")
+    runfile.save(cfg, out, header=header)
     print(f"wrote {out}\nnext: rigtune check {out}   then   rigtune train {out}")
     return 0
 
@@ -101,7 +231,7 @@ def _free_name(root: Path, base: str) -> str:
 
 def cmd_demo(args) -> int:
     from engine import runfile
-    values = _preset_values("cpu-demo", None, None)
+    values, _ = _preset_values("cpu-demo", None, None)
     values["name"] = _free_name(Path(values["output_root"]), values["name"])
     cfg = runfile.validate(values, path="preset cpu-demo")
     print(f"CPU demo: QLoRA (NF4) on a tiny local model, run directory {runfile.run_dir(cfg)}")
@@ -234,6 +364,24 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = ap.add_subparsers(dest="command")
     sub.add_parser("demo", help="train the CPU demo")
+    p = sub.add_parser("scan", help="scan this machine's hardware")
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("plan", help="plan a run's memory before anything downloads")
+    p.add_argument("run_file", nargs="?")
+    p.add_argument("--model", help="a name from presets/models.toml, a local model folder or a config.json")
+    p.add_argument("--seq-len", type=int)
+    p.add_argument("--micro-batch", type=int)
+    p.add_argument("--lora-r", type=int)
+    p.add_argument("--lora-targets", help="all-linear or q_proj,v_proj,...")
+    p.add_argument("--optimizer", choices=["adamw_torch", "adamw_8bit", "paged_adamw_8bit"])
+    p.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--attn", choices=["sdpa", "flash_attention_2", "eager"])
+    p.add_argument("--quantization", choices=["nf4", "fp4", "none"])
+    p.add_argument("--gpus", help="NxGIB, e.g. 1x24 or 2x24 (default: this machine's GPUs)")
+    p.add_argument("--strategy", choices=["single", "ddp", "fsdp"])
+    p.add_argument("--cpu-offload", action="store_true")
+    p.add_argument("--runs", default="runs", help="where past runs are, to compare plans with measurements")
+    p.add_argument("--json", action="store_true")
     p = sub.add_parser("init", help="write a run file from a preset")
     p.add_argument("--preset", required=True)
     p.add_argument("--model")
@@ -253,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-COMMANDS = {"demo": cmd_demo, "init": cmd_init, "check": cmd_check, "train": cmd_train, "stop": cmd_stop}
+COMMANDS = {"demo": cmd_demo, "scan": cmd_scan, "plan": cmd_plan, "init": cmd_init, "check": cmd_check, "train": cmd_train, "stop": cmd_stop}
 
 
 def main(argv=None) -> int:

@@ -1,0 +1,427 @@
+"""The memory planner: per-GPU memory of a QLoRA run from first principles, before anything downloads.
+
+Every term is named in the breakdown (GiB per GPU):
+  weights      quantized linear layers at ~4.127 bits/param (NF4 + double quant; 4.5 without), embeddings,
+               lm_head and norms in the compute dtype; under FSDP a shard plus the layers being gathered
+  adapters     LoRA A and B matrices (fp32 unless lora_dtype says otherwise)
+  gradients    one gradient per adapter parameter (+ DDP's bucket copy)
+  optimizer    AdamW 32-bit: 8 B per adapter parameter; 8-bit: 2 B
+  activations  what backward needs: with gradient checkpointing one hidden state per layer plus one layer
+               recomputed in full; without, every layer's saved tensors; eager attention adds the s^2 scores
+  logits       the output logits, their fp32 upcast, log-softmax and its gradient
+  overhead     CUDA context, the dequantized weight of the widest layer, and allocator fragmentation
+The constants below are calibrated against published measurements: bench/planner_accuracy.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from .errors import BadInput
+
+GIB = 1024 ** 3
+MODELS_TOML = Path(__file__).resolve().parent.parent / "presets" / "models.toml"
+
+# --- calibration (bench/planner_accuracy explains each figure)
+NF4_BITS = {True: 4.127, False: 4.5}     # bits per quantized parameter, with / without double quant
+CUDA_CONTEXT_GIB = 0.55                  # CUDA context, cuBLAS workspace, kernels
+FRAGMENTATION = 0.06                     # caching-allocator slack, as a share of what is allocated per step
+LOAD_FRAGMENTATION = 0.10               # quantizing at load goes through 16-bit temporaries that leave holes
+                                         # in the cache around the resident weights (fitted, single-GPU points)
+FSDP_FRAGMENTATION = 0.75                # FSDP's all-gather and reduce-scatter buffers are freed late and
+                                         # fragment the cache (fitted to the two PEFT FSDP measurements)
+PROCESS_RAM_GIB = 3.0                    # host RAM per training process (torch, CUDA libraries, buffers)
+# bytes per (token x vocab entry) of the loss at its peak, beyond the lm_head's own output (2 B in bf16,
+# 4 B when prepare_model_for_kbit_training left lm_head in fp32, which also makes the fp32 copy free):
+#   rigtune: fp32 copy 4 + log-softmax 4 + its gradient 4
+#   hf: the same plus the shifted contiguous fp32 copy transformers' loss made before 4.46
+#   chunked: the fp32 work happens one chunk (1/8) at a time
+LOSS_BYTES = {"rigtune": 12.0, "hf": 16.0, "chunked": 12.0 / 8}
+ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
+
+
+@dataclass(frozen=True)
+class Arch:
+    name: str
+    layers: int
+    hidden: int
+    intermediate: int
+    heads: int
+    kv_heads: int
+    vocab: int
+    tied: bool = False
+    hf_id: str = ""
+    size: str = ""
+    params_b: float = 0.0
+
+    @property
+    def kv_dim(self) -> int:
+        return self.hidden // self.heads * self.kv_heads
+
+    def linears(self) -> dict:
+        """(in, out) of each linear layer in one decoder block."""
+        h, i, kv = self.hidden, self.intermediate, self.kv_dim
+        return {"q_proj": (h, h), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (h, h),
+                "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+
+    @property
+    def linear_params(self) -> int:
+        return self.layers * sum(a * b for a, b in self.linears().values())
+
+    @property
+    def embed_params(self) -> int:
+        return self.vocab * self.hidden * (1 if self.tied else 2)
+
+    @property
+    def total_params(self) -> int:
+        return self.linear_params + self.embed_params + self.layers * 2 * self.hidden + self.hidden
+
+
+@dataclass
+class PlanInput:
+    arch: Arch
+    gpus: list                       # GiB of each card taking part (per machine)
+    seq_len: int = 2048
+    micro_batch: int = 1
+    lora_r: int = 16
+    lora_targets: object = "all-linear"
+    lora_dropout: float = 0.05
+    lora_dtype: str = "float32"
+    optimizer: str = "adamw_torch"
+    gradient_checkpointing: bool = True
+    attn: str = "sdpa"
+    quantization: str = "nf4"
+    double_quant: bool = True
+    compute_dtype: str = "bfloat16"
+    strategy: str = "single"
+    cpu_offload: bool = False
+    ram_gib: float | None = None
+    loss: str = "rigtune"
+    upcast: bool = False             # prepare_model_for_kbit_training: unquantized weights in fp32
+
+
+@dataclass
+class Plan:
+    per_gpu_peak_gib: float
+    breakdown_gib: dict
+    fits: bool
+    max_seq_len: int
+    max_micro_batch: int
+    strategy: str
+    cpu_offload: bool
+    notes: list = field(default_factory=list)
+    suggestion: dict | None = None
+    ram_needed_gib: float = 0.0
+    gpu_gib: float = 0.0
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------------- models
+
+def load_models() -> dict:
+    with open(MODELS_TOML, "rb") as f:
+        return {name: Arch(name=name, **facts) for name, facts in tomllib.load(f)["models"].items()}
+
+
+def arch_from_config(config: dict, name: str) -> Arch:
+    try:
+        heads = config["num_attention_heads"]
+        return Arch(name=name, layers=config["num_hidden_layers"], hidden=config["hidden_size"],
+                    intermediate=config["intermediate_size"], heads=heads,
+                    kv_heads=config.get("num_key_value_heads") or heads, vocab=config["vocab_size"],
+                    tied=bool(config.get("tie_word_embeddings", False)))
+    except KeyError as e:
+        raise BadInput(f"config.json lacks {e.args[0]!r}; rigtune plans decoder-only models with Llama-style "
+                       "config keys.", path=name) from None
+
+
+def resolve_model(spec: str) -> Arch:
+    """A name from models.toml (or its hf_id), a local model folder, or a config.json path."""
+    models = load_models()
+    for name, arch in models.items():
+        if spec.lower() in (name.lower(), arch.hf_id.lower()):
+            return arch
+    p = Path(spec).expanduser()
+    if p.is_dir():
+        p = p / "config.json"
+    if p.is_file():
+        try:
+            config = json.loads(p.read_text())
+        except ValueError as e:
+            raise BadInput(f"not valid JSON ({e}).", path=str(p)) from None
+        config = config.get("text_config", config)
+        return arch_from_config(config, str(p))
+    raise BadInput(f"unknown model '{spec}'; give a name from presets/models.toml ({', '.join(models)}), a local "
+                   "model folder, or the path of a config.json.", key="--model")
+
+
+# ---------------------------------------------------------------------------- the memory model
+
+def _targets(inp: PlanInput) -> list:
+    if inp.lora_targets == "all-linear":
+        return list(ALL_LINEAR)
+    names = [inp.lora_targets] if isinstance(inp.lora_targets, str) else list(inp.lora_targets)
+    known = {"output_proj": "o_proj", "w1": "gate_proj", "w3": "up_proj", "w2": "down_proj"}
+    return [known.get(n, n) for n in names if known.get(n, n) in ALL_LINEAR]
+
+
+def adapter_params(inp: PlanInput) -> int:
+    shapes = inp.arch.linears()
+    return inp.arch.layers * sum(inp.lora_r * (shapes[t][0] + shapes[t][1]) for t in _targets(inp))
+
+
+def breakdown(inp: PlanInput) -> dict:
+    """GiB per GPU for each term, for the strategy and offload in `inp`."""
+    a = inp.arch
+    cb = DTYPE_BYTES[inp.compute_dtype]
+    n = len(inp.gpus) if inp.strategy == "fsdp" else 1
+    s, b = inp.seq_len, inp.micro_batch
+    tokens = s * b
+    h, i, kv = a.hidden, a.intermediate, a.kv_dim
+
+    # weights
+    qbytes = NF4_BITS[inp.double_quant] / 8 if inp.quantization in ("nf4", "fp4") else cb
+    linear = a.linear_params * qbytes
+    other = (a.embed_params + a.layers * 2 * h + h) * (4 if inp.upcast else cb)
+    if inp.strategy == "fsdp":
+        layer = linear / a.layers
+        gathered = 2 * max(layer + 2 * h * cb, a.vocab * h * cb / (1 if inp.cpu_offload else n))
+        weights = gathered if inp.cpu_offload else (linear + other) / n + gathered
+    else:
+        weights, gathered = linear + other, 0
+
+    # adapters, gradients, optimizer
+    p = adapter_params(inp)
+    lb = DTYPE_BYTES[inp.lora_dtype]
+    adapters = p * lb / n
+    gradients = p * lb / n * (2 if inp.strategy == "ddp" else 1)
+    optimizer = p * (2 * lb if inp.optimizer == "adamw_torch" else 2) / n  # AdamW keeps 2 states in the param dtype
+
+    # activations, per token: saved tensors of one decoder layer
+    per_layer = cb * (7 * h + 3 * kv + 4 * i)
+    if inp.lora_dropout > 0:
+        per_layer += cb * (6 * h + i)  # each adapter keeps its own dropped-out input
+    per_layer += 4 * inp.lora_r * len(_targets(inp))
+    if inp.attn == "eager":
+        per_layer += 2 * cb * a.heads * s  # scores and probabilities: s^2 per head
+    if inp.gradient_checkpointing:
+        activations = tokens * (a.layers * h * cb + per_layer)
+    else:
+        activations = tokens * a.layers * per_layer
+
+    logits = tokens * a.vocab * (LOSS_BYTES[inp.loss] + (0 if inp.upcast else cb))
+    widest = max(x * y for x, y in a.linears().values()) * cb if inp.quantization != "none" else 0
+    subtotal = weights + adapters + gradients + optimizer + activations + logits
+    slack = FSDP_FRAGMENTATION if inp.strategy == "fsdp" else FRAGMENTATION
+    resident = weights - (gathered if inp.strategy == "fsdp" else 0)  # allocated once, at load time
+    load_slack = LOAD_FRAGMENTATION if inp.strategy != "fsdp" and inp.quantization != "none" else 0.0
+    overhead = CUDA_CONTEXT_GIB * GIB + widest + slack * (subtotal - resident) + load_slack * resident
+    terms = {"weights": weights, "adapters": adapters, "gradients": gradients, "optimizer": optimizer,
+             "activations": activations, "logits": logits, "overhead": overhead}
+    return {k: v / GIB for k, v in terms.items()}
+
+
+def peak(inp: PlanInput) -> float:
+    return sum(breakdown(inp).values())
+
+
+def ram_needed(inp: PlanInput) -> float:
+    """Host RAM the run needs (GiB): a baseline per process, plus the offloaded weights."""
+    procs = len(inp.gpus) if inp.strategy in ("ddp", "fsdp") else 1
+    need = procs * PROCESS_RAM_GIB
+    if inp.cpu_offload:
+        a = inp.arch
+        qbytes = NF4_BITS[inp.double_quant] / 8 if inp.quantization in ("nf4", "fp4") else DTYPE_BYTES[inp.compute_dtype]
+        need += (a.linear_params * qbytes + a.embed_params * DTYPE_BYTES[inp.compute_dtype]) / GIB
+        need += adapter_params(inp) * 16 / GIB  # adapters, grads and optimizer state live there too
+    return need
+
+
+def _fits(inp: PlanInput) -> bool:
+    budget = min(inp.gpus)
+    if peak(inp) > budget:
+        return False
+    return inp.ram_gib is None or ram_needed(inp) <= inp.ram_gib
+
+
+def max_seq_len(inp: PlanInput, limit: int = 1 << 20) -> int:
+    """The longest sequence that fits at this micro-batch (0 if none does)."""
+    lo, hi = 0, limit
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if _fits(replace(inp, seq_len=mid)):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def max_micro_batch(inp: PlanInput, limit: int = 4096) -> int:
+    lo, hi = 0, limit
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if _fits(replace(inp, micro_batch=mid)):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+# ---------------------------------------------------------------------------- strategy and advice
+
+def _strategy_candidates(inp: PlanInput) -> list:
+    if len(inp.gpus) <= 1:
+        return [replace(inp, strategy="single", cpu_offload=False)]
+    return [replace(inp, strategy="ddp", cpu_offload=False), replace(inp, strategy="fsdp", cpu_offload=False),
+            replace(inp, strategy="fsdp", cpu_offload=True)]
+
+
+def choose_strategy(inp: PlanInput) -> tuple[PlanInput, str]:
+    """The fastest strategy that fits, and one line that says why (per card versus in total)."""
+    cards = len(inp.gpus)
+    card = min(inp.gpus)
+    whole = peak(replace(inp, strategy="single" if cards == 1 else "ddp", cpu_offload=False))
+    for cand in _strategy_candidates(inp):
+        if not _fits(cand):
+            continue
+        if cand.strategy == "single":
+            return cand, f"single: the run needs {whole:.1f} GiB and the card has {card:.1f} GiB."
+        if cand.strategy == "ddp":
+            return cand, (f"ddp: each card holds the whole model, {whole:.1f} GiB per card of {card:.1f} GiB; "
+                          f"{cards} cards train {cards}x the batch in parallel.")
+        need = peak(cand)
+        if not cand.cpu_offload:
+            return cand, (f"fsdp: one card would need {whole:.1f} GiB but has {card:.1f} GiB; sharded over {cards} "
+                          f"cards ({cards * card:.0f} GiB in total) each needs {need:.1f} GiB.")
+        return cand, (f"fsdp + CPU offload: one card would need {whole:.1f} GiB, sharded "
+                      f"{peak(replace(cand, cpu_offload=False)):.1f} GiB per card, more than its {card:.1f} GiB; "
+                      f"with weights in CPU RAM ({ram_needed(cand):.0f} GiB) each card needs {need:.1f} GiB.")
+    if cards == 1:
+        return inp, f"does not fit: the run needs {whole:.1f} GiB and the card has {card:.1f} GiB."
+    return inp, (f"no strategy fits: one card would need {whole:.1f} GiB, and {cards} cards of {card:.1f} GiB "
+                 "are not enough even sharded with CPU offload.")
+
+
+def suggest(inp: PlanInput) -> dict | None:
+    """The cheapest change that makes a run that does not fit, fit: {"change": {...}, "why": str}."""
+    if _fits(inp):
+        return None
+    steps = []
+    if not inp.gradient_checkpointing:
+        steps.append(({"gradient_checkpointing": True}, "turn on gradient checkpointing (~30% slower)"))
+    if inp.attn == "eager":
+        steps.append(({"attn": "sdpa"}, "use SDPA attention (no s^2 scores)"))
+    b = inp.micro_batch
+    while b > 1:
+        b //= 2
+        steps.append(({"micro_batch": b}, f"micro-batch {b} with {inp.micro_batch // b}x the gradient accumulation "
+                                         "(same effective batch)"))
+    if inp.optimizer == "adamw_torch":
+        steps.append(({"optimizer": "paged_adamw_8bit"}, "paged 8-bit AdamW"))
+    for change, why in steps:
+        cand = replace(inp, **change)
+        if _fits(cand):
+            return {"change": change, "why": why}
+        inp = cand  # changes accumulate in order of cost
+    if len(inp.gpus) > 1 and inp.strategy != "fsdp":
+        cand = replace(inp, strategy="fsdp", cpu_offload=False)
+        if _fits(cand):
+            return {"change": {"strategy": "fsdp"}, "why": "shard the model over the cards with FSDP"}
+    if len(inp.gpus) > 1 and not inp.cpu_offload:
+        cand = replace(inp, strategy="fsdp", cpu_offload=True)
+        if _fits(cand):
+            return {"change": {"strategy": "fsdp", "cpu_offload": True},
+                    "why": f"FSDP with CPU offload (needs {ram_needed(cand):.0f} GiB RAM)"}
+    longest = max_seq_len(inp)
+    if longest >= 128:
+        return {"change": {"seq_len": longest}, "why": f"shorten sequences to {longest} tokens"}
+    return None
+
+
+def plan(inp: PlanInput, pick_strategy: bool = False) -> Plan:
+    notes = []
+    if pick_strategy:
+        inp, why = choose_strategy(inp)
+        notes.append(why)
+    if len(inp.gpus) > 1 and inp.strategy == "single":
+        notes.append("strategy single uses one card; ddp or fsdp would use all of them.")
+    terms = breakdown(inp)
+    total = sum(terms.values())
+    card = min(inp.gpus)
+    fits = _fits(inp)
+    ram = ram_needed(inp)
+    if inp.ram_gib is not None and ram > inp.ram_gib:
+        notes.append(f"needs {ram:.0f} GiB of system RAM, {inp.ram_gib:.0f} GiB present.")
+    if not fits and total > card:
+        notes.append(f"needs {total:.1f} GiB per GPU, the card has {card:.1f} GiB.")
+    advice = suggest(inp)
+    if advice:
+        notes.append("to fit: " + advice["why"] + ".")
+    return Plan(per_gpu_peak_gib=round(total, 2), breakdown_gib={k: round(v, 3) for k, v in terms.items()},
+                fits=fits, max_seq_len=max_seq_len(inp), max_micro_batch=max_micro_batch(inp),
+                strategy=inp.strategy, cpu_offload=inp.cpu_offload, notes=notes, suggestion=advice,
+                ram_needed_gib=round(ram, 1), gpu_gib=card)
+
+
+def parse_gpus(spec: str) -> list:
+    """'2x24' -> [24.0, 24.0]; '24' -> [24.0]; '24,12' -> [24.0, 12.0]."""
+    try:
+        if "x" in spec.lower():
+            count, size = spec.lower().split("x", 1)
+            return [float(size)] * int(count)
+        return [float(x) for x in spec.split(",")]
+    except ValueError:
+        raise BadInput(f"--gpus {spec!r} is not NxGIB (2x24), GIB (24) or a list (24,12).", key="--gpus") from None
+
+
+def input_from_run(cfg, arch: Arch, gpus: list, ram_gib: float | None) -> PlanInput:
+    """Plan inputs from a run file's values."""
+    return PlanInput(
+        arch=arch, gpus=gpus, seq_len=cfg.data.max_seq_len, micro_batch=cfg.train.micro_batch_size,
+        lora_r=cfg.lora.r, lora_targets=cfg.lora.target_modules, lora_dropout=cfg.lora.dropout,
+        optimizer=cfg.train.optimizer, gradient_checkpointing=cfg.train.gradient_checkpointing,
+        attn=cfg.model.attn_implementation, quantization=cfg.model.quantization, double_quant=cfg.model.double_quant,
+        compute_dtype=cfg.model.compute_dtype, strategy=cfg.hardware.strategy, cpu_offload=cfg.hardware.cpu_offload,
+        ram_gib=ram_gib)
+
+
+# ---------------------------------------------------------------------------- learning from past runs
+
+def past_runs(runs_root: Path, arch_name: str) -> str | None:
+    """How far off the planner was on this machine's earlier runs of the same model: each run directory's
+    plan.json (written at launch) against the `memory` event its trainer wrote."""
+    if not runs_root.is_dir():
+        return None
+    errors = []
+    for plan_file in runs_root.glob("*/plan.json"):
+        try:
+            planned = json.loads(plan_file.read_text())
+        except ValueError:
+            continue
+        if planned.get("model") != arch_name or not planned.get("per_gpu_peak_gib"):
+            continue
+        measured = None
+        for line in (plan_file.parent / "metrics.jsonl").read_text(errors="replace").splitlines():
+            if '"memory"' in line:
+                try:
+                    measured = json.loads(line).get("peak_gib") or measured
+                except ValueError:
+                    pass
+        if measured:
+            errors.append((measured - planned["per_gpu_peak_gib"]) / planned["per_gpu_peak_gib"])
+    if not errors:
+        return None
+    mean = sum(errors) / len(errors)
+    return (f"past runs of {arch_name} here: measured peaks were {mean:+.0%} against the plan on average "
+            f"({len(errors)} run{'s' if len(errors) > 1 else ''}).")

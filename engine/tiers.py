@@ -1,0 +1,166 @@
+"""Budget tiers (presets/tiers.toml), "this machine" as a tier, the seed article's checks, and what each
+tier fine-tunes according to the planner."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import presets
+
+from . import planner as P
+
+SIZES = {"7B": "Llama-2-7B", "13B": "Llama-2-13B", "34B": "CodeLlama-34B", "70B": "Llama-2-70B"}
+
+
+@dataclass
+class Tier:
+    id: str
+    label: str
+    summary: str
+    gpus: list
+    ram_gib: float
+    nvme: bool
+    nvlink: bool
+    article: str = ""
+    run: dict = field(default_factory=dict)
+    disk_free_gib: float | None = None
+    gpu_name: str = ""
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    message: str
+
+
+def rules() -> dict:
+    return presets.load_tiers()["rules"]
+
+
+def tiers() -> dict:
+    data = presets.load_tiers()["tiers"]
+    return {tid: Tier(id=tid, label=t["label"], summary=t["summary"], gpus=list(t["gpus"]), ram_gib=t["ram_gib"],
+                      nvme=t["nvme"], nvlink=t["nvlink"], article=t.get("article", ""), run=t.get("run", {}),
+                      gpu_name=t.get("gpu_name", "")) for tid, t in data.items()}
+
+
+def this_machine(m) -> Tier:
+    """The scanned machine as a tier (its default run is the $1,500 tier's, re-planned for its cards)."""
+    names = sorted({g.name.replace("NVIDIA ", "").replace("GeForce ", "") for g in m.gpus})
+    gpus = " + ".join(f"{g.memory_total_gib:.0f} GB" for g in m.gpus) or "no GPU"
+    base = tiers()["1500"].run
+    return Tier(id="this-machine", label="this machine",
+                summary=f"{len(m.gpus)} GPU ({', '.join(names) or 'none'}; {gpus}), {m.ram_total_gib:.0f} GB RAM, "
+                        f"{m.disk_kind} disk", gpus=[g.memory_total_gib for g in m.gpus], ram_gib=m.ram_total_gib,
+                nvme=m.disk_nvme, nvlink=m.nvlinked, run=dict(base), disk_free_gib=m.disk_free_gib,
+                gpu_name=", ".join(names))
+
+
+def checks(tier: Tier, size: str, keep_checkpoints: int = 2) -> list:
+    """The seed article's checks for training a model of `size` on `tier`; a failure names the number."""
+    r = rules()
+    vram = sum(tier.gpus)
+    out = []
+    need = r["vram_min_gib"][size]
+    out.append(Check("vram", vram >= need, f"VRAM {vram:.0f} GB {'≥' if vram >= need else '<'} the ~{need} GB "
+                                           f"QLoRA needs at {size}"))
+    ok = tier.ram_gib >= 2 * vram
+    out.append(Check("ram_2x_vram", ok, f"RAM {tier.ram_gib:.0f} GB {'≥' if ok else '<'} 2 x VRAM ({2 * vram:.0f} GB)"))
+    low, rec = r["ram_min_gib"][size], r["ram_recommended_gib"][size]
+    if tier.ram_gib < low:
+        out.append(Check("ram", False, f"RAM {tier.ram_gib:.0f} GB below the {low} GB minimum at {size}"))
+    elif tier.ram_gib < rec:
+        out.append(Check("ram", False, f"RAM {tier.ram_gib:.0f} GB below the {rec} GB recommended at {size}"))
+    else:
+        out.append(Check("ram", True, f"RAM {tier.ram_gib:.0f} GB ≥ the {rec} GB recommended at {size}"))
+    out.append(Check("nvme", tier.nvme, "NVMe SSD" if tier.nvme else "not on an NVMe SSD: loading and "
+                                                                     "checkpointing will be slower"))
+    if tier.disk_free_gib is not None:
+        arch = P.load_models()[SIZES[size]]
+        need_disk = arch.total_params * 2 / P.GIB + keep_checkpoints * 2 + 2  # 16-bit download + checkpoints
+        ok = tier.disk_free_gib >= need_disk
+        out.append(Check("disk", ok, f"{tier.disk_free_gib:.0f} GB free {'≥' if ok else '<'} {need_disk:.0f} GB "
+                                     f"for the {size} download and checkpoints"))
+    if len(tier.gpus) > 1:
+        ok = tier.nvlink
+        msg = "NVLink between the cards" if ok else "no NVLink between the cards: gradient sync goes over PCIe"
+        if size == "70B" and not ok:
+            msg += " (the article asks for NVLink at 70B on two cards)"
+        out.append(Check("nvlink", ok or size != "70B", msg))
+    return out
+
+
+@dataclass
+class Capability:
+    size: str
+    model: str
+    fits: bool
+    strategy: str
+    cpu_offload: bool
+    micro_batch: int
+    seq_len: int
+    per_gpu_gib: float
+    why: str
+
+
+def plan_for(tier: Tier, arch: P.Arch, seq_len: int = 2048, micro_batch: int = 4, **settings) -> tuple:
+    """(PlanInput with strategy, offload and micro-batch chosen to fit, one-line reason). Micro-batch shrinks
+    before anything else changes; the strategy is the fastest that fits."""
+    base = P.PlanInput(arch=arch, gpus=list(tier.gpus), seq_len=seq_len, micro_batch=micro_batch,
+                       ram_gib=tier.ram_gib, **settings)
+    b = micro_batch
+    while True:
+        inp, why = P.choose_strategy(P.replace(base, micro_batch=b))
+        if P._fits(inp) or b == 1:
+            return inp, why
+        b //= 2
+
+
+def capabilities(tier: Tier) -> list:
+    """What the tier fine-tunes at 7B/13B/34B/70B (seq 2048), per the planner."""
+    if not tier.gpus:
+        return []
+    models = P.load_models()
+    out = []
+    for size, name in SIZES.items():
+        inp, why = plan_for(tier, models[name])
+        fits = P._fits(inp)
+        out.append(Capability(size=size, model=name, fits=fits, strategy=inp.strategy, cpu_offload=inp.cpu_offload,
+                              micro_batch=inp.micro_batch, seq_len=inp.seq_len,
+                              per_gpu_gib=round(P.peak(inp), 1), why=why))
+    return out
+
+
+def compare(machine_tier: Tier, tier: Tier) -> tuple[bool, list]:
+    """Does this machine hold up against `tier`? (True if it meets it, and the shortfalls as sentences)."""
+    short = []
+    if len(machine_tier.gpus) < len(tier.gpus):
+        short.append(f"{len(machine_tier.gpus)} GPU(s), the tier has {len(tier.gpus)}")
+    elif machine_tier.gpus and min(machine_tier.gpus) < min(tier.gpus) - 0.5:
+        short.append(f"{min(machine_tier.gpus):.0f} GB cards, the tier's have {min(tier.gpus):.0f} GB")
+    if machine_tier.ram_gib < tier.ram_gib * 0.95:
+        short.append(f"RAM {machine_tier.ram_gib:.0f} GB below the {tier.ram_gib:.0f} GB it recommends")
+    if tier.nvme and not machine_tier.nvme:
+        short.append("no NVMe SSD")
+    if tier.nvlink and not machine_tier.nvlink:
+        short.append("no NVLink")
+    gpu_short = any("GPU" in s or "cards" in s for s in short)
+    return not gpu_short, short
+
+
+def verdict(machine_tier: Tier, all_tiers: dict | None = None) -> str:
+    """One line such as 'fits the $1,500 tier; RAM below the 64 GB it recommends'."""
+    all_tiers = all_tiers or tiers()
+    if not machine_tier.gpus:
+        return "no NVIDIA GPU here: try the CPU demo, or plan for a tier you don't own"
+    best = None
+    for t in sorted(all_tiers.values(), key=lambda t: sum(t.gpus)):
+        ok, short = compare(machine_tier, t)
+        if ok:
+            best = (t, short)
+    if best is None:
+        t = min(all_tiers.values(), key=lambda t: sum(t.gpus))
+        _, short = compare(machine_tier, t)
+        return f"below the {t.label} tier: " + "; ".join(short)
+    t, short = best
+    return f"fits the {t.label} tier" + ("; " + "; ".join(short) if short else "")

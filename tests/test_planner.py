@@ -1,0 +1,188 @@
+"""The memory planner: each term checked against something independent of its formula (real peft and
+transformers objects, published figures, physical relations), each strategy, each warning, and the seed
+article's claims."""
+from dataclasses import replace
+
+import pytest
+
+from conftest import rigtune
+from engine import planner as P
+from engine import tiers as T
+
+M = P.load_models()
+
+
+def inp(name, gpus=(24.0,), **kw):
+    return P.PlanInput(arch=M[name], gpus=list(gpus), **kw)
+
+
+def test_adapter_count_matches_real_peft(tiny_model):
+    """The planner's LoRA parameter count equals what peft actually creates, for several target sets."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+    arch = P.resolve_model(str(tiny_model))
+    for targets in ("all-linear", ["q_proj", "v_proj"]):
+        model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+        peft = get_peft_model(model, LoraConfig(r=8, target_modules=targets, task_type="CAUSAL_LM"))
+        real = sum(p.numel() for p in peft.parameters() if p.requires_grad)
+        assert P.adapter_params(P.PlanInput(arch=arch, gpus=[1.0], lora_r=8, lora_targets=targets)) == real
+
+
+def test_parameter_count_matches_real_model(tiny_model):
+    import torch
+    from transformers import AutoModelForCausalLM
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    assert P.resolve_model(str(tiny_model / "config.json")).total_params == sum(p.numel() for p in model.parameters())
+
+
+def test_published_figures():
+    # peft prints 41,943,040 trainable parameters for Llama-3-8B at r=16 on all linear layers
+    assert P.adapter_params(inp("Llama-3.1-8B", lora_r=16)) == 41_943_040
+    # model cards give 8.03B and 70.6B parameters
+    assert M["Llama-3.1-8B"].total_params / 1e9 == pytest.approx(8.03, abs=0.01)
+    assert M["Llama-3.1-70B"].total_params / 1e9 == pytest.approx(70.6, abs=0.1)
+    # 4-bit Llama-3.1-8B checkpoints (bnb NF4, 16-bit embeddings and lm_head) are about 5.7 GB
+    assert P.breakdown(inp("Llama-3.1-8B"))["weights"] * P.GIB / 1e9 == pytest.approx(5.7, rel=0.06)
+
+
+def test_weights_term():
+    nf4 = P.breakdown(inp("Llama-2-7B"))["weights"]
+    fp16 = P.breakdown(inp("Llama-2-7B", quantization="none"))["weights"]
+    no_dq = P.breakdown(inp("Llama-2-7B", double_quant=False))["weights"]
+    assert 3.0 < fp16 / nf4 < 4.0          # 16-bit embeddings keep it under 4x
+    assert no_dq > nf4                     # double quant saves ~0.37 bit per quantized parameter
+    # same decoder, 4x the vocabulary: only the 16-bit embeddings and lm_head grow
+    grow = P.breakdown(inp("Llama-3.1-8B"))["weights"] - P.breakdown(inp("Mistral-7B"))["weights"]
+    assert grow == pytest.approx((128256 - 32768) * 4096 * 2 * 2 / P.GIB, rel=1e-6)
+
+
+def test_optimizer_and_gradients_terms():
+    adam = P.breakdown(inp("Llama-3.1-8B"))
+    eight = P.breakdown(inp("Llama-3.1-8B", optimizer="adamw_8bit"))
+    assert adam["optimizer"] == pytest.approx(4 * eight["optimizer"])  # 8 vs 2 bytes of state per parameter
+    assert adam["gradients"] == pytest.approx(adam["adapters"])
+    assert P.breakdown(inp("Llama-3.1-8B", lora_r=32))["adapters"] == pytest.approx(2 * adam["adapters"])
+
+
+def test_activation_terms():
+    on = P.breakdown(inp("Llama-2-7B", seq_len=4096))["activations"]
+    off = P.breakdown(inp("Llama-2-7B", seq_len=4096, gradient_checkpointing=False))["activations"]
+    assert off > 5 * on
+    # SDPA grows linearly with length; eager adds s^2 scores, so its extra memory quadruples when s doubles
+    sdpa = [P.breakdown(inp("Llama-2-7B", seq_len=s))["activations"] for s in (1024, 2048)]
+    eager = [P.breakdown(inp("Llama-2-7B", seq_len=s, attn="eager"))["activations"] for s in (1024, 2048)]
+    assert sdpa[1] == pytest.approx(2 * sdpa[0])
+    assert (eager[1] - sdpa[1]) == pytest.approx(4 * (eager[0] - sdpa[0]))
+
+
+def test_logits_term_scales_with_vocab_and_tokens():
+    big, small = P.breakdown(inp("Llama-3.1-8B")), P.breakdown(inp("Mistral-7B"))
+    assert big["logits"] / small["logits"] == pytest.approx(128256 / 32768)
+    assert P.breakdown(inp("Mistral-7B", micro_batch=4))["logits"] == pytest.approx(4 * small["logits"])
+    assert P.breakdown(inp("Mistral-7B", loss="chunked"))["logits"] < small["logits"] / 3
+
+
+def test_overhead_term():
+    b = P.breakdown(inp("Llama-2-7B"))
+    assert b["overhead"] > P.CUDA_CONTEXT_GIB
+
+
+def test_strategies():
+    eight = inp("Llama-3.1-8B", gpus=(24.0, 24.0))
+    assert P.choose_strategy(eight)[0].strategy == "ddp"
+    single = P.peak(inp("Llama-3.1-8B"))
+    assert P.peak(replace(eight, strategy="ddp")) > single        # DDP keeps a bucket copy of the gradients
+    seventy = inp("Llama-2-70B", gpus=(24.0, 24.0), ram_gib=128)
+    sharded = P.breakdown(replace(seventy, strategy="fsdp"))
+    whole = P.breakdown(replace(seventy, strategy="ddp"))
+    assert sharded["weights"] < 0.6 * whole["weights"]
+    offload = replace(seventy, strategy="fsdp", cpu_offload=True)
+    assert P.breakdown(offload)["weights"] < 0.1 * whole["weights"]
+    assert P.ram_needed(offload) > whole["weights"] * 0.8            # the weights now live in system RAM
+    chosen, why = P.choose_strategy(seventy)
+    assert (chosen.strategy, chosen.cpu_offload) == ("fsdp", True)
+    assert "per card" in why and "one card would need" in why
+    chosen, why = P.choose_strategy(replace(seventy, ram_gib=32))
+    assert not P._fits(chosen) and "no strategy fits" in why
+
+
+def test_seed_article_claims():
+    assert P._fits(inp("Llama-2-7B", gpus=(12.0,), seq_len=2048, micro_batch=1))
+    assert P._fits(inp("Llama-2-13B", gpus=(24.0,), seq_len=2048, micro_batch=1))
+    for seventy in ("Llama-2-70B", "Llama-3.1-70B"):
+        assert not P._fits(inp(seventy, gpus=(24.0,), micro_batch=1))
+        two = inp(seventy, gpus=(24.0, 24.0), micro_batch=1, ram_gib=128)
+        assert not P._fits(replace(two, strategy="ddp"))
+        assert not P._fits(replace(two, strategy="fsdp"))
+        assert P._fits(replace(two, strategy="fsdp", cpu_offload=True))
+    assert P._fits(inp("CodeLlama-34B", gpus=(24.0, 24.0), micro_batch=1, strategy="fsdp", ram_gib=128))
+
+
+def test_max_seq_len_and_micro_batch_are_the_edge_of_fitting():
+    base = inp("Llama-3.1-8B", gpus=(24.0,), micro_batch=2)
+    s = P.max_seq_len(base)
+    assert P._fits(replace(base, seq_len=s)) and not P._fits(replace(base, seq_len=s + 1))
+    b = P.max_micro_batch(base)
+    assert P._fits(replace(base, micro_batch=b)) and not P._fits(replace(base, micro_batch=b + 1))
+    assert P.max_seq_len(replace(base, gpus=[48.0])) > 2 * s
+
+
+def test_suggestions_make_it_fit():
+    tight = inp("Llama-3.1-8B", gpus=(24.0,), seq_len=4096, micro_batch=8)
+    p = P.plan(tight)
+    assert not p.fits and p.suggestion and "micro_batch" in p.suggestion["change"]
+    assert P._fits(replace(tight, **p.suggestion["change"]))
+    assert any("to fit" in n for n in p.notes) and any("card has" in n for n in p.notes)
+    no_gc = inp("Llama-3.1-8B", gpus=(24.0,), seq_len=4096, gradient_checkpointing=False)
+    assert P.suggest(no_gc)["change"] == {"gradient_checkpointing": True}
+    ram = P.plan(inp("Llama-2-70B", gpus=(24.0, 24.0), strategy="fsdp", cpu_offload=True, ram_gib=32))
+    assert not ram.fits and any("system RAM" in n for n in ram.notes)
+
+
+def test_tier_checks_warn_with_numbers():
+    t1500 = T.tiers()["1500"]
+    checks = {c.name: c for c in T.checks(t1500, "70B")}
+    assert not checks["vram"].ok and "24 GB < the ~48 GB" in checks["vram"].message
+    assert not checks["ram"].ok and "128 GB minimum" in checks["ram"].message
+    assert all(c.ok for c in T.checks(T.tiers()["3000"], "70B"))
+    caps = {c.size: c for c in T.capabilities(T.tiers()["3000"])}
+    assert caps["70B"].fits and caps["70B"].strategy == "fsdp" and caps["70B"].cpu_offload
+    assert caps["7B"].strategy == "ddp"
+    caps = {c.size: c for c in T.capabilities(t1500)}
+    assert caps["13B"].fits and not caps["70B"].fits
+
+
+def test_plan_cli_json_and_errors(tiny_model):
+    import json
+    res = rigtune("plan", "--model", "Llama-3.1-70B", "--gpus", "2x24", "--json")
+    data = json.loads(res.stdout)
+    for key in ("per_gpu_peak_gib", "breakdown_gib", "fits", "max_seq_len", "max_micro_batch", "strategy", "notes"):
+        assert key in data
+    assert data["strategy"] == "fsdp" and data["cpu_offload"] is True
+    res = rigtune("plan", "--model", str(tiny_model), "--gpus", "1x8")
+    assert res.returncode == 0 and "FITS" in res.stdout
+    bad = rigtune("plan", "--model", "nope-model", "--gpus", "1x24")
+    assert bad.returncode == 2 and "unknown model 'nope-model'" in bad.stderr
+    assert rigtune("plan", "--model", "Llama-2-7B").returncode == 2  # no GPU here and no --gpus
+    assert "NxGIB" in rigtune("plan", "--model", "Llama-2-7B", "--gpus", "big").stderr
+
+
+def test_planner_learns_from_past_runs(tmp_path):
+    import json
+    run = tmp_path / "runs" / "a"
+    run.mkdir(parents=True)
+    (run / "plan.json").write_text(json.dumps({"model": "Llama-2-7B", "per_gpu_peak_gib": 10.0}))
+    (run / "metrics.jsonl").write_text(json.dumps({"event": "memory", "time": 1, "peak_gib": 11.0}) + "\n")
+    assert "+10%" in P.past_runs(tmp_path / "runs", "Llama-2-7B")
+    assert P.past_runs(tmp_path / "runs", "Llama-2-13B") is None
+
+
+def test_calibration_against_published_measurements():
+    """bench/planner_accuracy: mean absolute error under 10% over every cited measurement."""
+    import importlib.util
+    from conftest import ROOT
+    spec = importlib.util.spec_from_file_location("acc", ROOT / "bench" / "planner_accuracy" / "run.py")
+    acc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(acc)
+    assert acc.main(write=False) < 0.10
