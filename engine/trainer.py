@@ -377,7 +377,22 @@ def train(run_dir: Path, resume: bool) -> int:
     return 0
 
 
+def _quiet_libraries():
+    """Keep train.log (and the dashboard's log tail) about the run, not about library deprecations."""
+    import warnings
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message=".*autograd kernel was not registered.*")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        from transformers.utils import logging as hf_logging
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
+
+
 def main(argv=None) -> int:
+    _quiet_libraries()
     ap = argparse.ArgumentParser(prog="engine.trainer", description="rigtune's trainer (run under accelerate).")
     ap.add_argument("run_dir")
     ap.add_argument("--resume", action="store_true")

@@ -18,7 +18,8 @@ rigtune scan [--json]         GPUs, NVLink, driver, CPU, RAM and disk of this ma
 rigtune plan [RUN_FILE] [--model M] [--gpus NxGIB] ... [--json]   will it fit? (no download)
 rigtune init --preset ID      write a run file (presets: 1500, 3000, this-machine, cpu-demo)
 rigtune check RUN_FILE        validate a run file and its dataset without loading the model
-rigtune train RUN_FILE        launch training detached, and follow it
+rigtune train RUN_FILE        launch training detached and watch it (--no-tui: plain lines)
+rigtune watch [RUN_DIR]       re-attach the dashboard to a run (no argument: pick a recent one)
 rigtune stop RUN_DIR          stop a run gracefully (it saves a checkpoint and the adapter)
 """
 
@@ -235,7 +236,7 @@ def cmd_demo(args) -> int:
     values["name"] = _free_name(Path(values["output_root"]), values["name"])
     cfg = runfile.validate(values, path="preset cpu-demo")
     print(f"CPU demo: QLoRA (NF4) on a tiny local model, run directory {runfile.run_dir(cfg)}")
-    return _train(cfg, resume=False)
+    return _train(cfg, resume=False, tui=not getattr(args, "no_tui", False))
 
 
 # ---------------------------------------------------------------------------- train and follow
@@ -243,16 +244,22 @@ def cmd_demo(args) -> int:
 def cmd_train(args) -> int:
     from engine import runfile
     cfg = runfile.load(args.run_file)
-    return _train(cfg, resume=args.resume)
+    return _train(cfg, resume=args.resume, tui=not args.no_tui)
 
 
-def _train(cfg, resume: bool) -> int:
+def _use_tui(tui: bool) -> bool:
+    return tui and sys.stdin.isatty() and sys.stdout.isatty()
+
+
+def _train(cfg, resume: bool, tui: bool = False) -> int:
     from engine import data as D
     from engine.launch import launch
     D.load_examples(cfg.data.path, cfg.data.format)  # bad data fails here, before anything starts
     if cfg.model.trust_remote_code:
         print("warning: trust_remote_code = true runs Python code shipped with the model", file=sys.stderr)
     proc, run_dir = launch(cfg, resume=resume)
+    if _use_tui(tui):
+        return _dashboard(run_dir)
     print(f"training in {run_dir} (pid {proc.pid}); log: {run_dir / 'train.log'}")
     print("Ctrl-C stops gracefully (checkpoint + adapter); closing the terminal leaves training running.")
     return follow(run_dir, proc)
@@ -323,6 +330,30 @@ def follow(run_dir: Path, proc=None, out=sys.stdout) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- watch
+
+def _dashboard(run_dir=None, pick_from=None) -> int:
+    from .app import RigtuneApp
+    RigtuneApp(run_dir=run_dir, pick_from=pick_from).run()
+    if run_dir is not None:
+        print(f"detached; training goes on. Re-attach with: rigtune watch {run_dir}")
+    return 0
+
+
+def cmd_watch(args) -> int:
+    if args.run_dir:
+        run_dir = Path(args.run_dir)
+        if not (run_dir / "metrics.jsonl").exists() and not (run_dir / "status.json").exists():
+            raise BadInput("not a run directory (no metrics.jsonl or status.json); `rigtune watch` with no "
+                           "argument lists recent runs.", path=str(run_dir))
+        if not _use_tui(True):
+            return follow(run_dir)
+        return _dashboard(run_dir)
+    if not _use_tui(True):
+        raise BadInput("watching needs a terminal; give a RUN_DIR to follow it as plain lines.", key="watch")
+    return _dashboard(pick_from=args.runs)
+
+
 # ---------------------------------------------------------------------------- stop
 
 def cmd_stop(args) -> int:
@@ -363,7 +394,11 @@ def build_parser() -> argparse.ArgumentParser:
                                  usage=USAGE, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = ap.add_subparsers(dest="command")
-    sub.add_parser("demo", help="train the CPU demo")
+    p = sub.add_parser("demo", help="train the CPU demo")
+    p.add_argument("--no-tui", action="store_true", help="plain progress lines")
+    p = sub.add_parser("watch", help="re-attach the dashboard to a run")
+    p.add_argument("run_dir", nargs="?")
+    p.add_argument("--runs", default="runs", help="where to look for recent runs")
     p = sub.add_parser("scan", help="scan this machine's hardware")
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("plan", help="plan a run's memory before anything downloads")
@@ -401,7 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-COMMANDS = {"demo": cmd_demo, "scan": cmd_scan, "plan": cmd_plan, "init": cmd_init, "check": cmd_check, "train": cmd_train, "stop": cmd_stop}
+COMMANDS = {"demo": cmd_demo, "watch": cmd_watch, "scan": cmd_scan, "plan": cmd_plan, "init": cmd_init, "check": cmd_check, "train": cmd_train, "stop": cmd_stop}
 
 
 def main(argv=None) -> int:

@@ -1,0 +1,300 @@
+"""What a watcher knows about a run, built from its run directory alone and kept up to date incrementally:
+`poll()` reads only the bytes metrics.jsonl gained since the last call (and the small status.json), so a
+dashboard can call it every half second for free. The histories are compact arrays; plots downsample them
+to their width (`downsample`), so a run of a million steps draws as fast as one of a hundred.
+"""
+from __future__ import annotations
+
+import bisect
+import os
+import time
+from array import array
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+try:
+    import orjson as _json
+
+    def _loads(b):
+        return _json.loads(b)
+except ImportError:  # pragma: no cover - orjson is a dependency; stay correct without it
+    import json as _json
+
+    def _loads(b):
+        return _json.loads(b)
+
+from .events import FINAL_STATES, METRICS, read_status
+
+CHUNK = 4 * 1024 * 1024
+SPARSE_ABOVE = 32 * 1024 * 1024   # attach to bigger streams by sampling their history, then read the tail
+TAIL_BYTES = 8 * 1024 * 1024
+SAMPLES = 4096
+
+
+@dataclass
+class Checkpoint:
+    step: int
+    path: str
+    time: float
+
+
+class RunView:
+    def __init__(self, run_dir, log_lines: int = 200):
+        self.run_dir = Path(run_dir)
+        self.offset = 0
+        self.log_offset = 0
+        self.log_tail: deque = deque(maxlen=log_lines)
+        self._log_partial = b""
+        self.steps, self.losses = array("d"), array("d")
+        self.lrs, self.grad_norms = array("d"), array("d")
+        self.eval_steps, self.eval_losses = array("d"), array("d")
+        self.checkpoints: list = []
+        self.sample: dict | None = None
+        self.sample_step: int | None = None
+        self.start: dict = {}
+        self.end: dict | None = None
+        self.memory: dict | None = None
+        self.status: dict = {}
+        self.total_steps = 0
+        self.events = 0
+        self.tokens_per_s = 0.0          # latest step
+        self.tokens_per_s_avg = 0.0      # smoothed (EMA), what the ETA uses
+        self.sec_per_step = 0.0          # smoothed
+        self.tokens_seen = 0
+        self.epoch = 0.0
+        self.elapsed_s = 0.0
+        self._last_step_time = None
+        self.sampled_until = 0           # steps up to here are an evenly spaced sample (big streams)
+
+    # ---------------------------------------------------------------------- reading
+    def poll(self) -> bool:
+        """Take in whatever the run directory gained. True if anything changed."""
+        changed = self._read_metrics()
+        status = read_status(self.run_dir)
+        if status != self.status:
+            self.status, changed = status, True
+        return self._read_log() or changed
+
+    def _read_metrics(self) -> bool:
+        path = self.run_dir / METRICS
+        try:
+            size = os.path.getsize(path)
+        except OSError:
+            return False
+        if size <= self.offset:
+            return False
+        if self.offset == 0 and size > SPARSE_ABOVE:
+            self._sparse_attach(path, size)
+        changed = False
+        with open(path, "rb") as f:
+            f.seek(self.offset)
+            while self.offset < size:
+                chunk = f.read(CHUNK)
+                if not chunk:
+                    break
+                end = chunk.rfind(b"\n") + 1
+                if end == 0:  # no complete line yet (or one longer than a chunk: read it whole)
+                    if len(chunk) < CHUNK:
+                        break
+                    chunk += f.readline()
+                    end = len(chunk)
+                for line in chunk[:end].split(b"\n"):
+                    if line:
+                        try:
+                            ev = _loads(line)
+                        except ValueError:
+                            continue  # the torn tail of a writer killed mid-line
+                        self._apply(ev)
+                        changed = True
+                self.offset += end
+                f.seek(self.offset)
+        return changed
+
+    def _sparse_attach(self, path, size):
+        """A big stream: the first start event, an evenly spaced sample of the history (for the plots), then
+        the last TAIL_BYTES are read in full by the normal path. Cost depends on SAMPLES, not on the size."""
+        tail = size - TAIL_BYTES
+        with open(path, "rb") as f:
+            head = f.read(65536).split(b"\n")
+            for line in head[:-1]:
+                try:
+                    ev = _loads(line)
+                except ValueError:
+                    continue
+                if ev.get("event") == "start":
+                    self._apply(ev)
+                    break
+            for k in range(SAMPLES):
+                f.seek(int(tail * k / SAMPLES))
+                block = f.read(4096)
+                nl = block.find(b"\n")
+                line = block[nl + 1:block.find(b"\n", nl + 1)] if nl >= 0 else b""
+                try:
+                    ev = _loads(line)
+                except ValueError:
+                    continue
+                if ev.get("event") == "step" and (not self.steps or ev["step"] > self.steps[-1]):
+                    self._apply(ev)
+                elif ev.get("event") == "eval" and ev.get("eval_loss") is not None:
+                    self.eval_steps.append(ev["step"])
+                    self.eval_losses.append(ev["eval_loss"])
+            f.seek(tail)
+            f.readline()  # start the full read on a line boundary
+            self.offset = f.tell()
+        self.sampled_until = self.steps[-1] if self.steps else 0
+        self._last_step_time, self.sec_per_step, self.tokens_per_s_avg = None, 0.0, 0.0
+
+    def _apply(self, ev: dict):
+        self.events += 1
+        kind = ev.get("event")
+        if kind == "step":
+            step = ev["step"]
+            if self.steps and step <= self.steps[-1]:  # a resumed run redoes steps after its checkpoint
+                self._truncate(step)
+            self.steps.append(step)
+            self.losses.append(ev.get("loss", float("nan")))
+            self.lrs.append(ev.get("lr", float("nan")))
+            self.grad_norms.append(ev.get("grad_norm", float("nan")))
+            tps = ev.get("tokens_per_s") or 0.0
+            self.tokens_per_s = tps
+            self.tokens_per_s_avg = tps if not self.tokens_per_s_avg else 0.9 * self.tokens_per_s_avg + 0.1 * tps
+            self.tokens_seen += ev.get("tokens", 0)
+            self.epoch = ev.get("epoch", self.epoch)
+            self.elapsed_s = ev.get("elapsed_s", self.elapsed_s)
+            t = ev.get("time")
+            if self._last_step_time is not None and t is not None and len(self.steps) > 1:
+                gap = self.steps[-1] - self.steps[-2]
+                dt = (t - self._last_step_time) / max(1, gap)
+                if dt > 0:
+                    self.sec_per_step = dt if not self.sec_per_step else 0.9 * self.sec_per_step + 0.1 * dt
+            self._last_step_time = t
+        elif kind == "eval":
+            if ev.get("eval_loss") is not None:
+                self.eval_steps.append(ev["step"])
+                self.eval_losses.append(ev["eval_loss"])
+            if ev.get("sample"):
+                self.sample, self.sample_step = ev["sample"], ev["step"]
+        elif kind == "checkpoint":
+            self.checkpoints = [c for c in self.checkpoints if c.step != ev["step"]]
+            self.checkpoints.append(Checkpoint(ev["step"], ev.get("path", ""), ev.get("time", 0.0)))
+        elif kind == "start":
+            self.start, self.end = ev, None
+            self.total_steps = ev.get("total_steps") or self.total_steps
+            self._last_step_time = None
+        elif kind == "end":
+            self.end = ev
+        elif kind == "memory":
+            self.memory = ev
+
+    def _truncate(self, step):
+        i = bisect.bisect_left(self.steps, step)
+        for arr in (self.steps, self.losses, self.lrs, self.grad_norms):
+            del arr[i:]
+        j = bisect.bisect_left(self.eval_steps, step)
+        del self.eval_steps[j:]
+        del self.eval_losses[j:]
+
+    def _read_log(self) -> bool:
+        path = self.run_dir / "train.log"
+        try:
+            size = os.path.getsize(path)
+        except OSError:
+            return False
+        if size <= self.log_offset:
+            return False
+        with open(path, "rb") as f:
+            # a long log: only its last 64 KiB matter for the tail
+            start = max(self.log_offset, size - 65536)
+            f.seek(start)
+            data = f.read(size - start)
+        if start > self.log_offset:
+            self._log_partial = b""
+            data = data[data.find(b"\n") + 1:]
+        self.log_offset = size
+        data = self._log_partial + data
+        lines = data.split(b"\n")
+        self._log_partial = lines.pop()
+        for line in lines:
+            self.log_tail.append(line.decode(errors="replace").rstrip("\r").split("\r")[-1])
+        return bool(lines)
+
+    # ---------------------------------------------------------------------- derived
+    @property
+    def step(self) -> int:
+        if self.steps:
+            return int(self.steps[-1])
+        return int(self.status.get("step") or self.start.get("start_step") or 0)
+
+    @property
+    def state(self) -> str:
+        """starting / loading / training / evaluating / checkpointing / finished / stopped / crashed / error."""
+        if self.end is not None:
+            return "crashed" if self.end.get("reason") == "error" else self.end.get("reason", "finished")
+        st = self.status.get("state")
+        if st == "error":
+            return "crashed"
+        return st or ("training" if self.steps else "starting")
+
+    @property
+    def message(self) -> str:
+        if self.end is not None:
+            return self.end.get("message") or ""
+        if self.state == "crashed":
+            return self.status.get("message") or "the trainer's processes are gone without an end event; see train.log"
+        return ""
+
+    @property
+    def finished(self) -> bool:
+        return self.state in FINAL_STATES
+
+    @property
+    def last_loss(self) -> float | None:
+        return self.losses[-1] if self.losses else None
+
+    @property
+    def eta_s(self) -> float | None:
+        if self.finished or not self.total_steps or not self.sec_per_step:
+            return None
+        return max(0.0, (self.total_steps - self.step) * self.sec_per_step)
+
+    def smoothed_losses(self, alpha: float = 0.05) -> array:
+        out, ema = array("d"), None
+        for x in self.losses:
+            ema = x if ema is None else (1 - alpha) * ema + alpha * x
+            out.append(ema)
+        return out
+
+    def age_s(self) -> float:
+        return time.time() - float(self.status.get("updated") or time.time())
+
+
+def downsample(xs, ys, width: int) -> tuple[list, list]:
+    """At most `width` points: the mean of the points in each of `width` equal intervals of x (the steps),
+    so a densely logged tail and a sampled history weigh the same. All points when there are fewer."""
+    n = len(ys)
+    if n <= width or width <= 0:
+        return list(xs), list(ys)
+    import numpy as np
+    x = np.frombuffer(xs, dtype=np.float64) if isinstance(xs, array) else np.asarray(xs, dtype=np.float64)
+    y = np.frombuffer(ys, dtype=np.float64) if isinstance(ys, array) else np.asarray(ys, dtype=np.float64)
+    edges = np.searchsorted(x, np.linspace(x[0], x[-1], width + 1)[1:-1], side="right")
+    starts = np.concatenate(([0], edges))
+    ends = np.concatenate((edges, [n]))
+    keep = ends > starts
+    starts, ends = starts[keep], ends[keep]
+    cx = np.concatenate(([0.0], np.cumsum(x)))
+    cy = np.concatenate(([0.0], np.cumsum(np.nan_to_num(y, nan=0.0))))
+    counts = ends - starts
+    return ((cx[ends] - cx[starts]) / counts).tolist(), ((cy[ends] - cy[starts]) / counts).tolist()
+
+
+def recent_runs(root="runs", limit: int = 20) -> list:
+    """Run directories under `root`, newest first: [(path, status dict)]."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    runs = [p for p in root.iterdir() if (p / METRICS).exists() or (p / "status.json").exists()]
+    runs.sort(key=lambda p: max((p / f).stat().st_mtime for f in (METRICS, "status.json") if (p / f).exists()),
+              reverse=True)
+    return [(p, read_status(p)) for p in runs[:limit]]

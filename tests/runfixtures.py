@@ -1,0 +1,66 @@
+"""Recorded run directories for dashboard tests: deterministic events, status and log."""
+import json
+import os
+from pathlib import Path
+
+T0 = 1_790_000_000.0
+
+
+def step_event(s, total, t0=T0):
+    return {"event": "step", "time": t0 + 2.0 * s, "step": s, "epoch": round(s / 10, 4),
+            "loss": round(3.0 / (1 + s / 5), 6), "lr": 2e-4 * (1 - s / (total + 1)), "grad_norm": 0.5 + 0.01 * s,
+            "tokens": 4096, "trained_tokens": 2000, "tokens_per_s": 2048.0, "elapsed_s": 2.0 * s}
+
+
+def write_run(run: Path, steps: int, total: int, state: str = "training", pid=None, end: str | None = None,
+              log_lines=("[rigtune] format alpaca: 100 records", "[rigtune] 1 process(es), 40 steps")):
+    run.mkdir(parents=True, exist_ok=True)
+    events = [{"event": "start", "time": T0, "world_size": 1, "strategy": "single", "model": "tiny",
+               "trainable_params": 155648, "total_steps": total, "resumed_from": None}]
+    for s in range(1, steps + 1):
+        events.append(step_event(s, total))
+        if s % 10 == 0:
+            events.append({"event": "eval", "time": T0 + 2.0 * s, "step": s, "eval_loss": round(3.2 / (1 + s / 5), 6),
+                           "sample": {"prompt": "What colour is a banana?", "completion": f"A banana is yellow. ({s})"}})
+            events.append({"event": "checkpoint", "time": T0 + 2.0 * s, "step": s, "path": f"checkpoints/step-{s:06d}"})
+    if end:
+        events.append({"event": "end", "time": T0 + 2.0 * steps + 1, "step": steps, "reason": end,
+                       "message": {"finished": f"finished {total} steps", "stopped": f"stopped on request at step {steps} of {total}",
+                                   "error": "RuntimeError: boom"}[end]})
+    (run / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    status = {"state": state, "step": steps, "total_steps": total, "pid": pid or 999999, "pgid": pid or 999999,
+              "updated": T0 + 2.0 * steps}
+    (run / "status.json").write_text(json.dumps(status))
+    (run / "train.log").write_text("".join(line + "\n" for line in log_lines))
+    (run / "run.toml").write_text('name = "demo"\n[model]\nbase = "tiny"\n[data]\npath = "d.jsonl"\n')
+    return run
+
+
+def append_steps(run: Path, first: int, last: int, total: int):
+    with open(run / "metrics.jsonl", "a") as f:
+        for s in range(first, last + 1):
+            f.write(json.dumps(step_event(s, total)) + "\n")
+    st = json.loads((run / "status.json").read_text())
+    st.update(step=last)
+    (run / "status.json").write_text(json.dumps(st))
+
+
+class FakeSampler:
+    """The dashboard's sampler interface with a fixed snapshot: GPU figures a test can assert on."""
+
+    def __init__(self, gpus=True):
+        from engine.sampler import CpuSample, GpuSample, Snapshot
+        cpu = CpuSample(cpu_percent=42.0, rss_gib=1.5, ram_used_gib=20.0, ram_total_gib=64.0, processes=2)
+        g = (GpuSample(index=0, name="RTX 4090", used_gib=20.1, total_gib=24.0, util=97, temp_c=66,
+                       power_w=401.0, power_limit_w=450.0, run_gib=19.8),) if gpus else ()
+        self.latest = Snapshot(time=T0, gpus=g, cpu=cpu)
+
+    def start(self):
+        return self
+
+    def stop(self):
+        pass
+
+
+def own_pid():
+    return os.getpid()

@@ -1,0 +1,149 @@
+"""The dashboard against recorded and live-growing run directories, with a fake hardware sampler."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from runfixtures import FakeSampler, append_steps, own_pid, write_run
+from tui.app import RigtuneApp
+from tui.screens.dashboard import Dashboard
+
+os.environ["TZ"] = "UTC"
+time.tzset()
+
+
+async def attached(pilot):
+    for _ in range(200):
+        await pilot.pause(0.02)
+        screen = pilot.app.screen
+        if isinstance(screen, Dashboard) and screen.attached:
+            return screen
+    raise AssertionError("dashboard never attached")
+
+
+def text(screen, selector):
+    widget = screen.query_one(selector)
+    return str(widget.render())
+
+
+async def test_finished_run_panels(tmp_path):
+    run = write_run(tmp_path / "runs" / "demo", steps=40, total=40, state="finished", end="finished")
+    app = RigtuneApp(run_dir=run, sampler=FakeSampler())
+    async with app.run_test(size=(100, 30)) as pilot:
+        d = await attached(pilot)
+        status = text(d, "#status")
+        assert "FINISHED" in status and "step 40/40" in status and "loss 0.3333" in status
+        assert "ETA --:--" in status
+        hw = text(d, "#hardware")
+        assert "GPU0 RTX 4090" in hw and "20.1/24G" in hw and "util  97%" in hw and "401/450W" in hw
+        assert "run 19.8G" in hw
+        table = d.query_one("#ckpts")
+        assert table.row_count == 4
+        assert [table.get_row_at(i)[0] for i in range(4)] == ["40", "30", "20", "10"]
+        await pilot.press("g")
+        assert "A banana is yellow. (40)" in text(d, "#sample-text")
+        assert "[rigtune] 1 process(es), 40 steps" in "\n".join(d.query_one("#logtail").lines)
+        assert not d.check_action("stop", ()) and not d.check_action("resume", ())
+        await pilot.press("q")
+    assert app.return_code == 0
+
+
+async def test_live_run_updates_and_eta(tmp_path):
+    run = write_run(tmp_path / "live", steps=5, total=50, state="training", pid=own_pid())
+    app = RigtuneApp(run_dir=run, sampler=FakeSampler())
+    async with app.run_test(size=(80, 24)) as pilot:
+        d = await attached(pilot)
+        assert "TRAINING" in text(d, "#status") and "step 5/50" in text(d, "#status")
+        append_steps(run, 6, 20, total=50)
+        await pilot.pause(0.8)
+        status = text(d, "#status")
+        assert "step 20/50" in status
+        assert "ETA 01:00" in status  # 30 steps left at 2 s a step
+        assert d.check_action("stop", ()) and not d.check_action("resume", ())
+        with open(run / "metrics.jsonl", "a") as f:
+            f.write(json.dumps({"event": "end", "time": 1, "step": 20, "reason": "stopped",
+                                "message": "stopped on request at step 20 of 50"}) + "\n")
+        await pilot.pause(0.8)
+        assert "STOPPED" in text(d, "#status") and "stopped on request" in text(d, "#status")
+        assert d.check_action("resume", ()) and not d.check_action("stop", ())
+
+
+async def test_crashed_run_reads_as_crashed(tmp_path):
+    run = write_run(tmp_path / "c", steps=7, total=40, state="training", pid=999999)  # no such process
+    app = RigtuneApp(run_dir=run, sampler=FakeSampler(gpus=False))
+    async with app.run_test(size=(80, 24)) as pilot:
+        d = await attached(pilot)
+        assert "CRASHED" in text(d, "#status")
+        assert d.check_action("resume", ())
+        hw = text(d, "#hardware")
+        assert "CPU  42.0% (2 proc)" in hw and "run RSS 1.50 GiB" in hw
+
+
+async def test_stop_sends_sigterm_to_the_group_after_confirmation(tmp_path):
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    try:
+        run = write_run(tmp_path / "s", steps=3, total=40, state="training", pid=child.pid)
+        app = RigtuneApp(run_dir=run, sampler=FakeSampler())
+        async with app.run_test(size=(80, 24)) as pilot:
+            await attached(pilot)
+            await pilot.press("s")
+            await pilot.pause(0.1)
+            assert child.poll() is None        # nothing happens before the confirmation
+            await pilot.press("y")
+            assert child.wait(timeout=10) == -signal.SIGTERM
+    finally:
+        if child.poll() is None:
+            child.kill()
+
+
+async def test_run_file_viewer(tmp_path):
+    run = write_run(tmp_path / "v", steps=3, total=40, state="finished", end="finished")
+    app = RigtuneApp(run_dir=run, sampler=FakeSampler())
+    async with app.run_test(size=(80, 24)) as pilot:
+        await attached(pilot)
+        await pilot.press("o")
+        await pilot.pause(0.1)
+        assert type(app.screen).__name__ == "RunFileScreen"
+        await pilot.press("escape")
+        await pilot.pause(0.1)
+        assert isinstance(app.screen, Dashboard)
+
+
+async def test_picker_lists_recent_runs_and_attaches(tmp_path):
+    write_run(tmp_path / "runs" / "older", steps=10, total=10, state="finished", end="finished")
+    time.sleep(0.01)
+    newer = write_run(tmp_path / "runs" / "newer", steps=4, total=10, state="finished", end="finished")
+    os.utime(newer / "metrics.jsonl")
+    app = RigtuneApp(pick_from=tmp_path / "runs", sampler=FakeSampler())
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause(0.1)
+        options = app.screen.query_one("#runs")
+        labels = [str(options.get_option_at_index(i).prompt) for i in range(options.option_count)]
+        assert labels[0].startswith("newer") and labels[1].startswith("older")
+        await pilot.press("enter")
+        d = await attached(pilot)
+        assert d.run_dir.name == "newer" and "step 4/10" in text(d, "#status")
+
+
+async def test_big_stream_attaches_by_sampling(tmp_path):
+    """Above 32 MB the history is sampled and the tail read in full: the state is exact, the plot complete."""
+    from engine import runview
+    run = tmp_path / "big"
+    run.mkdir()
+    n = 200_000
+    line = '{"event": "step", "time": %d, "step": %d, "epoch": 1.0, "loss": %f, "lr": 0.0002, "grad_norm": 0.5, "tokens": 8192, "trained_tokens": 4000, "tokens_per_s": 16384.0, "elapsed_s": 1.0, "pad": "%s"}\n'
+    with open(run / "metrics.jsonl", "w") as f:
+        f.write(json.dumps({"event": "start", "time": 0, "total_steps": n, "world_size": 1}) + "\n")
+        for s in range(1, n + 1):
+            f.write(line % (s, s, 1.0 / s, "x" * 40))
+    assert (run / "metrics.jsonl").stat().st_size > runview.SPARSE_ABOVE
+    v = runview.RunView(run)
+    v.poll()
+    assert v.step == n and v.total_steps == n and v.steps[0] < 100 and v.sampled_until > 0
+    assert 1000 < len(v.steps) < 200_000
+    xs, ys = runview.downsample(v.steps, v.losses, 50)
+    assert len(xs) == 50 and xs[0] < n / 40 and xs[-1] > n * 0.95

@@ -1,0 +1,58 @@
+"""Small shared screens: a yes/no confirmation and a read-only run-file viewer."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.syntax import Syntax
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Grid, VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Button, Footer, Label, Static
+
+
+class ConfirmScreen(ModalScreen[bool]):
+    BINDINGS = [Binding("y", "answer(True)", "Yes"), Binding("n,escape", "answer(False)", "No")]
+
+    def __init__(self, question: str):
+        super().__init__()
+        self.question = question
+
+    def compose(self) -> ComposeResult:
+        with Grid(id="confirm"):
+            yield Label(self.question, id="question")
+            yield Button("Yes (y)", variant="error", id="yes")
+            yield Button("No (n)", variant="primary", id="no")
+
+    def on_mount(self) -> None:
+        self.query_one("#no", Button).focus()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(event.button.id == "yes")
+
+    def action_answer(self, yes: bool) -> None:
+        self.dismiss(yes)
+
+
+class RunFileScreen(ModalScreen[None]):
+    """The run file, syntax-highlighted, read-only."""
+    BINDINGS = [Binding("escape,q,o", "close", "Close")]
+
+    def __init__(self, path: Path):
+        super().__init__()
+        self.path = Path(path)
+
+    def compose(self) -> ComposeResult:
+        try:
+            text = self.path.read_text()
+        except OSError as e:
+            text = f"# cannot read {self.path}: {e}"
+        with VerticalScroll(id="runfile"):
+            yield Static(Syntax(text, "toml", theme="ansi_dark", word_wrap=True, background_color="default"))
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#runfile").border_title = str(self.path)
+
+    def action_close(self) -> None:
+        self.dismiss(None)

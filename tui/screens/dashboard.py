@@ -1,0 +1,271 @@
+"""The dashboard: live panels for one run directory. It only reads the run directory (through
+engine.runview, incrementally) and a sampler thread's snapshot; it redraws at 2 Hz and only what changed.
+Leaving it never stops training: the trainer runs in its own session."""
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Log, ProgressBar, Sparkline, Static, TabbedContent, TabPane
+
+from engine.runview import RunView, downsample
+from engine.sampler import Sampler
+
+from ..widgets.plot import LinePlot
+from .common import ConfirmScreen, RunFileScreen
+
+STATE_STYLE = {"training": "bold green", "evaluating": "bold cyan", "checkpointing": "bold cyan",
+               "loading": "bold yellow", "starting": "bold yellow", "finished": "bold green",
+               "stopped": "bold yellow", "crashed": "bold red"}
+
+
+def fmt_duration(s: float | None) -> str:
+    if s is None:
+        return "--:--"
+    s = int(s)
+    h, rem = divmod(s, 3600)
+    return f"{h}:{rem // 60:02d}:{rem % 60:02d}" if h else f"{rem // 60:02d}:{rem % 60:02d}"
+
+
+def bar(frac: float, width: int) -> str:
+    frac = max(0.0, min(1.0, frac))
+    full = int(frac * width)
+    return "█" * full + ("▌" if frac * width - full >= 0.5 else "") + "·" * (width - full - (1 if frac * width - full >= 0.5 else 0))
+
+
+class Dashboard(Screen):
+    BINDINGS = [
+        Binding("q", "detach", "Detach (training keeps running)"),
+        Binding("s", "stop", "Stop"),
+        Binding("o", "open_run_file", "Run file"),
+        Binding("r", "resume", "Resume"),
+        Binding("l", "tab('log')", "Log", show=False),
+        Binding("c", "tab('checkpoints')", "Checkpoints", show=False),
+        Binding("g", "tab('sample')", "Sample", show=False),
+    ]
+
+    def __init__(self, run_dir, sampler: Sampler | None = None, clock=time.time, **kw):
+        super().__init__(**kw)
+        self.run_dir = Path(run_dir)
+        self.view = RunView(self.run_dir)
+        self.sampler = sampler
+        self.clock = clock
+        self.attached = False
+        self._shown_log = 0
+        self._shown_ckpts = None
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="status")
+        yield ProgressBar(total=100, show_eta=False, id="progress")
+        with Horizontal(id="main"):
+            with Vertical(id="loss-box"):
+                yield LinePlot(id="loss")
+            with Vertical(id="side"):
+                yield Static(id="throughput")
+                yield Static("lr", classes="spark-label", id="lr-label")
+                yield Sparkline([], id="lr")
+                yield Static("grad norm", classes="spark-label", id="gn-label")
+                yield Sparkline([], id="gradnorm")
+                yield Static(id="hardware")
+        with TabbedContent(id="bottom", initial="log"):
+            with TabPane("Log", id="log"):
+                yield Log(max_lines=200, id="logtail")
+            with TabPane("Checkpoints", id="checkpoints"):
+                yield DataTable(id="ckpts", cursor_type="row", zebra_stripes=False)
+            with TabPane("Sample", id="sample"):
+                yield Static(id="sample-text")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#loss-box").border_title = "loss  [cyan]raw[/] [yellow]smoothed[/] [magenta]eval[/]"
+        table = self.query_one("#ckpts", DataTable)
+        table.add_columns("step", "saved", "path")
+        if self.sampler is None:
+            self.sampler = Sampler(lambda: self.view.status.get("pgid"))
+            self.sampler.start()
+        self.attach()
+
+    def on_resize(self, event) -> None:
+        self.set_class(event.size.width >= 110, "-wide")
+        self.set_class(event.size.height >= 36, "-tall")
+
+    def on_unmount(self) -> None:
+        if self.sampler is not None:
+            self.sampler.stop()
+
+    @work(thread=True, exclusive=True, group="attach")
+    def attach(self) -> None:
+        """The first read can be large (a finished run of a million events): do it off the event loop."""
+        self.view.poll()
+        import numpy  # noqa: F401 - warm the import the plots use, off the event loop
+        self.app.call_from_thread(self._attached)
+
+    def _attached(self) -> None:
+        self.attached = True
+        self.update_view()
+        self.set_interval(0.5, self.tick)
+
+    def tick(self) -> None:
+        if self.view.poll():
+            self.update_view()
+        else:
+            self.update_hardware()
+            self.update_status()
+
+    # ---------------------------------------------------------------------- drawing
+    def update_view(self) -> None:
+        self.update_status()
+        self.update_plots()
+        self.update_hardware()
+        self.update_log()
+        self.update_checkpoints()
+        self.update_sample()
+
+    def update_status(self) -> None:
+        v = self.view
+        state = v.state
+        total = v.total_steps or v.status.get("total_steps") or 0
+        t = Text()
+        t.append(f" {self.run_dir.name[:24]} ", style="bold")
+        t.append(f" {state.upper()} ", style=f"reverse {STATE_STYLE.get(state, 'bold')}")
+        # the essentials first; the rest while the line has room
+        parts = [(f" step {v.step}/{total or '?'}", ""), (f"  ETA {fmt_duration(v.eta_s)}", "")]
+        if v.last_loss is not None:
+            parts.append((f"  loss {v.last_loss:.4f}", "bold"))
+        parts += [(f"  elapsed {fmt_duration(v.elapsed_s)}", "dim"), (f"  epoch {v.epoch:.2f}", "dim")]
+        room = self.size.width - len(t.plain) - 1
+        for text, style in parts:
+            if len(text) <= room:
+                t.append(text, style=style)
+                room -= len(text)
+        if v.message and state in ("crashed", "stopped"):
+            t.append(f"\n {v.message}", style="red" if state == "crashed" else "yellow")
+        self.query_one("#status", Static).update(t)
+        if state != getattr(self, "_shown_state", None):
+            self._shown_state = state
+            self.refresh_bindings()
+        pb = self.query_one("#progress", ProgressBar)
+        pb.update(total=max(1, total), progress=min(v.step, total or v.step))
+
+    def update_plots(self) -> None:
+        v = self.view
+        smooth = v.smoothed_losses()
+        self.query_one("#loss", LinePlot).set_series([
+            (v.steps, v.losses, "cyan", "line"), (v.steps, smooth, "yellow", "line"),
+            (v.eval_steps, v.eval_losses, "magenta", "points")])
+        width = max(8, self.query_one("#lr", Sparkline).size.width)
+        lr = [float(f"{x:.5g}") for x in downsample(v.steps, v.lrs, width)[1]]  # no float noise in flat lines
+        gn = [float(f"{x:.5g}") for x in downsample(v.steps, v.grad_norms, width)[1]]
+        self.query_one("#lr", Sparkline).data = lr
+        self.query_one("#gradnorm", Sparkline).data = gn
+        self.query_one("#lr-label", Static).update(f"lr {v.lrs[-1]:.2e}" if v.lrs else "lr")
+        self.query_one("#gn-label", Static).update(f"grad norm {v.grad_norms[-1]:.3f}" if v.grad_norms else "grad norm")
+        tokens = f"{v.tokens_seen / 1e6:.2f}M" if v.tokens_seen >= 1e6 else f"{v.tokens_seen:,}"
+        self.query_one("#throughput", Static).update(
+            f"tok/s {v.tokens_per_s:,.0f} (avg {v.tokens_per_s_avg:,.0f})\ntokens seen {tokens}")
+
+    def update_hardware(self) -> None:
+        snap = self.sampler.latest if self.sampler else None
+        widget = self.query_one("#hardware", Static)
+        if snap is None or not snap.time:
+            widget.update("sampling hardware...")
+            return
+        width = max(6, widget.size.width - 12)
+        lines = []
+        for g in snap.gpus:
+            lines.append(f"GPU{g.index} {g.name[:width + 4]}")
+            lines.append(f"{bar(g.used_gib / max(g.total_gib, 1e-9), width)} {g.used_gib:4.1f}/{g.total_gib:.0f}G")
+            power = f"{g.power_w:.0f}/{g.power_limit_w:.0f}W" if g.power_w is not None and g.power_limit_w else ""
+            lines.append(f"util {g.util:3d}%  {g.temp_c}°C  {power}  run {g.run_gib:.1f}G")
+        if not snap.gpus and snap.cpu:
+            c = snap.cpu
+            lines.append(f"CPU {c.cpu_percent:5.1f}% ({c.processes} proc)")
+            lines.append(f"{bar(c.ram_used_gib / max(c.ram_total_gib, 1e-9), width)} {c.ram_used_gib:4.1f}/{c.ram_total_gib:.0f}G")
+            lines.append(f"run RSS {c.rss_gib:.2f} GiB")
+        if snap.error:
+            lines.append(f"[red]{snap.error}[/]")
+        widget.update("\n".join(lines))
+
+    def update_log(self) -> None:
+        log = self.query_one("#logtail", Log)
+        tail = list(self.view.log_tail)
+        new = self.view.log_offset != self._shown_log
+        if new:
+            log.clear()
+            log.write_lines(tail[-50:])
+            self._shown_log = self.view.log_offset
+
+    def update_checkpoints(self) -> None:
+        ckpts = [(c.step, c.time, c.path) for c in self.view.checkpoints]
+        if ckpts == self._shown_ckpts:
+            return
+        self._shown_ckpts = ckpts
+        table = self.query_one("#ckpts", DataTable)
+        table.clear()
+        for step, t, path in reversed(ckpts):
+            table.add_row(str(step), time.strftime("%H:%M:%S", time.localtime(t)) if t else "", path)
+
+    def update_sample(self) -> None:
+        s = self.view.sample
+        text = Text()
+        if not s:
+            text.append("no eval sample yet (written at each eval)", style="dim")
+        else:
+            text.append(f"step {self.view.sample_step}\n", style="bold")
+            text.append(s.get("prompt", "").strip()[-300:] + "\n", style="dim")
+            text.append(s.get("completion", ""), style="green")
+        self.query_one("#sample-text", Static).update(text)
+
+    # ---------------------------------------------------------------------- actions
+    def action_tab(self, tab: str) -> None:
+        self.query_one("#bottom", TabbedContent).active = tab
+
+    def action_detach(self) -> None:
+        self.app.exit(0)
+
+    def check_action(self, action: str, parameters) -> bool | None:
+        if action == "stop":
+            return not self.view.finished
+        if action == "resume":
+            return self.view.state in ("stopped", "crashed")
+        return True
+
+    def action_stop(self) -> None:
+        pgid = self.view.status.get("pgid")
+
+        def confirmed(yes: bool | None) -> None:
+            if not yes:
+                return
+            try:
+                os.killpg(int(pgid), signal.SIGTERM)
+                self.notify("Stopping after this step: checkpoint and adapter are being saved.")
+            except (ProcessLookupError, TypeError, ValueError):
+                self.notify("The trainer is not running.", severity="warning")
+        self.app.push_screen(ConfirmScreen("Stop training?\nIt finishes the current step, saves a checkpoint "
+                                           "and the adapter, then exits."), confirmed)
+
+    def action_open_run_file(self) -> None:
+        self.app.push_screen(RunFileScreen(self.run_dir / "run.toml"))
+
+    def action_resume(self) -> None:
+        self.resume_run()
+
+    @work(thread=True, exclusive=True, group="resume")
+    def resume_run(self) -> None:
+        from engine import runfile
+        from engine.errors import BadInput
+        from engine.launch import launch
+        try:
+            cfg = runfile.load(self.run_dir / "run.toml")
+            launch(cfg, resume=True)
+            self.app.call_from_thread(self.notify, "Resuming from the newest checkpoint...")
+        except BadInput as e:
+            self.app.call_from_thread(self.notify, str(e), severity="error")
