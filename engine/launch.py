@@ -25,7 +25,8 @@ def accelerate_command(cfg, run_dir: Path, resume: bool) -> tuple[list, dict]:
     total = hw.num_processes * hw.num_machines
     argv = [sys.executable, "-m", "accelerate.commands.launch", "--quiet",
             "--num_processes", str(total), "--num_machines", str(hw.num_machines),
-            "--machine_rank", str(hw.machine_rank), "--mixed_precision", "no", "--dynamo_backend", "no"]
+            "--machine_rank", str(hw.machine_rank), "--mixed_precision", "no", "--dynamo_backend", "no",
+            "--num_cpu_threads_per_process", str(max(1, (os.cpu_count() or 1) // hw.num_processes))]
     env = {"PYTHONUNBUFFERED": "1"}
     if hw.gpus:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in hw.gpus)

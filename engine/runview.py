@@ -46,7 +46,9 @@ class RunView:
         self.log_offset = 0
         self.log_tail: deque = deque(maxlen=log_lines)
         self._log_partial = b""
-        self.steps, self.losses = array("d"), array("d")
+        self.steps, self.losses, self.smooth = array("d"), array("d"), array("d")
+        self.smoothing = 0.05              # EMA weight of a new loss in the smoothed curve
+        self.log_lines_total = 0           # lines ever added to log_tail (to append only what is new)
         self.lrs, self.grad_norms = array("d"), array("d")
         self.eval_steps, self.eval_losses = array("d"), array("d")
         self.checkpoints: list = []
@@ -153,7 +155,10 @@ class RunView:
             if self.steps and step <= self.steps[-1]:  # a resumed run redoes steps after its checkpoint
                 self._truncate(step)
             self.steps.append(step)
-            self.losses.append(ev.get("loss", float("nan")))
+            loss = ev.get("loss", float("nan"))
+            self.losses.append(loss)
+            prev = self.smooth[-1] if self.smooth else loss
+            self.smooth.append(loss if prev != prev else (1 - self.smoothing) * prev + self.smoothing * loss)
             self.lrs.append(ev.get("lr", float("nan")))
             self.grad_norms.append(ev.get("grad_norm", float("nan")))
             tps = ev.get("tokens_per_s") or 0.0
@@ -189,7 +194,7 @@ class RunView:
 
     def _truncate(self, step):
         i = bisect.bisect_left(self.steps, step)
-        for arr in (self.steps, self.losses, self.lrs, self.grad_norms):
+        for arr in (self.steps, self.losses, self.smooth, self.lrs, self.grad_norms):
             del arr[i:]
         j = bisect.bisect_left(self.eval_steps, step)
         del self.eval_steps[j:]
@@ -217,6 +222,7 @@ class RunView:
         self._log_partial = lines.pop()
         for line in lines:
             self.log_tail.append(line.decode(errors="replace").rstrip("\r").split("\r")[-1])
+        self.log_lines_total += len(lines)
         return bool(lines)
 
     # ---------------------------------------------------------------------- derived
@@ -257,13 +263,6 @@ class RunView:
         if self.finished or not self.total_steps or not self.sec_per_step:
             return None
         return max(0.0, (self.total_steps - self.step) * self.sec_per_step)
-
-    def smoothed_losses(self, alpha: float = 0.05) -> array:
-        out, ema = array("d"), None
-        for x in self.losses:
-            ema = x if ema is None else (1 - alpha) * ema + alpha * x
-            out.append(ema)
-        return out
 
     def age_s(self) -> float:
         return time.time() - float(self.status.get("updated") or time.time())

@@ -108,6 +108,9 @@ class Sampler:
         self._nvml = nvml
         self._nvml_ok = None
         self._procs: dict = {}
+        self._pids: set = set()
+        self._pids_at = 0.0
+        self._pgid = None
         self._thread = threading.Thread(target=self._run, name="rigtune-sampler", daemon=True)
 
     def start(self):
@@ -130,7 +133,10 @@ class Sampler:
                 self._nvml_ok = self._nvml.nvmlDeviceGetCount() > 0
             except Exception:
                 self._nvml_ok = False
-        pids = group_pids(self.pgid_fn())
+        pgid = self.pgid_fn()
+        if pgid != self._pgid or time.time() - self._pids_at > 5.0:  # a full process scan every 5 s at most
+            self._pgid, self._pids, self._pids_at = pgid, group_pids(pgid), time.time()
+        pids = self._pids
         try:
             if self._nvml_ok:
                 snap = Snapshot(time=time.time(), gpus=sample_gpus(self._nvml, pids), cpu=sample_cpu(pids, self._procs))

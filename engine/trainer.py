@@ -379,7 +379,9 @@ def train(run_dir: Path, resume: bool) -> int:
 
 def _quiet_libraries():
     """Keep train.log (and the dashboard's log tail) about the run, not about library deprecations."""
+    import logging
     import warnings
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # "kernels-community" probes on CPU
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", message=".*autograd kernel was not registered.*")

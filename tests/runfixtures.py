@@ -32,6 +32,9 @@ def write_run(run: Path, steps: int, total: int, state: str = "training", pid=No
               "updated": T0 + 2.0 * steps}
     (run / "status.json").write_text(json.dumps(status))
     (run / "train.log").write_text("".join(line + "\n" for line in log_lines))
+    for s in range(10, steps + 1, 10):
+        if s > steps - 20:  # keep_checkpoints = 2: the older ones were pruned
+            (run / "checkpoints" / f"step-{s:06d}").mkdir(parents=True, exist_ok=True)
     (run / "run.toml").write_text('name = "demo"\n[model]\nbase = "tiny"\n[data]\npath = "d.jsonl"\n')
     return run
 

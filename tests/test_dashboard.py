@@ -42,11 +42,13 @@ async def test_finished_run_panels(tmp_path):
         assert "GPU0 RTX 4090" in hw and "20.1/24G" in hw and "util  97%" in hw and "401/450W" in hw
         assert "run 19.8G" in hw
         table = d.query_one("#ckpts")
-        assert table.row_count == 4
-        assert [table.get_row_at(i)[0] for i in range(4)] == ["40", "30", "20", "10"]
+        assert table.row_count == 3  # the two kept on disk, and a note for the pruned ones
+        assert [table.get_row_at(i)[0] for i in range(2)] == ["40", "30"]
+        assert "2 older pruned" in str(table.get_row_at(2)[2])
         await pilot.press("g")
         assert "A banana is yellow. (40)" in text(d, "#sample-text")
-        assert "[rigtune] 1 process(es), 40 steps" in "\n".join(d.query_one("#logtail").lines)
+        await pilot.press("l")
+        assert "[rigtune] 1 process(es), 40 steps" in text(d, "#logtail")
         assert not d.check_action("stop", ()) and not d.check_action("resume", ())
         await pilot.press("q")
     assert app.return_code == 0

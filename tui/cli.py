@@ -12,7 +12,7 @@ from pathlib import Path
 from engine.errors import BadInput
 
 USAGE = """\
-rigtune                       the CPU demo (the wizard comes in a later release)
+rigtune [RUN_FILE] [--preset ID]   the wizard (on a machine without a GPU it offers the CPU demo)
 rigtune demo                  build the tiny demo model and train it on the bundled dataset
 rigtune scan [--json]         GPUs, NVLink, driver, CPU, RAM and disk of this machine
 rigtune plan [RUN_FILE] [--model M] [--gpus NxGIB] ... [--json]   will it fit? (no download)
@@ -436,12 +436,48 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-COMMANDS = {"demo": cmd_demo, "watch": cmd_watch, "scan": cmd_scan, "plan": cmd_plan, "init": cmd_init, "check": cmd_check, "train": cmd_train, "stop": cmd_stop}
+
+
+def cmd_wizard(args) -> int:
+    if not _use_tui(True):
+        raise BadInput("the wizard needs a terminal; in scripts use `rigtune init --preset ID` and "
+                       "`rigtune train RUN_FILE --no-tui` (or `rigtune demo --no-tui`).", key="rigtune")
+    nvml = None
+    fake = os.environ.get("RIGTUNE_FAKE_NVML")
+    if fake:  # plan on recorded hardware (a profile from tests/profiles), e.g. to try the dual-3090 flow
+        from engine.fakenvml import FakeNvml
+        nvml = FakeNvml(fake)
+    if args.run_file:
+        from engine import runfile
+        runfile.load(args.run_file)  # a bad file gets the usual one-paragraph error, not a screen
+    from .app import RigtuneApp
+    app = RigtuneApp(wizard=True, preset=args.preset, run_file=args.run_file, nvml=nvml)
+    app.run()
+    if app.run_dir is not None:
+        print(f"left the dashboard; training goes on. Re-attach with: rigtune watch {app.run_dir}")
+    return 0
+
+
+COMMANDS = {"wizard": cmd_wizard, "demo": cmd_demo, "watch": cmd_watch, "scan": cmd_scan, "plan": cmd_plan, "init": cmd_init, "check": cmd_check, "train": cmd_train, "stop": cmd_stop}
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    command = COMMANDS.get(args.command or "demo")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in COMMANDS and argv[0] not in ("-h", "--help", "--debug"):
+        wiz = argparse.ArgumentParser(prog="rigtune", usage=USAGE)
+        wiz.add_argument("run_file", nargs="?")
+        wiz.add_argument("--preset", help="start the wizard at setup for this tier (1500, 3000, this-machine, cpu-demo)")
+        wiz.add_argument("--debug", action="store_true")
+        args = wiz.parse_args(argv)
+        if args.preset and args.preset not in ("1500", "3000", "this-machine", "cpu-demo"):
+            print(f"rigtune: unknown preset '{args.preset}'; presets: 1500, 3000, this-machine, cpu-demo.", file=sys.stderr)
+            return 2
+        args.command = "wizard"
+    else:
+        args = build_parser().parse_args(argv)
+        if args.command is None:
+            args.command, args.run_file, args.preset = "wizard", None, None
+    command = COMMANDS[args.command]
     try:
         return command(args)
     except BadInput as e:

@@ -14,12 +14,13 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Log, ProgressBar, Sparkline, Static, TabbedContent, TabPane
+from textual.widgets import DataTable, Footer, ProgressBar, Sparkline, TabbedContent, TabPane
 
 from engine.runview import RunView, downsample
 from engine.sampler import Sampler
 
 from ..widgets.plot import LinePlot
+from ..widgets.text import Panel
 from .common import ConfirmScreen, RunFileScreen
 
 STATE_STYLE = {"training": "bold green", "evaluating": "bold cyan", "checkpointing": "bold cyan",
@@ -60,28 +61,29 @@ class Dashboard(Screen):
         self.clock = clock
         self.attached = False
         self._shown_log = 0
+        self._log_resized = False
         self._shown_ckpts = None
 
     def compose(self) -> ComposeResult:
-        yield Static(id="status")
+        yield Panel(id="status")
         yield ProgressBar(total=100, show_eta=False, id="progress")
         with Horizontal(id="main"):
             with Vertical(id="loss-box"):
                 yield LinePlot(id="loss")
             with Vertical(id="side"):
-                yield Static(id="throughput")
-                yield Static("lr", classes="spark-label", id="lr-label")
+                yield Panel(id="throughput")
+                yield Panel("lr", classes="spark-label", id="lr-label")
                 yield Sparkline([], id="lr")
-                yield Static("grad norm", classes="spark-label", id="gn-label")
+                yield Panel("grad norm", classes="spark-label", id="gn-label")
                 yield Sparkline([], id="gradnorm")
-                yield Static(id="hardware")
+                yield Panel(id="hardware")
         with TabbedContent(id="bottom", initial="log"):
             with TabPane("Log", id="log"):
-                yield Log(max_lines=200, id="logtail")
+                yield Panel(id="logtail")
             with TabPane("Checkpoints", id="checkpoints"):
                 yield DataTable(id="ckpts", cursor_type="row", zebra_stripes=False)
             with TabPane("Sample", id="sample"):
-                yield Static(id="sample-text")
+                yield Panel(id="sample-text")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -94,6 +96,7 @@ class Dashboard(Screen):
         self.attach()
 
     def on_resize(self, event) -> None:
+        self._log_resized = True
         self.set_class(event.size.width >= 110, "-wide")
         self.set_class(event.size.height >= 36, "-tall")
 
@@ -137,7 +140,12 @@ class Dashboard(Screen):
         t.append(f" {self.run_dir.name[:24]} ", style="bold")
         t.append(f" {state.upper()} ", style=f"reverse {STATE_STYLE.get(state, 'bold')}")
         # the essentials first; the rest while the line has room
-        parts = [(f" step {v.step}/{total or '?'}", ""), (f"  ETA {fmt_duration(v.eta_s)}", "")]
+        parts = [(f" step {v.step}/{total or '?'}", "")]
+        if v.message and state in ("crashed", "stopped"):  # the reason comes before the rest
+            room = self.size.width - len(t.plain) - len(parts[0][0]) - 2
+            parts.append((f"  {v.message}"[:max(0, room)], "red" if state == "crashed" else "yellow"))
+        else:
+            parts.append((f"  ETA {fmt_duration(v.eta_s)}", ""))
         if v.last_loss is not None:
             parts.append((f"  loss {v.last_loss:.4f}", "bold"))
         parts += [(f"  elapsed {fmt_duration(v.elapsed_s)}", "dim"), (f"  epoch {v.epoch:.2f}", "dim")]
@@ -146,37 +154,38 @@ class Dashboard(Screen):
             if len(text) <= room:
                 t.append(text, style=style)
                 room -= len(text)
-        if v.message and state in ("crashed", "stopped"):
-            t.append(f"\n {v.message}", style="red" if state == "crashed" else "yellow")
-        self.query_one("#status", Static).update(t)
+
+        self.query_one("#status", Panel).show(t)
         if state != getattr(self, "_shown_state", None):
             self._shown_state = state
             self.refresh_bindings()
         pb = self.query_one("#progress", ProgressBar)
-        pb.update(total=max(1, total), progress=min(v.step, total or v.step))
+        if (pb.total, pb.progress) != (max(1, total), min(v.step, total or v.step)):
+            pb.update(total=max(1, total), progress=min(v.step, total or v.step))
 
     def update_plots(self) -> None:
         v = self.view
-        smooth = v.smoothed_losses()
         self.query_one("#loss", LinePlot).set_series([
-            (v.steps, v.losses, "cyan", "line"), (v.steps, smooth, "yellow", "line"),
+            (v.steps, v.losses, "cyan", "line"), (v.steps, v.smooth, "yellow", "line"),
             (v.eval_steps, v.eval_losses, "magenta", "points")])
         width = max(8, self.query_one("#lr", Sparkline).size.width)
         lr = [float(f"{x:.5g}") for x in downsample(v.steps, v.lrs, width)[1]]  # no float noise in flat lines
         gn = [float(f"{x:.5g}") for x in downsample(v.steps, v.grad_norms, width)[1]]
-        self.query_one("#lr", Sparkline).data = lr
-        self.query_one("#gradnorm", Sparkline).data = gn
-        self.query_one("#lr-label", Static).update(f"lr {v.lrs[-1]:.2e}" if v.lrs else "lr")
-        self.query_one("#gn-label", Static).update(f"grad norm {v.grad_norms[-1]:.3f}" if v.grad_norms else "grad norm")
+        if lr != self.query_one("#lr", Sparkline).data:
+            self.query_one("#lr", Sparkline).data = lr
+        if gn != self.query_one("#gradnorm", Sparkline).data:
+            self.query_one("#gradnorm", Sparkline).data = gn
+        self.query_one("#lr-label", Panel).show(f"lr {v.lrs[-1]:.2e}" if v.lrs else "lr")
+        self.query_one("#gn-label", Panel).show(f"grad norm {v.grad_norms[-1]:.3f}" if v.grad_norms else "grad norm")
         tokens = f"{v.tokens_seen / 1e6:.2f}M" if v.tokens_seen >= 1e6 else f"{v.tokens_seen:,}"
-        self.query_one("#throughput", Static).update(
+        self.query_one("#throughput", Panel).show(
             f"tok/s {v.tokens_per_s:,.0f} (avg {v.tokens_per_s_avg:,.0f})\ntokens seen {tokens}")
 
     def update_hardware(self) -> None:
         snap = self.sampler.latest if self.sampler else None
-        widget = self.query_one("#hardware", Static)
+        widget = self.query_one("#hardware", Panel)
         if snap is None or not snap.time:
-            widget.update("sampling hardware...")
+            widget.show("sampling hardware...")
             return
         width = max(6, widget.size.width - 12)
         lines = []
@@ -192,26 +201,31 @@ class Dashboard(Screen):
             lines.append(f"run RSS {c.rss_gib:.2f} GiB")
         if snap.error:
             lines.append(f"[red]{snap.error}[/]")
-        widget.update("\n".join(lines))
+        widget.show(Text.from_markup("\n".join(lines)))
 
     def update_log(self) -> None:
-        log = self.query_one("#logtail", Log)
-        tail = list(self.view.log_tail)
-        new = self.view.log_offset != self._shown_log
-        if new:
-            log.clear()
-            log.write_lines(tail[-50:])
-            self._shown_log = self.view.log_offset
+        """The last lines of train.log that fit the panel (the run view keeps at most 200)."""
+        if self.view.log_lines_total == self._shown_log and not self._log_resized:
+            return
+        panel = self.query_one("#logtail", Panel)
+        rows, cols = max(1, panel.size.height), max(10, panel.size.width)
+        tail = list(self.view.log_tail)[-rows:]
+        panel.show(Text("\n".join(line[:cols] for line in tail), no_wrap=True, overflow="crop"))
+        self._shown_log, self._log_resized = self.view.log_lines_total, False
 
     def update_checkpoints(self) -> None:
+        """Checkpoints still on disk (older ones are pruned to keep_checkpoints), newest first."""
         ckpts = [(c.step, c.time, c.path) for c in self.view.checkpoints]
         if ckpts == self._shown_ckpts:
             return
         self._shown_ckpts = ckpts
         table = self.query_one("#ckpts", DataTable)
         table.clear()
-        for step, t, path in reversed(ckpts):
+        kept = [c for c in ckpts if (self.run_dir / c[2]).is_dir()] or ckpts[-1:]
+        for step, t, path in reversed(kept):
             table.add_row(str(step), time.strftime("%H:%M:%S", time.localtime(t)) if t else "", path)
+        if len(kept) < len(ckpts):
+            table.add_row("", "", Text(f"{len(ckpts) - len(kept)} older pruned (keep_checkpoints)", style="dim"))
 
     def update_sample(self) -> None:
         s = self.view.sample
@@ -222,7 +236,7 @@ class Dashboard(Screen):
             text.append(f"step {self.view.sample_step}\n", style="bold")
             text.append(s.get("prompt", "").strip()[-300:] + "\n", style="dim")
             text.append(s.get("completion", ""), style="green")
-        self.query_one("#sample-text", Static).update(text)
+        self.query_one("#sample-text", Panel).show(text)
 
     # ---------------------------------------------------------------------- actions
     def action_tab(self, tab: str) -> None:

@@ -13,7 +13,7 @@ from textual.widgets.option_list import Option
 from engine.runview import recent_runs
 
 
-class RunPicker(Screen[Path]):
+class RunPicker(Screen):
     BINDINGS = [Binding("q,escape", "app.quit", "Quit")]
 
     def __init__(self, root="runs"):
@@ -36,4 +36,4 @@ class RunPicker(Screen[Path]):
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
         if event.option.id:
-            self.dismiss(Path(event.option.id))
+            self.app.show_dashboard(Path(event.option.id))

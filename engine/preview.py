@@ -1,0 +1,140 @@
+"""Dataset preview for the wizard without importing torch or transformers: a local model's tokenizer.json is
+read with `tokenizers`, its chat template rendered with jinja2, and engine.data's own masking logic applied,
+so what the wizard shows is what training will do. Without a local tokenizer, token counts are estimated."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import data as D
+
+
+class LightTokenizer:
+    """The few tokenizer methods engine.data uses, backed by `tokenizers` and jinja2."""
+
+    def __init__(self, model_dir):
+        from tokenizers import Tokenizer
+        d = Path(model_dir)
+        self.tok = Tokenizer.from_file(str(d / "tokenizer.json"))
+        cfg = {}
+        if (d / "tokenizer_config.json").exists():
+            cfg = json.loads((d / "tokenizer_config.json").read_text())
+        template = cfg.get("chat_template")
+        if (d / "chat_template.jinja").exists():
+            template = (d / "chat_template.jinja").read_text()
+        if isinstance(template, list):  # named templates: take the default
+            template = next((t["template"] for t in template if t.get("name") == "default"), template[0]["template"])
+        self.chat_template = template or D.DEFAULT_CHAT_TEMPLATE
+
+        def token(name):
+            v = cfg.get(name)
+            return v.get("content") if isinstance(v, dict) else v
+        self.bos_token, self.eos_token = token("bos_token"), token("eos_token")
+        self.eos_token_id = self.tok.token_to_id(self.eos_token) if self.eos_token else None
+        self._template = None
+
+    def apply_chat_template(self, messages, tools=None, tokenize=False, add_generation_prompt=False):
+        if self._template is None:
+            from jinja2.sandbox import ImmutableSandboxedEnvironment
+            env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+            env.filters["tojson"] = lambda x, indent=None, **kw: json.dumps(x, indent=indent, ensure_ascii=False)
+
+            def raise_exception(msg):
+                raise ValueError(msg)
+            env.globals["raise_exception"] = raise_exception
+            self._template = env.from_string(self.chat_template)
+        return self._template.render(messages=messages, tools=tools, add_generation_prompt=add_generation_prompt,
+                                     bos_token=self.bos_token or "", eos_token=self.eos_token or "")
+
+    def __call__(self, text, add_special_tokens=True, return_offsets_mapping=False):
+        enc = self.tok.encode(text, add_special_tokens=add_special_tokens)
+        out = {"input_ids": enc.ids}
+        if return_offsets_mapping:
+            out["offset_mapping"] = enc.offsets
+        return out
+
+    def decode(self, ids, skip_special_tokens=False):
+        return self.tok.decode(ids, skip_special_tokens=skip_special_tokens)
+
+
+@dataclass
+class Preview:
+    format: str
+    records: int
+    files: list
+    lengths: list = field(default_factory=list)
+    truncated: int = 0
+    exact: bool = True             # token counts from the model's tokenizer (else estimated)
+    example: list = field(default_factory=list)  # [(text, trained: bool)] pieces of the first example
+    max_seq_len: int = 0
+
+    def histogram(self, bins: int = 10) -> list:
+        """[(upper bound, count)] over 0..max(longest, max_seq_len)."""
+        if not self.lengths:
+            return []
+        top = max(max(self.lengths), self.max_seq_len)
+        width = max(1, -(-top // bins))
+        counts = [0] * bins
+        for n in self.lengths:
+            counts[min(bins - 1, n // width)] += 1
+        return [((i + 1) * width, c) for i, c in enumerate(counts)]
+
+
+def preview(path: str, fmt: str, model_base: str, max_seq_len: int, train_on_prompt: bool = False,
+            sample_limit: int = 2000) -> Preview:
+    """Read and check the dataset (BadInput on errors), then measure it with the model's tokenizer when it is
+    local. At most `sample_limit` records are tokenized for the histogram; truncation is scaled to all."""
+    examples, fmt, files = D.load_examples(path, fmt)
+    tok = None
+    if (Path(model_base).expanduser() / "tokenizer.json").exists():
+        tok = LightTokenizer(Path(model_base).expanduser())
+    p = Preview(format=fmt, records=len(examples), files=files, exact=tok is not None, max_seq_len=max_seq_len)
+    sample = examples[:sample_limit]
+    for ex in sample:
+        if tok is not None:
+            enc, _ = D.encode(tok, ex, 1 << 30, train_on_prompt)
+            n = len(enc.input_ids)
+        else:
+            text = ex.text if ex.text is not None else "".join(m["content"] for m in ex.messages)
+            n = len(text) // 4 + 8
+        p.lengths.append(n)
+    cut = sum(1 for n in p.lengths if n > max_seq_len)
+    p.truncated = round(cut * len(examples) / max(1, len(sample)))
+    first = examples[0]
+    if tok is not None:
+        enc, _ = D.encode(tok, first, max_seq_len, train_on_prompt)
+        pieces, cur, cur_trained = [], [], None
+        for tid, lab in zip(enc.input_ids, enc.labels):
+            trained = lab != D.IGNORE
+            if cur_trained is not None and trained != cur_trained:
+                pieces.append((tok.decode(cur), cur_trained))
+                cur = []
+            cur.append(tid)
+            cur_trained = trained
+        if cur:
+            pieces.append((tok.decode(cur), cur_trained))
+        p.example = pieces
+    elif first.text is not None:
+        p.example = [(first.text, True)]
+    else:
+        renderer = LightTemplate()
+        text, spans = D.render_spans(renderer, first, train_on_prompt)
+        pos = 0
+        for a, b in spans:
+            if a > pos:
+                p.example.append((text[pos:a], False))
+            p.example.append((text[a:b], True))
+            pos = b
+        if pos < len(text):
+            p.example.append((text[pos:], False))
+    return p
+
+
+class LightTemplate(LightTokenizer):
+    """The default ChatML template alone, for models whose tokenizer is not on this machine."""
+
+    def __init__(self):
+        self.chat_template = D.DEFAULT_CHAT_TEMPLATE
+        self.bos_token = self.eos_token = None
+        self._template = None
