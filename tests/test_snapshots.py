@@ -43,3 +43,52 @@ def test_run_picker(snap_compare, tmp_path, monkeypatch, size):
     monkeypatch.chdir(tmp_path)
     app = RigtuneApp(pick_from="runs", sampler=FakeSampler())
     assert snap_compare(app, terminal_size=size)
+
+
+# ---------------------------------------------------------------------------- wizard screens
+
+from test_wizard import RecordingLauncher, fixed_machine  # noqa: E402
+
+
+@pytest.fixture
+def wizard_home(tmp_path, monkeypatch):
+    import shutil
+
+    import presets
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "presets").mkdir()
+    shutil.copy(presets.DEMO_DATA, tmp_path / "presets" / "demo.jsonl")
+    monkeypatch.setattr(presets, "DEMO_DATA", presets.Path("presets/demo.jsonl"))
+    (tmp_path / "cache" / "tiny-demo-v2").mkdir(parents=True)
+    (tmp_path / "cache" / "tiny-demo-v2" / "rigtune-tiny.json").write_text("{}")
+    monkeypatch.setenv("RIGTUNE_CACHE", str(tmp_path / "cache"))
+    return tmp_path
+
+
+def walk(*keys, settle=0.4):
+    async def run_before(pilot):
+        await pilot.pause(0.3)
+        for k in keys:
+            await pilot.press(k)
+            await pilot.pause(0.15)
+        await pilot.pause(settle)  # the dataset preview worker
+    return run_before
+
+
+STEPS = {"scan": (), "tier": ("enter",), "setup": ("enter", "enter"), "review": ("enter", "enter", "enter"),
+         "launch": ("enter", "enter", "enter", "enter")}
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("step", list(STEPS))
+def test_wizard_cpu_demo(snap_compare, wizard_home, step, size):
+    app = RigtuneApp(wizard=True, machine=fixed_machine(), launcher=RecordingLauncher())
+    assert snap_compare(app, terminal_size=size, run_before=walk(*STEPS[step]))
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("step", ["tier", "setup"])
+def test_wizard_dual_3090(snap_compare, wizard_home, step, size):
+    app = RigtuneApp(wizard=True, machine=fixed_machine("dual3090-nvlink"), launcher=RecordingLauncher())
+    keys = STEPS[step] if step == "tier" else ("enter", "left", "enter")
+    assert snap_compare(app, terminal_size=size, run_before=walk(*keys))

@@ -21,7 +21,7 @@ class RigtuneApp(App):
     BINDINGS = [Binding("ctrl+q", "quit", "Quit", show=False, priority=True)]
 
     def __init__(self, run_dir=None, pick_from=None, sampler=None, wizard: bool = False, preset: str | None = None,
-                 run_file: str | None = None, nvml=None, launcher=None, **kw):
+                 run_file: str | None = None, nvml=None, launcher=None, machine=None, **kw):
         super().__init__(**kw)
         self.run_dir = Path(run_dir) if run_dir else None
         self.pick_from = pick_from
@@ -29,6 +29,7 @@ class RigtuneApp(App):
         self.start_wizard = wizard or preset is not None or run_file is not None
         self.preset, self.run_file = preset, run_file
         self.nvml = nvml
+        self.machine = machine  # a fixed scan (tests, snapshots); None scans this machine
         self.launcher = launcher or default_launcher
         self.wizard = None
 
@@ -48,10 +49,13 @@ class RigtuneApp(App):
 
         from .screens import wizard as W
         self.wizard = W.WizardState(nvml=self.nvml)
+
+        def scanned():
+            return self.machine if self.machine is not None else scan(nvml=self.nvml)
         if self.run_file:  # straight to review: the run file is the state
             self.wizard.values = runfile.load(self.run_file).to_dict()
             self.wizard.run_file = self.run_file
-            self.wizard.machine = scan(nvml=self.nvml)
+            self.wizard.machine = scanned()
             tier = self.wizard.values["hardware"]["tier"]
             self.wizard.tier_id = tier if tier in W.TIER_ORDER else (
                 "this-machine" if self.wizard.machine.gpus else W.DEMO)
@@ -59,12 +63,13 @@ class RigtuneApp(App):
             self.switch_mode("wizard")
             self.push_screen(W.ReviewStep())
         elif self.preset:  # straight to setup for that tier
-            self.wizard.machine = scan(nvml=self.nvml)
+            self.wizard.machine = scanned()
             self.wizard.tier_id = self.preset
             self.wizard.values, self.wizard.header = W.initial_values(self.wizard)
             self.add_mode("wizard", W.SetupStep)
             self.switch_mode("wizard")
         else:
+            self.wizard.machine = self.machine
             self.add_mode("wizard", W.ScanStep)
             self.switch_mode("wizard")
 

@@ -70,7 +70,10 @@ class ScanStep(Step):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.scan()
+        if self.state.machine is not None:
+            self.show(self.state.machine)
+        else:
+            self.scan()
 
     @work(thread=True, exclusive=True)
     def scan(self) -> None:
@@ -149,8 +152,8 @@ class TierStep(Step):
         mt = columns["this-machine"]
         for k in ("1500", "3000"):
             ok, why = T.compare(mt, columns[k])
-            here[TIER_ORDER.index(k)] = Text("yours" if ok and not why else ("yours, " + why[0][:10] if ok else "what-if"),
-                                            style="green" if ok else "cyan")
+            label = "yes" if ok and not why else ("GPUs yes" if ok else "what-if")
+            here[TIER_ORDER.index(k)] = Text(label, style="green" if ok and not why else ("yellow" if ok else "cyan"))
         table.add_row("on this box", *here, Text("yes" if mt.gpus else "-", style="green" if mt.gpus else "dim"),
                       Text("yes", style="green"))
         self.col = TIER_ORDER.index(self.state.tier_id or DEMO) + 1
@@ -175,6 +178,10 @@ class TierStep(Step):
             else:
                 warn = [c.message for c in T.checks(t, "70B" if len(t.gpus) > 1 else "13B") if not c.ok]
                 text = f"{t.label}: {t.summary}. {t.article}" + (f"\nwarn: {'; '.join(warn)}" if warn else "")
+                if tid != "this-machine" and self.state.machine is not None:
+                    ok, short = T.compare(T.this_machine(self.state.machine), t)
+                    text += ("\nthis machine: " + ("meets it" if ok and not short else
+                             ("its GPUs match; " if ok else "") + "; ".join(short)))
         self.query_one("#tier-detail", Static).update(text)
 
     def action_next(self) -> None:
@@ -405,10 +412,11 @@ class SetupStep(Step):
         cap = round(p.gpu_gib / scale * width)
         out.append("·" * max(0, cap - used), style="dim")
         out.append("\n")
-        for name, style in SEGMENTS:
+        for i, (name, style) in enumerate(SEGMENTS):
             out.append("■", style=style)
-            out.append(f" {name[:5]} {p.breakdown_gib[name]:.1f}  ")
-        out.append("\n")
+            short = {"gradients": "grads", "activations": "activs", "optimizer": "optim"}.get(name, name)
+            out.append(f" {short:<8} {p.breakdown_gib[name]:4.1f}" + ("\n" if i % 2 else " "))
+        out.append("\n" if len(SEGMENTS) % 2 else "")
         ram = P.ram_needed(inp)
         out.append(f"RAM {ram:.0f} / {tier.ram_gib:.0f} GiB\n", style="green" if ram <= tier.ram_gib else "red")
         out.append("strategies:\n")

@@ -1,0 +1,183 @@
+"""The wizard end to end with Pilot: the CPU demo on a machine without a GPU, and a what-if 70B plan on faked
+dual-3090 hardware. Assertions are on the run file written, the fit verdicts shown and the launch command."""
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from engine import runfile
+from engine import scan as S
+from engine.fakenvml import FakeNvml
+from engine.launch import accelerate_command
+from tui.app import RigtuneApp
+from tui.screens import wizard as W
+from tui.screens.dashboard import Dashboard
+
+PROFILES = Path(__file__).parent / "profiles"
+
+
+def fixed_machine(profile=None):
+    """A scan with fixed CPU/RAM/disk figures so screens are the same on every machine."""
+    nvml = FakeNvml(PROFILES / f"{profile}.json") if profile else FakeNvml({"fail_init": "NVML Shared Library Not Found"})
+    gpus, driver, cuda, err = S.scan_gpus(nvml)
+    return S.Machine(gpus=gpus, cpu_count=16, cpu_model="AMD Ryzen 9 7950X", cpu_cores_physical=16, ram_total_gib=62.7,
+                     ram_available_gib=58.1, disk_path="/home/me/runs", disk_free_gib=812.0, disk_nvme=True,
+                     disk_kind="nvme", hf_cache_path="/home/me/.cache/huggingface", hf_cache_free_gib=812.0,
+                     driver=driver, cuda=cuda, nvml_error=err)
+
+
+class RecordingLauncher:
+    """Builds the real accelerate command and a run directory the dashboard can open, without training."""
+
+    def __init__(self):
+        self.cfgs, self.argvs = [], []
+
+    def __call__(self, cfg):
+        run_dir = runfile.run_dir(cfg)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "metrics.jsonl").write_text(json.dumps({"event": "start", "time": 1, "total_steps": 10}) + "\n")
+        (run_dir / "status.json").write_text(json.dumps({"state": "finished", "step": 0, "total_steps": 10}))
+        argv = accelerate_command(cfg, run_dir, False)[0]
+        self.cfgs.append(cfg)
+        self.argvs.append(argv)
+        return argv
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cache = tmp_path / "cache"
+    (cache / "tiny-demo-v2").mkdir(parents=True)
+    (cache / "tiny-demo-v2" / "rigtune-tiny.json").write_text("{}")  # the demo model counts as built
+    monkeypatch.setenv("RIGTUNE_CACHE", str(cache))
+    return tmp_path
+
+
+async def settle(pilot, screen_type, tries=200):
+    for _ in range(tries):
+        await pilot.pause(0.02)
+        if isinstance(pilot.app.screen, screen_type):
+            await pilot.pause(0.05)
+            return pilot.app.screen
+    raise AssertionError(f"never reached {screen_type.__name__}; at {type(pilot.app.screen).__name__}")
+
+
+async def test_cpu_demo_with_enter_only(home):
+    launcher = RecordingLauncher()
+    app = RigtuneApp(wizard=True, machine=fixed_machine(), launcher=launcher)
+    async with app.run_test(size=(80, 24)) as pilot:
+        scan = await settle(pilot, W.ScanStep)
+        assert "No NVIDIA GPU" in str(scan.query_one("#scan-body").render())
+        await pilot.press("enter")
+        tier = await settle(pilot, W.TierStep)
+        assert tier.col == 4  # the CPU demo is preselected
+        await pilot.press("enter")
+        await settle(pilot, W.SetupStep)
+        await pilot.press("enter")
+        review = await settle(pilot, W.ReviewStep)
+        assert review.query_one("#save-path").value == "runs/cpu-demo/run.toml"
+        await pilot.press("enter")
+        await settle(pilot, W.LaunchStep)
+        await pilot.press("enter")
+        await settle(pilot, Dashboard)
+    written = runfile.load(home / "runs" / "cpu-demo" / "run.toml")
+    assert written.hardware.tier == "cpu-demo" and written.hardware.gpus == [] and written.model.quantization == "nf4"
+    assert written.model.base == str(home / "cache" / "tiny-demo-v2")
+    (argv,) = launcher.argvs
+    assert "--cpu" in argv and argv[argv.index("-m", 3) + 1] == "engine.trainer"
+
+
+async def test_dual_3090_llama2_70b_needs_fsdp_offload(home):
+    app = RigtuneApp(wizard=True, machine=fixed_machine("dual3090-nvlink"), launcher=RecordingLauncher())
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot, W.ScanStep)
+        assert "NVLink to 1" in str(app.screen.query_one("#scan-body").render())
+        await pilot.press("enter")
+        tier = await settle(pilot, W.TierStep)
+        assert tier.col == 3  # this machine
+        await pilot.press("left")  # the $3,000 tier (what-if: 128 GB of RAM)
+        await pilot.press("enter")
+        setup = await settle(pilot, W.SetupStep)
+        setup.query_one("#f-model").value = "meta-llama/Llama-2-70b-hf"
+        await pilot.pause(0.1)
+        fit = str(setup.query_one("#fit").render())
+        assert "Llama-2-70B" in fit
+        lines = {line.split()[1]: line.split()[0] for line in fit.splitlines() if line.strip()[:1] in "✓✗"}
+        assert lines == {"single": "✗", "ddp": "✗", "fsdp": "✗", "fsdp+offload": "✓"}
+        await pilot.press("enter")
+        await settle(pilot, W.ReviewStep)
+        await pilot.press("enter")
+        await settle(pilot, W.LaunchStep)
+    path = home / "runs" / "llama-3.1-70b-3000" / "run.toml"
+    cfg = runfile.load(path)
+    assert cfg.model.base == "meta-llama/Llama-2-70b-hf"
+    assert cfg.hardware.strategy == "fsdp" and cfg.hardware.cpu_offload and cfg.hardware.num_processes == 2
+    assert "fsdp + CPU offload" in path.read_text()  # the file says why
+
+
+async def test_fields_validate_like_check_and_escape_keeps_input(home):
+    app = RigtuneApp(wizard=True, machine=fixed_machine(), launcher=RecordingLauncher())
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot, W.ScanStep)
+        await pilot.press("enter")
+        await settle(pilot, W.TierStep)
+        await pilot.press("enter")
+        setup = await settle(pilot, W.SetupStep)
+        lr = setup.query_one("#f-lr")
+        lr.value = "abc"
+        await pilot.pause(0.05)
+        assert "expected a number > 0 and ≤ 1" in str(setup.query_one("#e-lr").render())
+        lr.value = "5"
+        await pilot.pause(0.05)
+        assert "5.0 is out of range" in str(setup.query_one("#e-lr").render()) or "5 is out of range" in str(
+            setup.query_one("#e-lr").render())
+        await pilot.press("enter")
+        assert isinstance(app.screen, W.SetupStep)  # refused to go on
+        lr.value = "1e-4"
+        setup.query_one("#f-name").value = "mine"
+        await pilot.pause(0.05)
+        assert str(setup.query_one("#e-lr").render()) == ""
+        await pilot.press("enter")
+        await settle(pilot, W.ReviewStep)
+        await pilot.press("escape")
+        setup = await settle(pilot, W.SetupStep)
+        assert setup.query_one("#f-lr").value == "1e-4"
+        await pilot.press("escape")
+        await settle(pilot, W.TierStep)
+        await pilot.press("enter")
+        setup = await settle(pilot, W.SetupStep)
+        assert setup.query_one("#f-lr").value == "0.0001" and setup.query_one("#f-name").value == "mine"
+
+
+async def test_preset_and_run_file_skip_ahead(home):
+    app = RigtuneApp(preset="1500", machine=fixed_machine("rtx4090"), launcher=RecordingLauncher())
+    async with app.run_test(size=(80, 24)) as pilot:
+        setup = await settle(pilot, W.SetupStep)
+        assert "Llama-3.1-8B" in str(setup.query_one("#fit").render())
+    rf = home / "mine.toml"
+    runfile.save(runfile.defaults(name="mine", model={"base": "Llama-2-7B"}, data={"path": "d.jsonl"}), rf)
+    app = RigtuneApp(run_file=str(rf), machine=fixed_machine(), launcher=RecordingLauncher())
+    async with app.run_test(size=(80, 24)) as pilot:
+        review = await settle(pilot, W.ReviewStep)
+        assert review.query_one("#save-path").value == str(rf)
+        await pilot.press("escape")
+        await settle(pilot, W.SetupStep)
+
+
+async def test_launch_refusal_is_shown(home):
+    from tui.app import default_launcher
+    app = RigtuneApp(preset="3000", machine=fixed_machine("dual3090-nvlink"), launcher=default_launcher)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot, W.SetupStep)
+        await pilot.press("enter")
+        await settle(pilot, W.ReviewStep)
+        await pilot.press("enter")
+        launch = await settle(pilot, W.LaunchStep)
+        await pilot.press("enter")
+        for _ in range(100):
+            await pilot.pause(0.02)
+            if "fsdp" in str(launch.query_one("#launch-status").render()):
+                break
+        assert "not available in this version" in str(launch.query_one("#launch-status").render())
+        assert isinstance(app.screen, W.LaunchStep)
