@@ -19,14 +19,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def accelerate_command(cfg, run_dir: Path, resume: bool) -> tuple[list, dict]:
+def cpu_threads(processes: int) -> int:
+    """Threads per training process: OMP_NUM_THREADS when the user set it, else the cores shared out."""
+    try:
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    except (KeyError, ValueError):
+        return max(1, (os.cpu_count() or 1) // processes)
+
+
+def accelerate_command(cfg, run_dir: Path, resume: bool, allow_changes: bool = False) -> tuple[list, dict]:
     """The `accelerate launch` argument list and the environment additions for this run file."""
     hw = cfg.hardware
     total = hw.num_processes * hw.num_machines
     argv = [sys.executable, "-m", "accelerate.commands.launch", "--quiet",
             "--num_processes", str(total), "--num_machines", str(hw.num_machines),
             "--machine_rank", str(hw.machine_rank), "--mixed_precision", "no", "--dynamo_backend", "no",
-            "--num_cpu_threads_per_process", str(max(1, (os.cpu_count() or 1) // hw.num_processes))]
+            "--num_cpu_threads_per_process", str(cpu_threads(hw.num_processes))]
     env = {"PYTHONUNBUFFERED": "1"}
     if hw.gpus:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in hw.gpus)
@@ -39,6 +47,7 @@ def accelerate_command(cfg, run_dir: Path, resume: bool) -> tuple[list, dict]:
     elif not hw.gpus:
         argv += ["--cpu"]
     argv += ["-m", "engine.trainer", str(run_dir)] + (["--resume"] if resume else [])
+    argv += ["--allow-changes"] if resume and allow_changes else []
     return argv, env
 
 
@@ -97,13 +106,21 @@ FSDP_UNAVAILABLE = ("strategy 'fsdp' is planned and checked, but training with F
                     "version of rigtune yet; use strategy = \"ddp\" (the model must fit each card) or \"single\".")
 
 
-def launch(cfg, resume: bool = False, cwd: Path | None = None) -> tuple[subprocess.Popen, Path]:
-    """Start training detached. Returns the launcher process and the run directory."""
+def launch(cfg, resume: bool = False, cwd: Path | None = None, allow_changes: bool = False,
+           data_files: list | None = None) -> tuple[subprocess.Popen, Path]:
+    """Start training detached. Returns the launcher process and the run directory. On --resume the newest
+    verified checkpoint is compared with this run file and dataset first (BadInput if they changed)."""
     if cfg.hardware.strategy == "fsdp":
         raise BadInput(FSDP_UNAVAILABLE, path=cfg.path, key="hardware.strategy")
+    if resume:
+        from . import checkpoint as C
+        if data_files is None:
+            from .data import load_examples
+            data_files = load_examples(cfg.data.path, cfg.data.format)[2]
+        C.check_resume(runfile.run_dir(cfg, cwd), cfg, data_files, allow_changes)
     run_dir = prepare_run_dir(cfg, resume, cwd)
     write_plan(cfg, run_dir)
-    argv, extra_env = accelerate_command(cfg, run_dir, resume)
+    argv, extra_env = accelerate_command(cfg, run_dir, resume, allow_changes)
     env = {**os.environ, **extra_env}
     write_status(run_dir, state="starting", step=0, total_steps=0, message="")
     with open(run_dir / "train.log", "ab") as logf:

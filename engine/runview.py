@@ -155,12 +155,17 @@ class RunView:
             if self.steps and step <= self.steps[-1]:  # a resumed run redoes steps after its checkpoint
                 self._truncate(step)
             self.steps.append(step)
-            loss = ev.get("loss", float("nan"))
+            nan = float("nan")
+            loss = ev.get("loss")
+            loss = nan if loss is None else loss
             self.losses.append(loss)
             prev = self.smooth[-1] if self.smooth else loss
-            self.smooth.append(loss if prev != prev else (1 - self.smoothing) * prev + self.smoothing * loss)
-            self.lrs.append(ev.get("lr", float("nan")))
-            self.grad_norms.append(ev.get("grad_norm", float("nan")))
+            if loss != loss:  # a skipped (NaN) step leaves the smoothed curve where it was
+                self.smooth.append(prev)
+            else:
+                self.smooth.append(loss if prev != prev else (1 - self.smoothing) * prev + self.smoothing * loss)
+            self.lrs.append(nan if ev.get("lr") is None else ev["lr"])
+            self.grad_norms.append(nan if ev.get("grad_norm") is None else ev["grad_norm"])
             tps = ev.get("tokens_per_s") or 0.0
             self.tokens_per_s = tps
             self.tokens_per_s_avg = tps if not self.tokens_per_s_avg else 0.9 * self.tokens_per_s_avg + 0.1 * tps

@@ -5,12 +5,16 @@ Only rank 0 writes the event stream, status.json, checkpoints and the adapter. E
 steps: step s uses micro-batches s*W*A ... of the epoch's order (W ranks, A accumulation steps), so the data
 position and the RNG (reseeded from seed, step and rank at each step) follow from the step alone. That is
 what makes --resume exact.
+
+Faults end cleanly: a signal finishes the step and saves (a second one aborts); a full disk keeps the last
+good checkpoint; a NaN/inf loss stops before it is saved; a CUDA out-of-memory either stops with advice or,
+with oom_fallback, halves the micro-batch (doubling accumulation) and resumes from the last checkpoint.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
+import fcntl
 import math
 import os
 import shutil
@@ -20,27 +24,84 @@ import time
 import traceback
 from pathlib import Path
 
+from . import checkpoint as C
 from . import data as D
 from . import runfile
 from .errors import BadInput
 from .events import EventLog, write_status
 
-CHECKPOINTS = "checkpoints"
+
+class Aborted(Exception):
+    """A second stop signal: leave at once (the last complete checkpoint stays as it is)."""
 
 
-# ---------------------------------------------------------------------------- stop requests
+class TrainingFailed(Exception):
+    """A failure with a message for the user (NaN loss, out of memory, disk full); exit 1, no traceback."""
+
+
+# ---------------------------------------------------------------------------- signals, lock, fault seam
 
 class StopFlag:
-    """SIGTERM/SIGINT ask for a graceful stop after the current step. A hang-up is ignored: the run goes on."""
+    """SIGTERM, SIGINT or SIGHUP ask for a graceful stop after the current step. Another signal more than
+    two seconds later aborts (torchrun forwards the group's SIGTERM to its workers, so one stop can arrive
+    twice within moments)."""
 
     def __init__(self):
-        self.requested = False
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        self.requested_at = None
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._handler)
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    @property
+    def requested(self) -> bool:
+        return self.requested_at is not None
 
     def _handler(self, signum, frame):
-        self.requested = True
+        now = time.monotonic()
+        if self.requested_at is None:
+            self.requested_at = now
+        elif now - self.requested_at > 2.0:
+            raise Aborted(f"aborted by a second {signal.Signals(signum).name}")
+
+
+def take_lock(run_dir: Path):
+    """One trainer per run directory: an flock the kernel releases when its holder dies, however it dies."""
+    f = open(run_dir / ".lock", "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        owner = f.read().strip() or "another process"
+        raise BadInput(f"a trainer (pid {owner}) is already running in {run_dir}; watch it with `rigtune watch "
+                       f"{run_dir}` or stop it with `rigtune stop {run_dir}`.") from None
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
+    return f
+
+
+class Faults:
+    """Test seam: RIGTUNE_FAULT="oom@3,nan@5,enospc@4" injects a CUDA out-of-memory at step 3's forward, a
+    NaN loss at step 5 and a full disk when saving step 4 - each once. Empty in normal use."""
+
+    def __init__(self, spec: str):
+        self.pending = {}
+        for item in filter(None, spec.split(",")):
+            kind, _, step = item.partition("@")
+            self.pending[(kind.strip(), int(step))] = True
+
+    def fire(self, kind: str, step: int) -> bool:
+        return self.pending.pop((kind, step), False)
+
+    def __call__(self, where: str, step: int):
+        if where == "save" and self.fire("enospc", step):
+            import errno
+            raise OSError(errno.ENOSPC, "No space left on device (injected)")
+
+
+def is_oom(e: BaseException) -> bool:
+    import torch
+    return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
 
 
 # ---------------------------------------------------------------------------- optimizer and schedule
@@ -69,86 +130,29 @@ def lr_factor(step: int, total: int, warmup: int, kind: str) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-# ---------------------------------------------------------------------------- checkpoints
+class Layout:
+    """Which packed rows each rank trains on at each step. The rows of a step depend only on the effective
+    batch, so halving the micro-batch and doubling accumulation keeps the data order."""
 
-def _flatten_optimizer(state: dict):
-    """Optimizer state as (tensors for safetensors, the rest as JSON with {"__tensor__": key} in their
-    place): nothing pickled, whatever the optimizer keeps (bitsandbytes keeps tensors in odd places)."""
-    import torch
-    tensors = {}
+    def __init__(self, seqs, micro_batch: int, accum: int, world: int, seed: int):
+        import torch
+        self.seqs, self.mbs, self.accum, self.world, self.seed = seqs, micro_batch, accum, world, seed
+        self.n_micro = math.ceil(len(seqs) / micro_batch)
+        self.per_step = world * accum
+        self.steps_per_epoch = max(1, self.n_micro // self.per_step)
+        self._torch, self._epoch, self._order = torch, None, None
 
-    def walk(obj, path):
-        if isinstance(obj, torch.Tensor):
-            tensors[path] = obj.detach().to("cpu").contiguous().clone()
-            return {"__tensor__": path}
-        if isinstance(obj, dict):
-            return {"__dict__": [[k, walk(v, f"{path}.{k}")] for k, v in obj.items()]}
-        if isinstance(obj, (list, tuple)):
-            return [walk(v, f"{path}.{i}") for i, v in enumerate(obj)]
-        return obj
-
-    return tensors, walk(state, "s")
-
-
-def _unflatten_optimizer(tensors: dict, meta):
-    if isinstance(meta, dict) and "__tensor__" in meta:
-        return tensors[meta["__tensor__"]]
-    if isinstance(meta, dict) and "__dict__" in meta:  # keeps integer keys integers
-        return {k: _unflatten_optimizer(tensors, v) for k, v in meta["__dict__"]}
-    if isinstance(meta, list):
-        return [_unflatten_optimizer(tensors, v) for v in meta]
-    return meta
-
-
-def _fsync_dir(path: Path):
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def save_checkpoint(run_dir: Path, step: int, model, optimizer, trainer_state: dict, keep: int) -> Path:
-    """Write checkpoints/step-NNNNNN complete or not at all: into a temp dir, fsync, then rename."""
-    from safetensors.torch import save_file
-    root = run_dir / CHECKPOINTS
-    root.mkdir(exist_ok=True)
-    final = root / f"step-{step:06d}"
-    tmp = root / f".tmp-step-{step:06d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tensors, meta = _flatten_optimizer(optimizer.state_dict())
-    save_file(tensors, str(tmp / "optimizer.safetensors"))
-    (tmp / "optimizer.json").write_text(json.dumps(meta))
-    (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    if final.exists():  # the same step saved before a crash: replace it
-        shutil.rmtree(final)
-    os.rename(tmp, final)
-    _fsync_dir(root)
-    for old in list_checkpoints(run_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def list_checkpoints(run_dir) -> list:
-    root = Path(run_dir) / CHECKPOINTS
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-")
-                  and (p / "trainer_state.json").is_file())
-
-
-def load_checkpoint(path: Path, model, optimizer) -> dict:
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-    set_peft_model_state_dict(model, load_file(str(path / "adapter_model.safetensors")))
-    meta = json.loads((path / "optimizer.json").read_text())
-    optimizer.load_state_dict(_unflatten_optimizer(load_file(str(path / "optimizer.safetensors")), meta))
-    return json.loads((path / "trainer_state.json").read_text())
+    def step_batches(self, step: int) -> list:
+        """All micro-batches of `step`, for every rank: rank r takes [r*A, (r+1)*A)."""
+        epoch, pos = divmod(step, self.steps_per_epoch)
+        if epoch != self._epoch:
+            g = self._torch.Generator().manual_seed(self.seed + epoch)
+            self._epoch, self._order = epoch, self._torch.randperm(len(self.seqs), generator=g).tolist()
+        out = []
+        for k in range(self.per_step):
+            m = (pos * self.per_step + k) % self.n_micro
+            out.append([self.seqs[i] for i in self._order[m * self.mbs:(m + 1) * self.mbs]])
+        return out
 
 
 # ---------------------------------------------------------------------------- loss, eval, sample
@@ -216,9 +220,25 @@ def measured_memory(device) -> dict:
     return out
 
 
+def oom_advice(cfg) -> str:
+    t, d = cfg.train, cfg.data
+    tips = []
+    if t.micro_batch_size > 1:
+        tips.append(f"micro_batch_size = {t.micro_batch_size // 2} with gradient_accumulation_steps = "
+                    f"{t.gradient_accumulation_steps * 2} (same effective batch)")
+    if not t.gradient_checkpointing:
+        tips.append("gradient_checkpointing = true")
+    if t.optimizer != "paged_adamw_8bit":
+        tips.append('optimizer = "paged_adamw_8bit"')
+    tips.append(f"a shorter max_seq_len than {d.max_seq_len}")
+    if cfg.hardware.strategy == "fsdp" and not cfg.hardware.cpu_offload:
+        tips.append("cpu_offload = true")
+    return "; ".join(tips) + ". `rigtune plan RUN_FILE` shows what fits; [train] oom_fallback = true applies the first one by itself."
+
+
 # ---------------------------------------------------------------------------- the run
 
-def train(run_dir: Path, resume: bool) -> int:
+def train(run_dir: Path, resume: bool, allow_changes: bool = False) -> int:
     import torch
     from accelerate import Accelerator
     from accelerate.utils import DistributedType
@@ -234,66 +254,65 @@ def train(run_dir: Path, resume: bool) -> int:
     if world != expected or (expected > 1 and accelerator.distributed_type == DistributedType.NO):
         raise RuntimeError(f"asked for {expected} processes ({hw.strategy}) but accelerate started "
                            f"{world} as {accelerator.distributed_type}; refusing to run {world} separate trainings.")
+    lock = take_lock(run_dir) if main else None  # noqa: F841 - held for the life of the process
     log = EventLog(run_dir) if main else None
     stop = StopFlag()
+    faults = Faults(os.environ.get("RIGTUNE_FAULT", ""))
     status = (lambda **kw: write_status(run_dir, pid=os.getpid(), pgid=os.getpgid(0), **kw)) if main else (lambda **kw: None)
-    status(state="loading", step=0, total_steps=0)
+    status(state="loading", step=0, total_steps=0, message="")
+    if main:
+        C.clean_temp(run_dir)
 
     # data: the same on every rank
     tokenizer = load_tokenizer(cfg)
-    examples, fmt, _ = D.load_examples(cfg.data.path, cfg.data.format)
+    examples, fmt, files = D.load_examples(cfg.data.path, cfg.data.format)
     train_ex, eval_ex, report = D.prepare(cfg, tokenizer, examples, fmt)
     seqs = D.as_sequences(train_ex, cfg.data.max_seq_len, cfg.data.packing)
     eval_seqs = D.as_sequences(eval_ex, cfg.data.max_seq_len, cfg.data.packing)
     _, eval_idx = D.split_indices(len(examples), cfg.data.eval_fraction, tc.seed)
     sample_example = examples[eval_idx[0]] if eval_idx else examples[0]
-    mbs, accum = tc.micro_batch_size, tc.gradient_accumulation_steps
-    n_micro = math.ceil(len(seqs) / mbs)
-    per_step = world * accum
-    steps_per_epoch = max(1, n_micro // per_step)
-    total = tc.max_steps or math.ceil(tc.epochs * steps_per_epoch)
+    layout = Layout(seqs, tc.micro_batch_size, tc.gradient_accumulation_steps, world, tc.seed)
+    total = tc.max_steps or math.ceil(tc.epochs * layout.steps_per_epoch)
     warmup = round(tc.warmup_ratio * total)
+    shape, data_print = C.shape_of(cfg), C.dataset_fingerprint(files)
 
-    # model, optimizer, schedule
+    # model, optimizer, and where to start
     status(state="loading", step=0, total_steps=total)
     torch.manual_seed(tc.seed)
     model = load_model(cfg, accelerator.device)
     params = [p for p in model.parameters() if p.requires_grad]
+    initial_adapter = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
     optimizer = make_optimizer(tc.optimizer, params, tc.learning_rate, tc.weight_decay)
-    start_step, elapsed_before, resumed_from = 0, 0.0, None
+    start_step, elapsed_before, resumed_from, skipped = 0, 0.0, None, []
     if resume:
-        ckpts = list_checkpoints(run_dir)
-        if ckpts:
-            state = load_checkpoint(ckpts[-1], model, optimizer)
-            start_step, elapsed_before, resumed_from = state["step"], state.get("elapsed_s", 0.0), str(ckpts[-1])
+        path, skipped = C.check_resume(run_dir, cfg, files, allow_changes)
+        if path is not None:
+            state = C.load(path, model, optimizer)
+            start_step, elapsed_before, resumed_from = state["step"], state.get("elapsed_s", 0.0), str(path)
     model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped = accelerator.unwrap_model(model)
 
     trainable = sum(p.numel() for p in params)
     if main:
+        for name, reason in skipped:
+            print(f"[rigtune] skipped checkpoint {name}: {reason}", flush=True)
         log.write("start", world_size=world, strategy=hw.strategy, model=cfg.model.base, trainable_params=trainable,
                   total_steps=total, resumed_from=resumed_from, data=report.summary(), format=report.format,
-                  train_sequences=len(seqs), steps_per_epoch=steps_per_epoch, start_step=start_step)
+                  train_sequences=len(seqs), steps_per_epoch=layout.steps_per_epoch, start_step=start_step,
+                  skipped_checkpoints=[f"{n}: {r}" for n, r in skipped])
+        need = C.estimate_bytes(trainable, tc.keep_checkpoints, tc.optimizer)
+        free = shutil.disk_usage(run_dir).free
+        if free < need:
+            msg = (f"only {free / 2**20:.0f} MiB free in {run_dir}; checkpoints and the adapter need about "
+                   f"{need / 2**20:.0f} MiB")
+            log.write("warning", message=msg)
+            print(f"[rigtune] warning: {msg}", flush=True)
         print(f"[rigtune] {report.summary()}", flush=True)
-        print(f"[rigtune] {world} process(es), {len(seqs)} sequences, {steps_per_epoch} steps/epoch, "
+        print(f"[rigtune] {world} process(es), {len(seqs)} sequences, {layout.steps_per_epoch} steps/epoch, "
               f"{total} steps, starting at {start_step}", flush=True)
     status(state="training", step=start_step, total_steps=total)
 
     pad_id = tokenizer.pad_token_id
-    order_cache: dict = {}
-
-    def micro_batches(step):
-        epoch, pos = divmod(step, steps_per_epoch)
-        if epoch not in order_cache:
-            g = torch.Generator().manual_seed(tc.seed + epoch)
-            order_cache.clear()
-            order_cache[epoch] = torch.randperm(len(seqs), generator=g).tolist()
-        order = order_cache[epoch]
-        out = []
-        for k in range(per_step):
-            m = (pos * per_step + k) % n_micro
-            out.append([seqs[i] for i in order[m * mbs:(m + 1) * mbs]])
-        return out
 
     def gather_sum(x: float) -> float:
         if world == 1:
@@ -301,28 +320,94 @@ def train(run_dir: Path, resume: bool) -> int:
         t = torch.tensor([x], dtype=torch.float64, device=accelerator.device)
         return float(accelerator.reduce(t, reduction="sum"))
 
+    def save(step):
+        status(state="checkpointing", step=step, total_steps=total)
+        state = {"step": step, "total_steps": total, "epoch": step // layout.steps_per_epoch,
+                 "position_in_epoch": step % layout.steps_per_epoch, "steps_per_epoch": layout.steps_per_epoch,
+                 "micro_batch_size": layout.mbs, "gradient_accumulation_steps": layout.accum,
+                 "seed": tc.seed, "world_size": world, "rng": "reseeded from (seed, step, rank) each step",
+                 "elapsed_s": round(elapsed_before + time.time() - t_start, 2)}
+        path = C.save(run_dir, step, unwrapped, optimizer, state, tc.keep_checkpoints, shape, data_print, faults)
+        log.write("checkpoint", step=step, path=str(path.relative_to(run_dir)))
+
     t_start = time.time()
-    reason, message, step = "finished", "", start_step
+    reason, message, step, bad_steps = "finished", "", start_step, 0
     model.train()
     while step < total:
         t0 = time.time()
         torch.manual_seed((tc.seed * 1_000_003 + step * 1009 + rank) % 2**63)
-        group = micro_batches(step)
+        group = layout.step_batches(step)
         trained_tokens = sum(s.trained for mb in group for s in mb)  # the step's tokens, all ranks
-        mine = group[rank * accum:(rank + 1) * accum]
+        mine = group[rank * layout.accum:(rank + 1) * layout.accum]
         step_loss = 0.0
-        for i, mb in enumerate(mine):
-            batch = {k: v.to(accelerator.device) for k, v in D.collate(mb, pad_id, cfg.data.packing).items()}
-            sync = accelerator.no_sync(model) if i < len(mine) - 1 else contextlib.nullcontext()
-            with sync:
-                loss = loss_sum(model, batch)
-                # mean over the step's trained tokens on all ranks (DDP averages gradients over ranks)
-                accelerator.backward(loss * world / max(1, trained_tokens))
-            step_loss += float(loss.detach())
+        try:
+            for i, mb in enumerate(mine):
+                batch = {k: v.to(accelerator.device) for k, v in D.collate(mb, pad_id, cfg.data.packing).items()}
+                if faults.fire("oom", step + 1) and i == 0:
+                    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+                sync = accelerator.no_sync(model) if i < len(mine) - 1 else contextlib.nullcontext()
+                with sync:
+                    loss = loss_sum(model, batch)
+                    if faults.fire("nan", step + 1):
+                        loss = loss * float("nan")
+                    # mean over the step's trained tokens on all ranks (DDP averages gradients over ranks)
+                    accelerator.backward(loss * world / max(1, trained_tokens))
+                step_loss += float(loss.detach())
+        except Exception as e:
+            if not is_oom(e):
+                raise
+            optimizer.zero_grad(set_to_none=True)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            if not (tc.oom_fallback and layout.mbs > 1):
+                raise TrainingFailed(f"out of memory at step {step + 1} (micro-batch {layout.mbs}, max_seq_len "
+                                     f"{cfg.data.max_seq_len}). Try: {oom_advice(cfg)}") from None
+            # fallback: half the micro-batch, twice the accumulation, from the last good checkpoint
+            old = (layout.mbs, layout.accum)
+            layout = Layout(seqs, layout.mbs // 2, layout.accum * 2, world, tc.seed)
+            path, _ = C.newest_verified(run_dir)
+            if path is not None:
+                state = C.load(path, unwrapped, optimizer)
+                step = state["step"]
+            else:
+                with torch.no_grad():
+                    for n, p in unwrapped.named_parameters():
+                        if n in initial_adapter:
+                            p.copy_(initial_adapter[n].to(p.device))
+                optimizer.state.clear()
+                step = 0
+            if main:
+                log.write("oom_fallback", step=step, micro_batch_size=[old[0], layout.mbs],
+                          gradient_accumulation_steps=[old[1], layout.accum], resumed_from=str(path) if path else None)
+                values = cfg.to_dict()
+                values["train"].update(micro_batch_size=layout.mbs, gradient_accumulation_steps=layout.accum)
+                history = (f"history: out of memory at micro_batch_size {old[0]}; rigtune changed it to {layout.mbs} "
+                           f"with gradient_accumulation_steps {layout.accum} ({time.strftime('%Y-%m-%d %H:%M')})")
+                runfile.save(values, run_dir / "run.toml", header=history)
+                print(f"[rigtune] {history}; resuming from step {step}", flush=True)
+            continue
+
+        bad = not math.isfinite(step_loss)
         if tc.max_grad_norm > 0:
             grad_norm = float(accelerator.clip_grad_norm_(params, tc.max_grad_norm))
         else:
             grad_norm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None])))
+        bad = bad or not math.isfinite(grad_norm)
+        if gather_sum(1.0 if bad else 0.0) > 0:  # every rank skips the update together
+            optimizer.zero_grad(set_to_none=True)
+            bad_steps += 1
+            if bad_steps >= tc.max_bad_steps:
+                what = "loss" if not math.isfinite(step_loss) else "gradient norm"
+                raise TrainingFailed(
+                    f"the {what} became NaN/inf at step {step + 1} ({bad_steps} bad step(s)); the last checkpoint "
+                    f"is kept and this state is not saved. Lower learning_rate (now {tc.learning_rate:g}, try "
+                    f"{tc.learning_rate / 4:g}) or keep max_grad_norm on, then resume.")
+            step += 1
+            if main:
+                log.write("step", step=step, epoch=round(step / layout.steps_per_epoch, 4), loss=None, skipped=True,
+                          lr=0.0, grad_norm=None, tokens=0, trained_tokens=0, tokens_per_s=0.0,
+                          elapsed_s=round(elapsed_before + time.time() - t_start, 2))
+            continue
         lr = tc.learning_rate * lr_factor(step, total, warmup, tc.lr_scheduler)
         for g in optimizer.param_groups:
             g["lr"] = lr
@@ -335,7 +420,7 @@ def train(run_dir: Path, resume: bool) -> int:
         dt = time.time() - t0
 
         if main and (step % tc.log_every_steps == 0 or step == total or stop_now):
-            log.write("step", step=step, epoch=round(step / steps_per_epoch, 4), loss=round(loss_value, 6), lr=lr,
+            log.write("step", step=step, epoch=round(step / layout.steps_per_epoch, 4), loss=round(loss_value, 6), lr=lr,
                       grad_norm=round(grad_norm, 6), tokens=step_tokens, trained_tokens=trained_tokens,
                       tokens_per_s=round(step_tokens / max(dt, 1e-9), 1),
                       elapsed_s=round(elapsed_before + time.time() - t_start, 2))
@@ -349,13 +434,7 @@ def train(run_dir: Path, resume: bool) -> int:
             accelerator.wait_for_everyone()
         if (tc.save_every_steps and step % tc.save_every_steps == 0) or step == total or stop_now:
             if main:
-                status(state="checkpointing", step=step, total_steps=total)
-                state = {"step": step, "total_steps": total, "epoch": step // steps_per_epoch,
-                         "position_in_epoch": step % steps_per_epoch, "steps_per_epoch": steps_per_epoch,
-                         "seed": tc.seed, "world_size": world, "rng": "reseeded from (seed, step, rank) each step",
-                         "elapsed_s": round(elapsed_before + time.time() - t_start, 2)}
-                path = save_checkpoint(run_dir, step, unwrapped, optimizer, state, tc.keep_checkpoints)
-                log.write("checkpoint", step=step, path=str(path.relative_to(run_dir)))
+                save(step)
             accelerator.wait_for_everyone()
         if stop_now and step < total:
             reason, message = "stopped", f"stopped on request at step {step} of {total}"
@@ -363,18 +442,34 @@ def train(run_dir: Path, resume: bool) -> int:
 
     if main:
         log.write("memory", **measured_memory(accelerator.device))
-        adapter = run_dir / "adapter"
-        tmp = run_dir / ".tmp-adapter"
-        shutil.rmtree(tmp, ignore_errors=True)
-        unwrapped.save_pretrained(tmp, safe_serialization=True)
-        shutil.rmtree(adapter, ignore_errors=True)
-        os.rename(tmp, adapter)
+        save_adapter(run_dir, unwrapped)
         log.write("end", sync=True, step=step, reason=reason, message=message or f"finished {total} steps")
         status(state=reason, step=step, total_steps=total)
-        print(f"[rigtune] {reason} at step {step}; adapter in {adapter}", flush=True)
+        print(f"[rigtune] {reason} at step {step}; adapter in {run_dir / 'adapter'}", flush=True)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return 0
+
+
+def save_adapter(run_dir: Path, model) -> None:
+    """adapter/, replaced atomically: written next to it, then renamed."""
+    import errno
+    adapter, tmp = run_dir / "adapter", run_dir / ".tmp-adapter"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if e.errno == errno.ENOSPC:
+            raise C.DiskFull(f"disk full while writing the adapter in {run_dir}; the last checkpoint is kept. "
+                             "Free some space, then resume with --resume.") from None
+        raise
+    old = run_dir / ".old-adapter"
+    shutil.rmtree(old, ignore_errors=True)
+    if adapter.exists():
+        os.rename(adapter, old)
+    os.rename(tmp, adapter)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _quiet_libraries():
@@ -398,21 +493,30 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="engine.trainer", description="rigtune's trainer (run under accelerate).")
     ap.add_argument("run_dir")
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--allow-changes", action="store_true")
     args = ap.parse_args(argv)
     run_dir = Path(args.run_dir).resolve()
     main_rank = os.environ.get("RANK", "0") == "0"
+    reason = "error"
     try:
-        return train(run_dir, args.resume)
+        return train(run_dir, args.resume, args.allow_changes)
     except BadInput as e:
         code, msg = 2, str(e)
+    except (TrainingFailed, C.DiskFull) as e:
+        code, msg = 1, str(e)
+    except Aborted as e:
+        code, msg, reason = 0, f"{e}; the last complete checkpoint is intact", "stopped"
     except Exception as e:  # a real failure: traceback into train.log, one line into the event stream
         traceback.print_exc()
         code, msg = 1, f"{type(e).__name__}: {e}"
     if main_rank:
-        print(f"[rigtune] error: {msg}", file=sys.stderr, flush=True)
-        log = EventLog(run_dir)
-        log.write("end", sync=True, step=None, reason="error", message=msg, exit_code=code)
-        write_status(run_dir, pid=os.getpid(), pgid=os.getpgid(0), state="error", message=msg)
+        print(f"[rigtune] {reason}: {msg}", file=sys.stderr, flush=True)
+        step = None
+        with contextlib.suppress(Exception):
+            from .events import read_status_raw
+            step = read_status_raw(run_dir).get("step")
+        EventLog(run_dir).write("end", sync=True, step=step, reason=reason, message=msg, exit_code=code)
+        write_status(run_dir, pid=os.getpid(), pgid=os.getpgid(0), state=reason, message=msg)
     return code
 
 

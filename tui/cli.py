@@ -244,20 +244,22 @@ def cmd_demo(args) -> int:
 def cmd_train(args) -> int:
     from engine import runfile
     cfg = runfile.load(args.run_file)
-    return _train(cfg, resume=args.resume, tui=not args.no_tui)
+    if args.allow_changes and not args.resume:
+        raise BadInput("--allow-changes only goes with --resume.", key="--allow-changes")
+    return _train(cfg, resume=args.resume, tui=not args.no_tui, allow_changes=args.allow_changes)
 
 
 def _use_tui(tui: bool) -> bool:
     return tui and sys.stdin.isatty() and sys.stdout.isatty()
 
 
-def _train(cfg, resume: bool, tui: bool = False) -> int:
+def _train(cfg, resume: bool, tui: bool = False, allow_changes: bool = False) -> int:
     from engine import data as D
     from engine.launch import launch
-    D.load_examples(cfg.data.path, cfg.data.format)  # bad data fails here, before anything starts
+    files = D.load_examples(cfg.data.path, cfg.data.format)[2]  # bad data fails here, before anything starts
     if cfg.model.trust_remote_code:
         print("warning: trust_remote_code = true runs Python code shipped with the model", file=sys.stderr)
-    proc, run_dir = launch(cfg, resume=resume)
+    proc, run_dir = launch(cfg, resume=resume, allow_changes=allow_changes, data_files=files)
     if _use_tui(tui):
         return _dashboard(run_dir)
     print(f"training in {run_dir} (pid {proc.pid}); log: {run_dir / 'train.log'}")
@@ -294,6 +296,8 @@ def follow(run_dir: Path, proc=None, out=sys.stdout) -> int:
                     print(f"start: {ev.get('world_size')} process(es), {total} steps, "
                           f"{ev.get('trainable_params'):,} trainable params"
                           + (f", resumed from {ev['resumed_from']}" if ev.get("resumed_from") else ""), file=out)
+                elif kind == "step" and ev.get("skipped"):
+                    print(f"step {ev['step']}/{total}  skipped: loss or gradient was NaN/inf", file=out, flush=True)
                 elif kind == "step":
                     if first is None:
                         first = (ev["step"] - 1, ev["time"] - 0.0)
@@ -309,6 +313,10 @@ def follow(run_dir: Path, proc=None, out=sys.stdout) -> int:
                     print(f"  {loss}" + (f"  sample: {completion!r}" if s else ""), file=out, flush=True)
                 elif kind == "checkpoint":
                     print(f"  checkpoint {ev['path']}", file=out, flush=True)
+                elif kind in ("warning", "oom_fallback"):
+                    detail = ev.get("message") or (f"out of memory: micro-batch {ev['micro_batch_size'][0]} -> "
+                                                   f"{ev['micro_batch_size'][1]}, resuming from step {ev['step']}")
+                    print(f"  {kind}: {detail}", file=out, flush=True)
                 elif kind == "end":
                     end = ev
             launcher_done = proc is None or proc.poll() is not None
@@ -428,7 +436,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_file")
     p = sub.add_parser("train", help="launch training")
     p.add_argument("run_file")
-    p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
+    p.add_argument("--resume", action="store_true", help="continue from the newest verified checkpoint")
+    p.add_argument("--allow-changes", action="store_true",
+                   help="with --resume: accept a changed dataset or training-shape keys")
     p.add_argument("--no-tui", action="store_true", help="plain progress lines (for scripts and CI)")
     p = sub.add_parser("stop", help="stop a run gracefully")
     p.add_argument("run_dir")
