@@ -59,7 +59,42 @@ def load_model(cfg, device):
     except ValueError as e:
         raise BadInput(f"LoRA target_modules {targets!r} do not match this model ({str(e)[:200]}); use "
                        "\"all-linear\" or names such as [\"q_proj\", \"v_proj\"].", key="lora.target_modules") from None
+    if cfg.train.loss_chunk_tokens:
+        detach_head(model)
     return model
+
+
+def detach_head(model):
+    """Make the forward pass return the final hidden states: the (frozen) lm_head is kept aside and applied
+    by the chunked loss only where a token is trained. `full_head(model)` puts it back, e.g. to generate."""
+    import torch
+    base = model.get_base_model()
+    head = base.get_output_embeddings()
+    if head is None or isinstance(head, torch.nn.Identity):
+        return
+    base.set_output_embeddings(torch.nn.Identity())
+    object.__setattr__(model, "rigtune_head", head)  # not a registered submodule: no DDP, no adapter file
+
+
+def output_head(model):
+    return getattr(model, "rigtune_head", None)
+
+
+class full_head:
+    """Context manager: the model with its lm_head in place (generation needs logits)."""
+
+    def __init__(self, model):
+        self.model, self.head = model, output_head(model)
+
+    def __enter__(self):
+        if self.head is not None:
+            self.model.get_base_model().set_output_embeddings(self.head)
+        return self.model
+
+    def __exit__(self, *exc):
+        if self.head is not None:
+            import torch
+            self.model.get_base_model().set_output_embeddings(torch.nn.Identity())
 
 
 def is_local_model(base: str) -> bool:

@@ -107,6 +107,7 @@ class PlanInput:
     ram_gib: float | None = None
     loss: str = "rigtune"
     upcast: bool = False             # prepare_model_for_kbit_training: unquantized weights in fp32
+    loss_chunk: int = 0              # rigtune's chunked loss: tokens per chunk (0 = full logits)
 
 
 @dataclass
@@ -220,7 +221,10 @@ def breakdown(inp: PlanInput) -> dict:
     else:
         activations = tokens * a.layers * per_layer
 
-    logits = tokens * a.vocab * (LOSS_BYTES[inp.loss] + (0 if inp.upcast else cb))
+    if inp.loss == "rigtune" and inp.loss_chunk:  # one chunk's logits at a time, at trained positions only
+        logits = min(tokens, inp.loss_chunk) * a.vocab * (LOSS_BYTES["rigtune"] + cb)
+    else:
+        logits = tokens * a.vocab * (LOSS_BYTES[inp.loss] + (0 if inp.upcast else cb))
     widest = max(x * y for x, y in a.linears().values()) * cb if inp.quantization != "none" else 0
     subtotal = weights + adapters + gradients + optimizer + activations + logits
     slack = FSDP_FRAGMENTATION if inp.strategy == "fsdp" else FRAGMENTATION
@@ -393,7 +397,7 @@ def input_from_run(cfg, arch: Arch, gpus: list, ram_gib: float | None) -> PlanIn
         optimizer=cfg.train.optimizer, gradient_checkpointing=cfg.train.gradient_checkpointing,
         attn=cfg.model.attn_implementation, quantization=cfg.model.quantization, double_quant=cfg.model.double_quant,
         compute_dtype=cfg.model.compute_dtype, strategy=cfg.hardware.strategy, cpu_offload=cfg.hardware.cpu_offload,
-        ram_gib=ram_gib)
+        ram_gib=ram_gib, loss_chunk=cfg.train.loss_chunk_tokens)
 
 
 # ---------------------------------------------------------------------------- learning from past runs

@@ -119,6 +119,8 @@ SECTIONS: dict[str, list[Key]] = {
         _k("save_every_steps", "int", 100, "Write a checkpoint every N steps; 0 only at the end.", min=0, max=100_000_000),
         _k("keep_checkpoints", "int", 2, "Newest checkpoints to keep.", min=1, max=1000),
         _k("sample_max_new_tokens", "int", 48, "Tokens generated for the eval sample; 0 turns sampling off.", min=0, max=4096),
+        _k("loss_chunk_tokens", "int", 4096, "Cross-entropy only at trained positions, this many at a time, never "
+           "holding all fp32 logits; 0 computes full logits.", min=0, max=1_048_576),
         _k("max_bad_steps", "int", 1, "Steps with a NaN/inf loss or gradient (skipped, not applied) before the run stops.",
            min=1, max=1000),
         _k("oom_fallback", "bool", False, "On CUDA out-of-memory: halve micro_batch_size, double accumulation, resume."),

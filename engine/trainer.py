@@ -157,15 +157,34 @@ class Layout:
 
 # ---------------------------------------------------------------------------- loss, eval, sample
 
-def loss_sum(model, batch):
-    """Sum of the token cross-entropies over trained tokens (labels shifted by one), in fp32."""
+def loss_sum(model, batch, chunk_tokens: int = 0):
+    """Sum of the token cross-entropies over trained tokens (labels shifted by one), in fp32.
+
+    With chunk_tokens, the model returns hidden states (its lm_head is held aside, engine.model.detach_head)
+    and the loss is computed only at trained positions, chunk by chunk, each chunk's logits recomputed in
+    backward instead of kept: identical loss and gradients, a fraction of the memory and of the lm_head work."""
     import torch
+    import torch.nn.functional as F
+    from torch.utils.checkpoint import checkpoint
+
+    from .model import output_head
     labels = batch.pop("labels")
-    logits = model(**batch, use_cache=False).logits
-    logits = logits[:, :-1].float()
+    out = model(**batch, use_cache=False).logits
     target = labels[:, 1:]
-    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
-                                             ignore_index=D.IGNORE, reduction="sum")
+    head = output_head(model.module if hasattr(model, "module") else model)
+    if not chunk_tokens or head is None:
+        logits = out[:, :-1].float()
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=D.IGNORE,
+                               reduction="sum")
+    keep = target != D.IGNORE
+    hidden, y = out[:, :-1][keep], target[keep]
+    total = out.new_zeros((), dtype=torch.float32)
+
+    def piece(h, t):
+        return F.cross_entropy(head(h).float(), t, reduction="sum")
+    for i in range(0, y.numel(), chunk_tokens):
+        total = total + checkpoint(piece, hidden[i:i + chunk_tokens], y[i:i + chunk_tokens], use_reentrant=False)
+    return total
 
 
 def evaluate(model, eval_seqs, cfg, pad_id, device) -> float | None:
@@ -179,7 +198,7 @@ def evaluate(model, eval_seqs, cfg, pad_id, device) -> float | None:
         for i in range(0, len(eval_seqs), mbs):
             chunk = eval_seqs[i:i + mbs]
             batch = {k: v.to(device) for k, v in D.collate(chunk, pad_id, cfg.data.packing).items()}
-            total += float(loss_sum(model, batch))
+            total += float(loss_sum(model, batch, cfg.train.loss_chunk_tokens))
             count += sum(s.trained for s in chunk)
     model.train()
     return total / max(1, count)
@@ -199,8 +218,9 @@ def sample(model, tokenizer, example, max_new_tokens: int, device) -> dict | Non
         prompt = tokenizer.apply_chat_template(prompt_msgs, tools=example.tools, tokenize=False,
                                                add_generation_prompt=True)
         ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    from .model import full_head
     model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), full_head(model):
         out = model.generate(input_ids=torch.tensor([ids], device=device), max_new_tokens=max_new_tokens,
                              do_sample=False, use_cache=True, pad_token_id=tokenizer.pad_token_id)
     model.train()
@@ -347,7 +367,7 @@ def train(run_dir: Path, resume: bool, allow_changes: bool = False) -> int:
                     raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
                 sync = accelerator.no_sync(model) if i < len(mine) - 1 else contextlib.nullcontext()
                 with sync:
-                    loss = loss_sum(model, batch)
+                    loss = loss_sum(model, batch, tc.loss_chunk_tokens)
                     if faults.fire("nan", step + 1):
                         loss = loss * float("nan")
                     # mean over the step's trained tokens on all ranks (DDP averages gradients over ranks)
