@@ -455,25 +455,29 @@ def as_sequences(examples: list, max_seq_len: int, packing: bool) -> list:
 
 
 def collate(seqs: list, pad_id: int, packing: bool) -> dict:
-    """A micro-batch as tensors. Packed rows are flattened into one row with restarting position ids and
-    no attention mask, so no padding is computed and examples never attend to each other."""
+    """A micro-batch as tensors. Packed rows carry position ids that restart at each example and no attention
+    mask, so examples never attend to each other (transformers builds the block-diagonal causal mask from
+    the position ids). Rows are padded at the end to the longest row: pad positions continue the last
+    example's numbering, come after every real token (so nothing real attends to them) and are not trained.
+    Unpacked batches use an attention mask instead."""
     import torch
-    if packing:
-        row = _join_rows(seqs)
-        return {"input_ids": torch.tensor([row.input_ids]), "labels": torch.tensor([row.labels]),
-                "position_ids": torch.tensor([row.position_ids])}
     width = max(len(s.input_ids) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     labels = torch.full((len(seqs), width), IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for i, s in enumerate(seqs):
         n = len(s.input_ids)
         ids[i, :n] = torch.tensor(s.input_ids)
         labels[i, :n] = torch.tensor(s.labels)
-        mask[i, :n] = 1
+    if packing:
+        pos = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            n = len(s.position_ids)
+            pos[i, :n] = torch.tensor(s.position_ids)
+            if n < width:
+                last = s.position_ids[-1] if n else -1
+                pos[i, n:] = torch.arange(last + 1, last + 1 + width - n)
+        return {"input_ids": ids, "labels": labels, "position_ids": pos}
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        mask[i, :len(s.input_ids)] = 1
     return {"input_ids": ids, "labels": labels, "attention_mask": mask}
-
-
-def _join_rows(seqs) -> Sequence:
-    return Sequence(sum((s.input_ids for s in seqs), []), sum((s.labels for s in seqs), []),
-                    sum((s.position_ids for s in seqs), []))

@@ -135,18 +135,20 @@ def test_packing_keeps_examples_apart(tok, tiny_model):
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32, attn_implementation="sdpa").eval()
     rows = [json.loads(line) for line in DEMO.read_text().splitlines()[:5]]
     encs = [D.encode(tok, D.to_example(r, "alpaca", "d", i), 128, False)[0] for i, r in enumerate(rows)]
-    packed = D.collate(D.as_sequences(encs, 512, packing=True), tok.pad_token_id, packing=True)
-    assert packed["input_ids"].shape[0] == 1 and "attention_mask" not in packed
+    rows = D.as_sequences(encs[:3], 128, packing=True) + D.as_sequences(encs[3:], 128, packing=True)
+    packed = D.collate(rows, tok.pad_token_id, packing=True)
+    assert packed["input_ids"].shape[0] == len(rows) >= 2 and "attention_mask" not in packed
+    checked = 0
     with torch.no_grad():
-        together = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"], use_cache=False).logits[0]
-        start = 0
-        pos = packed["position_ids"][0].tolist()
-        starts = [i for i, p in enumerate(pos) if p == 0] + [len(pos)]
-        for a, b in zip(starts, starts[1:]):
-            alone = model(input_ids=packed["input_ids"][:, a:b], use_cache=False).logits[0]
-            torch.testing.assert_close(together[a:b], alone, atol=1e-5, rtol=1e-4)
-            start += 1
-    assert start == 5
+        together = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"], use_cache=False).logits
+        for r, row in enumerate(rows):
+            pos = row.position_ids
+            starts = [i for i, p in enumerate(pos) if p == 0] + [len(pos)]
+            for a, b in zip(starts, starts[1:]):
+                alone = model(input_ids=packed["input_ids"][r:r + 1, a:b], use_cache=False).logits[0]
+                torch.testing.assert_close(together[r, a:b], alone, atol=1e-5, rtol=1e-4)
+                checked += 1
+    assert checked == 5
 
 
 def test_unreachable_hub_dataset_is_a_clear_error():

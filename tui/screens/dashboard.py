@@ -87,6 +87,8 @@ class Dashboard(Screen):
         yield Footer()
 
     def on_mount(self) -> None:
+        self.set_class(self.app.size.width >= 110, "-wide")
+        self.set_class(self.app.size.height >= 36, "-tall")
         self.query_one("#loss-box").border_title = "loss  [cyan]raw[/] [yellow]smoothed[/] [magenta]eval[/]"
         table = self.query_one("#ckpts", DataTable)
         table.add_columns("step", "saved", "path")

@@ -1,0 +1,54 @@
+"""The baseline: the default recipe Axolotl and LLaMA-Factory wrap - HF Trainer + PEFT LoRA on a bitsandbytes
+NF4 base, prepare_model_for_kbit_training, examples padded to the longest in the batch, no packing.
+Examples and labels are the same as rigtune's (engine.data), so only the training stack differs.
+
+Usage (from bench/speed/run.py): python hf_recipe.py MODEL_DIR TRAIN_JSON OUT_DIR SEQ MICRO_BATCH LR
+"""
+import json
+import sys
+import time
+
+t_start = time.time()
+
+import torch  # noqa: E402
+from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training  # noqa: E402
+from transformers import (AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, DataCollatorForSeq2Seq,  # noqa: E402
+                          Trainer, TrainingArguments)
+
+sys.path.insert(0, sys.argv[7] if len(sys.argv) > 7 else ".")
+from engine import data as D  # noqa: E402
+
+
+def main():
+    model_dir, train_json, out_dir, seq, mbs, lr = sys.argv[1:7]
+    seq, mbs, lr = int(seq), int(mbs), float(lr)
+    tok = D.ensure_chat_template(AutoTokenizer.from_pretrained(model_dir))
+    examples, fmt, _ = D.load_examples(train_json)
+    rows = []
+    for ex in examples:
+        enc, _ = D.encode(tok, ex, seq, False)
+        if enc.trained:
+            rows.append({"input_ids": enc.input_ids, "labels": enc.labels, "attention_mask": [1] * len(enc.input_ids)})
+    torch.manual_seed(42)
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=torch.float32, device_map={"": "cpu"},
+        quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                               bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.float32))
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear",
+                                             task_type="CAUSAL_LM"))
+    args = TrainingArguments(output_dir=out_dir, per_device_train_batch_size=mbs, gradient_accumulation_steps=1,
+                             num_train_epochs=1, learning_rate=lr, lr_scheduler_type="cosine", warmup_steps=0.03,
+                             weight_decay=0.0, max_grad_norm=1.0, logging_steps=10, save_strategy="no",
+                             report_to=[], use_cpu=True, optim="adamw_torch", seed=42, dataloader_num_workers=0,
+                             gradient_checkpointing=False, disable_tqdm=True)
+    collator = DataCollatorForSeq2Seq(tok, padding="longest", label_pad_token_id=D.IGNORE)
+    trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=collator)
+    trainer.train()
+    model.save_pretrained(f"{out_dir}/adapter", safe_serialization=True)
+    print(json.dumps({"steps": trainer.state.global_step, "seconds": time.time() - t_start,
+                      "trained_tokens": sum(sum(1 for x in r["labels"][1:] if x != D.IGNORE) for r in rows)}))
+
+
+if __name__ == "__main__":
+    main()
