@@ -259,27 +259,25 @@ def _fits(inp: PlanInput) -> bool:
     return inp.ram_gib is None or ram_needed(inp) <= inp.ram_gib
 
 
-def max_seq_len(inp: PlanInput, limit: int = 1 << 20) -> int:
-    """The longest sequence that fits at this micro-batch (0 if none does)."""
+def _largest(inp: PlanInput, field: str, limit: int) -> int:
+    """The largest value of `field` (at least 1) at which the run fits, by bisection; 0 if none does."""
     lo, hi = 0, limit
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if _fits(replace(inp, seq_len=mid)):
+        if _fits(replace(inp, **{field: mid})):
             lo = mid
         else:
             hi = mid - 1
     return lo
+
+
+def max_seq_len(inp: PlanInput, limit: int = 1 << 20) -> int:
+    """The longest sequence that fits at this micro-batch (0 if none does)."""
+    return _largest(inp, "seq_len", limit)
 
 
 def max_micro_batch(inp: PlanInput, limit: int = 4096) -> int:
-    lo, hi = 0, limit
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if _fits(replace(inp, micro_batch=mid)):
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
+    return _largest(inp, "micro_batch", limit)
 
 
 # ---------------------------------------------------------------------------- strategy and advice
