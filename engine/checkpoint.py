@@ -24,8 +24,6 @@ SHAPE_KEYS = [("model", "base"), ("model", "revision"), ("model", "quantization"
               ("lora", "alpha"), ("lora", "target_modules"), ("data", "path"), ("data", "format"),
               ("data", "max_seq_len"), ("data", "packing"), ("data", "eval_fraction"), ("data", "train_on_prompt"),
               ("train", "optimizer"), ("train", "seed"), ("hardware", "num_processes"), ("hardware", "num_machines")]
-# kept equal by an OOM fallback, which trades micro-batch for accumulation: compared as their product
-BATCH_KEYS = [("train", "micro_batch_size"), ("train", "gradient_accumulation_steps")]
 
 
 class DiskFull(Exception):
@@ -33,6 +31,8 @@ class DiskFull(Exception):
 
 
 def shape_of(cfg) -> dict:
+    """The shape keys, plus the effective batch: an OOM fallback trades micro-batch for accumulation and
+    keeps their product, so only the product is compared."""
     v = cfg.values if hasattr(cfg, "values") else cfg
     shape = {f"{s}.{k}": v[s][k] for s, k in SHAPE_KEYS}
     shape["train.effective_batch"] = v["train"]["micro_batch_size"] * v["train"]["gradient_accumulation_steps"]

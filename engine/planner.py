@@ -15,7 +15,6 @@ The constants below are calibrated against published measurements: bench/planner
 from __future__ import annotations
 
 import json
-import math
 import sys
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path

@@ -400,7 +400,7 @@ def _comment(k: Key) -> str:
 def dumps(cfg: RunConfig | dict, header: str | None = None) -> str:
     """TOML text of a complete run file, with one line of help above each key."""
     data = cfg.values if isinstance(cfg, RunConfig) else cfg
-    out = [f"# rigtune run file. Check it with: rigtune check FILE; train with: rigtune train FILE\n"]
+    out = ["# rigtune run file. Check it with: rigtune check FILE; train with: rigtune train FILE\n"]
     if header:
         out += [f"# {line}\n" for line in header.splitlines()]
     out.append("\n")

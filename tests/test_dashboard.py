@@ -6,7 +6,6 @@ import subprocess
 import sys
 import time
 
-import pytest
 
 from runfixtures import FakeSampler, append_steps, own_pid, write_run
 from tui.app import RigtuneApp

@@ -1,7 +1,6 @@
 """The wizard end to end with Pilot: the CPU demo on a machine without a GPU, and a what-if 70B plan on faked
 dual-3090 hardware. Assertions are on the run file written, the fit verdicts shown and the launch command."""
 import json
-import os
 from pathlib import Path
 
 import pytest

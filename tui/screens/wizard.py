@@ -14,7 +14,7 @@ from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Label, Select, Static, Switch, TabbedContent, TabPane
 
@@ -667,7 +667,6 @@ class LaunchStep(Step):
 
     @work(thread=True, exclusive=True)
     def start(self) -> None:
-        from engine.launch import launch
         values = self.state.values
         try:
             if values["model"]["base"] == "rigtune:tiny-demo":
