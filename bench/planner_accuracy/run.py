@@ -50,7 +50,7 @@ def main(write: bool = True) -> float:
         "from 512 to 2,048 tokens adds only 0.23 GiB at batch 1 (less than the bf16 logits alone), while going from",
         "batch 1 to 4 at 2,048 tokens adds 6 GiB. The planner is off by +3% to +90% on those points, so they would",
         "calibrate another stack, not rigtune's. The HF 4-bit blog gives no peak figures with their settings. Both",
-        "should be revisited with measurements of rigtune's own engine on a GPU (DEVELOPERS: the device tool).",
+        "should be revisited with measurements of rigtune's own engine in a session that has a GPU.",
     ]
     if write:
         (HERE / "RESULTS.md").write_text("\n".join(out) + "\n")
