@@ -81,8 +81,9 @@ def take_lock(run_dir: Path):
 
 
 class Faults:
-    """Test seam: RIGTUNE_FAULT="oom@3,nan@5,enospc@4" injects a CUDA out-of-memory at step 3's forward, a
-    NaN loss at step 5 and a full disk when saving step 4 - each once. Empty in normal use."""
+    """Test seam: RIGTUNE_FAULT="oom@3,nan@5,enospc@4,killsave@6" injects a CUDA out-of-memory at step 3's
+    forward, a NaN loss at step 5, a full disk when saving step 4 and a SIGKILL halfway through saving step 6
+    - each once. Empty in normal use."""
 
     def __init__(self, spec: str):
         self.pending = {}
@@ -97,6 +98,8 @@ class Faults:
         if where == "save" and self.fire("enospc", step):
             import errno
             raise OSError(errno.ENOSPC, "No space left on device (injected)")
+        if where == "save" and self.fire("killsave", step):
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def is_oom(e: BaseException) -> bool:

@@ -62,6 +62,20 @@ def test_resume_refuses_changed_data_or_shape(tmp_path, tiny_model):
     assert [e["step"] for e in steps_of(events(tmp_path / "runs" / "t"))] == [1, 2, 3]
 
 
+def test_kill_during_a_save_leaves_no_bad_checkpoint(tmp_path, tiny_model):
+    from engine import checkpoint as C
+    rf = run_file(tmp_path, tiny_model, DEMO, train={"max_steps": 6, "save_every_steps": 2, "eval_every_steps": 0})
+    res = train(rf, fault="killsave@4")
+    assert res.returncode == 1  # no end event: the trainer died
+    run = tmp_path / "runs" / "t"
+    names = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert names == [".tmp-step-000004", "step-000002"] and C.verify(run / "checkpoints" / "step-000002") is None
+    assert read_status(run)["state"] == "crashed"
+    assert train(rf, "--resume").returncode == 0
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-000004", "step-000006"]
+    assert sorted({e["step"] for e in steps_of(events(run))}) == [1, 2, 3, 4, 5, 6]
+
+
 def test_torn_event_line_is_skipped_and_next_writer_starts_fresh(tmp_path):
     log = EventLog(tmp_path)
     log.write("step", step=1, loss=1.0)
