@@ -78,13 +78,19 @@ class RunView:
             self.status, changed = status, True
         return self._read_log() or changed
 
-    def _read_metrics(self) -> bool:
-        path = self.run_dir / METRICS
+    @staticmethod
+    def _grown(path, offset: int) -> int | None:
+        """The file's size if it grew past `offset`, else None (also when it does not exist yet)."""
         try:
             size = os.path.getsize(path)
         except OSError:
-            return False
-        if size <= self.offset:
+            return None
+        return size if size > offset else None
+
+    def _read_metrics(self) -> bool:
+        path = self.run_dir / METRICS
+        size = self._grown(path, self.offset)
+        if size is None:
             return False
         if self.offset == 0 and size > SPARSE_ABOVE:
             self._sparse_attach(path, size)
@@ -207,11 +213,8 @@ class RunView:
 
     def _read_log(self) -> bool:
         path = self.run_dir / "train.log"
-        try:
-            size = os.path.getsize(path)
-        except OSError:
-            return False
-        if size <= self.log_offset:
+        size = self._grown(path, self.log_offset)
+        if size is None:
             return False
         with open(path, "rb") as f:
             # a long log: only its last 64 KiB matter for the tail
