@@ -52,10 +52,6 @@ class Machine:
         return asdict(self)
 
     @property
-    def vram_gib(self) -> list:
-        return [g.memory_total_gib for g in self.gpus]
-
-    @property
     def nvlinked(self) -> bool:
         return len(self.gpus) > 1 and all(g.nvlink_peers for g in self.gpus)
 
@@ -189,12 +185,6 @@ def scan(nvml=None, runs_path: str | Path = "runs") -> Machine:
         disk_free_gib=round(psutil.disk_usage(str(runs)).free / GIB, 2), disk_nvme=kind == "nvme", disk_kind=kind,
         hf_cache_path=str(cache), hf_cache_free_gib=round(psutil.disk_usage(str(_existing(cache))).free / GIB, 2),
         driver=driver, cuda=cuda, nvml_error=err)
-
-
-def machine_from_json(data: dict) -> Machine:
-    data = dict(data)
-    data["gpus"] = [GPU(**g) for g in data.get("gpus", [])]
-    return Machine(**data)
 
 
 def describe(m: Machine) -> str:
