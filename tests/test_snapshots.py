@@ -67,11 +67,15 @@ def wizard_home(tmp_path, monkeypatch):
 
 def walk(*keys, settle=0.4):
     async def run_before(pilot):
+        from textual.widgets import Input
         await pilot.pause(0.3)
         for k in keys:
             await pilot.press(k)
             await pilot.pause(0.15)
         await pilot.pause(settle)  # the dataset preview worker
+        for inp in pilot.app.screen.query(Input):  # a blinking cursor would make the picture depend on timing
+            inp.cursor_blink = False
+        await pilot.pause(0.05)
     return run_before
 
 
