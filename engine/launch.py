@@ -59,6 +59,15 @@ def _absolute(value: str, base: Path) -> str:
     return str(candidate.resolve()) if candidate.exists() else value
 
 
+def free_name(values: dict) -> dict:
+    """Rename the run (name, name-2, ...) until its directory under output_root holds no run yet."""
+    root, base, n = Path(values["output_root"]), values["name"], 1
+    while (root / values["name"] / METRICS).exists():
+        n += 1
+        values["name"] = f"{base}-{n}"
+    return values
+
+
 def prepare_run_dir(cfg, resume: bool, cwd: Path | None = None) -> Path:
     """Create (or reopen, for --resume) the run directory and write run.toml with local paths made absolute."""
     cwd = cwd or Path.cwd()

@@ -164,3 +164,34 @@ def verdict(machine_tier: Tier, all_tiers: dict | None = None) -> str:
         return f"below the {t.label} tier: " + "; ".join(short)
     t, short = best
     return f"fits the {t.label} tier" + ("; " + "; ".join(short) if short else "")
+
+
+def run_values(tier: Tier, arch: P.Arch, base: str | None = None) -> tuple[dict, str]:
+    """Complete run-file values for the tier's default run on `arch`: micro-batch, sequence length,
+    strategy and offload chosen by the planner, the effective batch kept; and the lines saying why."""
+    from . import runfile
+    run = tier.run
+    inp, why = plan_for(tier, arch, seq_len=run["max_seq_len"], micro_batch=run["micro_batch_size"],
+                        optimizer=run.get("optimizer", "adamw_torch"))
+    if not P._fits(inp):
+        longest = P.max_seq_len(inp)
+        if longest >= 256:
+            inp = P.replace(inp, seq_len=longest)
+            why += f" Sequence length cut to {longest} to fit."
+    n = len(tier.gpus) if inp.strategy != "single" else 1
+    accum = max(1, run["micro_batch_size"] * run["gradient_accumulation_steps"] // (inp.micro_batch * n))
+    values = runfile.defaults(
+        name=f"{arch.name.lower()}-{tier.id}",
+        hardware={"tier": tier.id, "gpus": list(range(n)), "strategy": inp.strategy, "num_processes": n,
+                  "cpu_offload": inp.cpu_offload},
+        model={"base": base or arch.hf_id, "compute_dtype": "bfloat16"},
+        data={"path": None, "max_seq_len": inp.seq_len},
+        train={"micro_batch_size": inp.micro_batch, "gradient_accumulation_steps": accum, "optimizer": inp.optimizer})
+    p = P.plan(inp)
+    verdict = (f"planned: {p.per_gpu_peak_gib:.1f} GiB per GPU of {p.gpu_gib:g} GiB"
+               f" ({', '.join(f'{k} {v:.1f}' for k, v in p.breakdown_gib.items())})")
+    if not p.fits:
+        verdict += " - DOES NOT FIT this tier even so; see rigtune plan"
+    return values, (f"{tier.label} tier: {tier.summary}\n{why}\n{verdict}\nmicro-batch {inp.micro_batch} x "
+                    f"accumulation {accum} x {n} process(es) keeps the effective batch at {inp.micro_batch * accum * n}."
+                    "\nReplace data.path with your dataset.")

@@ -170,7 +170,6 @@ def _preset_values(preset: str, model: str | None, dataset: str | None, log=prin
 def _tier_values(preset: str, model: str | None) -> tuple[dict, str]:
     """Run-file values for a tier: micro-batch, sequence length, strategy and offload chosen by the planner."""
     from engine import planner as P
-    from engine import runfile
     from engine import tiers as T
     if preset == "this-machine":
         from engine.scan import scan
@@ -180,33 +179,9 @@ def _tier_values(preset: str, model: str | None) -> tuple[dict, str]:
                            "a run file for a tier.", key="--preset")
     else:
         tier = T.tiers()[preset]
-    run = tier.run
-    arch = P.resolve_model(model or run["model"])
-    settings = {"optimizer": run.get("optimizer", "adamw_torch")}
-    inp, why = T.plan_for(tier, arch, seq_len=run["max_seq_len"], micro_batch=run["micro_batch_size"], **settings)
-    fits = P._fits(inp)
-    if not fits:
-        longest = P.max_seq_len(inp)
-        if longest >= 256:
-            inp = P.replace(inp, seq_len=longest)
-            why += f" Sequence length cut to {longest} to fit."
-    effective = run["micro_batch_size"] * run["gradient_accumulation_steps"]
-    accum = max(1, effective // (inp.micro_batch * (len(tier.gpus) if inp.strategy != "single" else 1)))
-    n = len(tier.gpus) if inp.strategy != "single" else 1
-    values = runfile.defaults(
-        name=f"{arch.name.lower()}-{tier.id}",
-        hardware={"tier": tier.id, "gpus": list(range(n)), "strategy": inp.strategy, "num_processes": n,
-                  "cpu_offload": inp.cpu_offload},
-        model={"base": model if model and not arch.hf_id else arch.hf_id, "compute_dtype": "bfloat16"},
-        data={"path": None, "max_seq_len": inp.seq_len},
-        train={"micro_batch_size": inp.micro_batch, "gradient_accumulation_steps": accum,
-               "optimizer": inp.optimizer})
-    p = P.plan(inp)
-    verdict = (f"planned: {p.per_gpu_peak_gib:.1f} GiB per GPU of {p.gpu_gib:g} GiB"
-               f" ({', '.join(f'{k} {v:.1f}' for k, v in p.breakdown_gib.items())})")
-    if not p.fits:
-        verdict += " - DOES NOT FIT this tier even so; see rigtune plan"
-    return values, f"{tier.label} tier: {tier.summary}\n{why}\n{verdict}\nmicro-batch {inp.micro_batch} x accumulation {accum} x {n} process(es) keeps the effective batch at {inp.micro_batch * accum * n}.\nReplace data.path with your dataset."
+    arch = P.resolve_model(model or tier.run["model"])
+    return T.run_values(tier, arch, base=model if model and not arch.hf_id else None)
+
 
 def cmd_init(args) -> int:
     from engine import runfile
@@ -222,18 +197,11 @@ def cmd_init(args) -> int:
     return 0
 
 
-def _free_name(root: Path, base: str) -> str:
-    name, n = base, 1
-    while (root / name / "metrics.jsonl").exists():
-        n += 1
-        name = f"{base}-{n}"
-    return name
-
-
 def cmd_demo(args) -> int:
     from engine import runfile
+    from engine.launch import free_name
     values, _ = _preset_values("cpu-demo", None, None)
-    values["name"] = _free_name(Path(values["output_root"]), values["name"])
+    free_name(values)
     cfg = runfile.validate(values, path="preset cpu-demo")
     print(f"CPU demo: QLoRA (NF4) on a tiny local model, run directory {runfile.run_dir(cfg)}")
     return _train(cfg, resume=False, tui=not getattr(args, "no_tui", False))

@@ -196,45 +196,17 @@ class TierStep(Step):
         self.app.push_screen(SetupStep())
 
 
-def free_name(values: dict) -> dict:
-    """A run name whose directory under output_root does not hold a run yet (name, name-2, ...)."""
-    root, base, n = Path(values["output_root"]), values["name"], 1
-    while (root / values["name"] / "metrics.jsonl").exists():
-        n += 1
-        values["name"] = f"{base}-{n}"
-    return values
-
-
 def initial_values(state: WizardState) -> tuple[dict, str]:
     """Run-file values for the chosen tier: the preset's, with the planner's choices for GPU tiers."""
+    from engine.launch import free_name
     if state.tier_id == DEMO:
         values = runfile.defaults(**presets.load_run_preset(DEMO))
         values["data"]["path"] = str(presets.DEMO_DATA)
         return free_name(values), "written by the rigtune wizard: CPU demo"
     tier = state.tier()
-    run = tier.run
-    arch = P.resolve_model(run["model"])
-    values, why = planned_values(tier, arch, runfile.defaults(
-        model={"base": arch.hf_id}, data={"path": str(presets.DEMO_DATA), "max_seq_len": run["max_seq_len"]},
-        train={"micro_batch_size": run["micro_batch_size"], "gradient_accumulation_steps": run["gradient_accumulation_steps"],
-               "optimizer": run.get("optimizer", "adamw_torch")}), state.tier_id)
-    return free_name(values), why
-
-
-def planned_values(tier, arch, values: dict, tier_id: str) -> tuple[dict, str]:
-    """Let the planner pick strategy, offload and micro-batch for this tier; returns values and the reason."""
-    tr = values["train"]
-    inp, why = T.plan_for(tier, arch, seq_len=values["data"]["max_seq_len"], micro_batch=tr["micro_batch_size"],
-                          optimizer=tr["optimizer"], lora_r=values["lora"]["r"],
-                          gradient_checkpointing=tr["gradient_checkpointing"])
-    n = len(tier.gpus) if inp.strategy != "single" else 1
-    values["hardware"].update(tier=tier_id, gpus=list(range(n)), strategy=inp.strategy, num_processes=n,
-                              cpu_offload=inp.cpu_offload)
-    effective = tr["micro_batch_size"] * tr["gradient_accumulation_steps"]
-    tr["gradient_accumulation_steps"] = max(1, effective // (inp.micro_batch * n))
-    tr["micro_batch_size"] = inp.micro_batch
-    values["name"] = f"{arch.name.lower()}-{tier_id}"
-    return values, f"written by the rigtune wizard for the {tier.label} tier\n{why}"
+    values, why = T.run_values(tier, P.resolve_model(tier.run["model"]))
+    values["data"]["path"] = str(presets.DEMO_DATA)
+    return free_name(values), f"written by the rigtune wizard for the {why}"
 
 
 # ---------------------------------------------------------------------------- 3. setup
