@@ -135,12 +135,20 @@ def save(run_dir: Path, step: int, model, optimizer, trainer_state: dict, keep: 
                            "kept. Free some space, then resume with --resume.") from None
         raise
     if final.exists():  # the same step saved before a crash: replace it
-        shutil.rmtree(final)
+        _remove(final)
     os.rename(tmp, final)
     _fsync_dir(root)
     for old in complete(run_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        _remove(old)
     return final
+
+
+def _remove(path: Path) -> None:
+    """Delete a checkpoint so that a kill at any moment leaves it whole or gone: renamed out of the step-*
+    names first (one atomic step), then deleted; clean_temp finishes the job after a crash."""
+    doomed = path.with_name(f".tmp-delete-{path.name}")
+    os.rename(path, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def complete(run_dir) -> list:
@@ -152,7 +160,8 @@ def complete(run_dir) -> list:
 
 
 def clean_temp(run_dir) -> list:
-    """Remove half-written .tmp-step-* directories a killed trainer left; returns their names."""
+    """Remove the half-written (.tmp-step-*) and half-deleted (.tmp-delete-*) directories a killed trainer
+    left; returns their names."""
     root = Path(run_dir) / CHECKPOINTS
     gone = []
     if root.is_dir():

@@ -1,6 +1,7 @@
 """Fault tolerance: verified checkpoints, refused resumes, signals, a full disk, NaN losses, CUDA OOM (through
 the RIGTUNE_FAULT seam) and one trainer per run directory. Each test looks at what is left on disk."""
 import json
+from pathlib import Path
 import os
 import signal
 import subprocess
@@ -74,6 +75,29 @@ def test_kill_during_a_save_leaves_no_bad_checkpoint(tmp_path, tiny_model):
     assert train(rf, "--resume").returncode == 0
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-000004", "step-000006"]
     assert sorted({e["step"] for e in steps_of(events(run))}) == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_kill_while_deleting_an_old_checkpoint_leaves_no_torn_one(tmp_path, monkeypatch):
+    """Pruning to keep_checkpoints deletes file by file; a kill in the middle must not leave a step-*
+    directory that fails verification (a CI run caught this: README.md gone, manifest still there)."""
+    import shutil
+
+    from engine import checkpoint as C
+    root = tmp_path / "checkpoints"
+    old = root / "step-000003"
+    old.mkdir(parents=True)
+    for name in ("README.md", "adapter_model.safetensors", "manifest.json"):
+        (old / name).write_text(name)
+
+    def killed_halfway(path, ignore_errors=False):
+        next(iter(sorted(Path(path).iterdir()))).unlink()
+        raise KeyboardInterrupt  # stands in for SIGKILL: nothing after this line runs
+    monkeypatch.setattr(shutil, "rmtree", killed_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        C._remove(old)
+    monkeypatch.undo()
+    assert C.complete(tmp_path) == []  # the torn directory is no longer a step-*
+    assert C.clean_temp(tmp_path) == [".tmp-delete-step-000003"] and list(root.iterdir()) == []
 
 
 def test_torn_event_line_is_skipped_and_next_writer_starts_fresh(tmp_path):

@@ -114,7 +114,7 @@ def test_kill9_then_resume_logs_every_step_and_matches(tmp_path, tiny_model):
     proc.wait(timeout=60)
     from engine import checkpoint as C
     for p in (run / "checkpoints").iterdir():  # a kill during a save leaves only a temp dir, never a bad step-*
-        assert p.name.startswith(".tmp-step-") or (p.name.startswith("step-") and C.verify(p) is None), p.name
+        assert p.name.startswith(".tmp-") or (p.name.startswith("step-") and C.verify(p) is None), p.name
     res = rigtune("train", rf, "--no-tui", "--resume")
     assert res.returncode == 0, res.stderr
     assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".tmp-")]  # cleaned on start
