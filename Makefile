@@ -16,6 +16,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "torch==$(TORCH_VERSION)"
 	$(PY) -m pip install --quiet -e '.[test]'
+	if nvidia-smi -L >/dev/null 2>&1; then $(PY) -m pip install --quiet -e '.[test,gpu]'; fi
 	touch $(STAMP)
 
 run: install

@@ -1,5 +1,6 @@
-"""Start the trainer under `accelerate launch`, detached: its own session and process group, output to
-train.log, so that it outlives the terminal. Everything is an argument list; nothing goes through a shell."""
+"""Start the trainer detached (under `accelerate launch` when it runs several processes): its own session and
+process group, output to train.log, so that it outlives the terminal. Everything is an argument list; nothing
+goes through a shell."""
 from __future__ import annotations
 
 import os
@@ -28,9 +29,18 @@ def cpu_threads(processes: int) -> int:
 
 
 def accelerate_command(cfg, run_dir: Path, resume: bool, allow_changes: bool = False) -> tuple[list, dict]:
-    """The `accelerate launch` argument list and the environment additions for this run file."""
+    """The trainer's argument list and environment additions for this run file: `accelerate launch` for
+    several processes; for one, the trainer itself (its Accelerator needs no launcher, and the launcher's
+    extra Python process costs seconds at start)."""
     hw = cfg.hardware
     total = hw.num_processes * hw.num_machines
+    trainer = ["-m", "engine.trainer", str(run_dir)] + (["--resume"] if resume else [])
+    trainer += ["--allow-changes"] if resume and allow_changes else []
+    if total == 1:
+        env = {"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(cpu_threads(1)), "ACCELERATE_MIXED_PRECISION": "no"}
+        if hw.gpus:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in hw.gpus)
+        return [sys.executable, *trainer], env
     argv = [sys.executable, "-m", "accelerate.commands.launch", "--quiet",
             "--num_processes", str(total), "--num_machines", str(hw.num_machines),
             "--machine_rank", str(hw.machine_rank), "--mixed_precision", "no", "--dynamo_backend", "no",
@@ -40,15 +50,10 @@ def accelerate_command(cfg, run_dir: Path, resume: bool, allow_changes: bool = F
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in hw.gpus)
     else:
         env["ACCELERATE_USE_CPU"] = "true"  # with --multi_gpu this gives gloo ranks on the CPU
-    if total > 1:
-        argv += ["--multi_gpu", "--main_process_port", str(hw.main_process_port or free_port())]
-        if hw.num_machines > 1:
-            argv += ["--main_process_ip", hw.main_process_ip]
-    elif not hw.gpus:
-        argv += ["--cpu"]
-    argv += ["-m", "engine.trainer", str(run_dir)] + (["--resume"] if resume else [])
-    argv += ["--allow-changes"] if resume and allow_changes else []
-    return argv, env
+    argv += ["--multi_gpu", "--main_process_port", str(hw.main_process_port or free_port())]
+    if hw.num_machines > 1:
+        argv += ["--main_process_ip", hw.main_process_ip]
+    return argv + trainer, env
 
 
 def _absolute(value: str, base: Path) -> str:
@@ -111,16 +116,28 @@ def write_plan(cfg, run_dir: Path) -> None:
     (run_dir / "plan.json").write_text(json.dumps({"model": arch.name, **plan.to_json()}, indent=1))
 
 
-FSDP_UNAVAILABLE = ("strategy 'fsdp' is planned and checked, but training with FSDP is not available in this "
-                    "version of rigtune yet; use strategy = \"ddp\" (the model must fit each card) or \"single\".")
+def check_gpus(cfg, nvml=None) -> None:
+    """Refuse a GPU run file on a machine that lacks those GPUs, before anything starts (a file planned for
+    another machine, e.g. a tier the user does not own yet)."""
+    want = cfg.hardware.gpus
+    if not want:
+        return
+    from .scan import scan_gpus
+    if nvml is None:
+        import pynvml as nvml
+    gpus, _, _, err = scan_gpus(nvml)
+    if any(g >= len(gpus) for g in want):
+        have = f"{len(gpus)} NVIDIA GPU(s)" if gpus else f"no NVIDIA GPU ({err})" if err else "no NVIDIA GPU"
+        raise BadInput(f"this run file trains on gpus = {want}, but this machine has {have}. Train it on the "
+                       "machine it was planned for, or set gpus = [] and strategy = \"single\" to train on the CPU.",
+                       path=cfg.path, key="hardware.gpus")
 
 
 def launch(cfg, resume: bool = False, cwd: Path | None = None, allow_changes: bool = False,
            data_files: list | None = None) -> tuple[subprocess.Popen, Path]:
     """Start training detached. Returns the launcher process and the run directory. On --resume the newest
     verified checkpoint is compared with this run file and dataset first (BadInput if they changed)."""
-    if cfg.hardware.strategy == "fsdp":
-        raise BadInput(FSDP_UNAVAILABLE, path=cfg.path, key="hardware.strategy")
+    check_gpus(cfg)
     if resume:
         from . import checkpoint as C
         if data_files is None:

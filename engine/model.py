@@ -32,22 +32,60 @@ def load_tokenizer(cfg):
 
 def load_model(cfg, device):
     """The base model on `device` with LoRA adapters attached; only the adapters are trainable."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    return add_lora(cfg, load_base(cfg, device), device)
 
-    m, lora = cfg.model, cfg.lora
+
+def quantization_config(cfg):
+    """bitsandbytes settings for the run, or None. The 4-bit weights are stored in the compute dtype, the one
+    dtype FSDP needs every shard of a layer to have (and harmless for one process)."""
+    import torch
+    from transformers import BitsAndBytesConfig
+    m = cfg.model
+    if m.quantization == "none":
+        return None
     dtype = getattr(torch, DTYPES[m.compute_dtype])
-    kwargs = dict(_hub_kwargs(m), dtype=dtype, attn_implementation=m.attn_implementation,
-                  device_map={"": device}, low_cpu_mem_usage=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=m.quantization,
+                              bnb_4bit_use_double_quant=m.double_quant, bnb_4bit_compute_dtype=dtype,
+                              bnb_4bit_quant_storage=dtype)
+
+
+def load_base(cfg, device):
+    """The (quantized) base model on `device`, without adapters."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    m = cfg.model
+    kwargs = dict(_hub_kwargs(m), dtype=getattr(torch, DTYPES[m.compute_dtype]),
+                  attn_implementation=m.attn_implementation, device_map={"": device}, low_cpu_mem_usage=True)
     if m.quantization != "none":
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type=m.quantization, bnb_4bit_use_double_quant=m.double_quant,
-            bnb_4bit_compute_dtype=dtype, bnb_4bit_quant_storage=dtype)
+        kwargs["quantization_config"] = quantization_config(cfg)
     try:
         model = AutoModelForCausalLM.from_pretrained(m.base, **kwargs)
     except (OSError, ValueError) as e:
         raise BadInput(f"cannot load model '{m.base}' ({str(e).splitlines()[0][:300]}).", key="model.base") from None
+    keep_cpu_weights_as_loaded(model)
+    return model
+
+
+def keep_cpu_weights_as_loaded(model) -> None:
+    """bitsandbytes repacks a 4-bit weight in place for a faster bf16 CPU kernel the first time it runs in
+    eval mode on a CPU with AVX512-BF16. Training continues on the repacked weights in lower precision, so one
+    mid-run eval would change the losses (and, in DDP, only rank 0's). Keep the weights as loaded."""
+    for mod in model.modules():
+        if hasattr(mod, "support_avx512bf16_for_cpu"):
+            mod.support_avx512bf16_for_cpu = False
+
+
+def add_lora(cfg, model, device):
+    """Fused kernels ([train] kernels), gradient checkpointing and LoRA adapters on a loaded base (on `device`
+    for training); only the adapters are trainable. The model remembers which kernels run (`rigtune_kernels`)
+    and Liger's fused loss when it has one (`rigtune_fused_loss`)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from . import kernels
+    running, fused_loss = kernels.apply(cfg.train.kernels, model, torch.device(device))
+    lora = cfg.lora
     model.config.use_cache = False
     if cfg.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -61,6 +99,8 @@ def load_model(cfg, device):
                        "\"all-linear\" or names such as [\"q_proj\", \"v_proj\"].", key="lora.target_modules") from None
     if cfg.train.loss_chunk_tokens:
         detach_head(model)
+    object.__setattr__(model, "rigtune_kernels", running)  # plain attributes: not modules, not saved
+    object.__setattr__(model, "rigtune_fused_loss", fused_loss)
     return model
 
 

@@ -107,6 +107,8 @@ class PlanInput:
     loss: str = "rigtune"
     upcast: bool = False             # prepare_model_for_kbit_training: unquantized weights in fp32
     loss_chunk: int = 0              # rigtune's chunked loss: tokens per chunk (0 = full logits)
+    link: str = "nvlink"             # between the cards: nvlink | p2p (PCIe peer-to-peer) | host (through RAM)
+    activation_offload: bool = False  # saved activations wait in CPU RAM; one layer's worth on the GPU
 
 
 @dataclass
@@ -201,12 +203,13 @@ def breakdown(inp: PlanInput) -> dict:
     else:
         weights, gathered = linear + other, 0
 
-    # adapters, gradients, optimizer
+    # adapters, gradients, optimizer: whole on every rank (engine.fsdp shards only the frozen base and
+    # averages the adapter gradients in place; DDP keeps a bucket copy of them)
     p = adapter_params(inp)
     lb = DTYPE_BYTES[inp.lora_dtype]
-    adapters = p * lb / n
-    gradients = p * lb / n * (2 if inp.strategy == "ddp" else 1)
-    optimizer = p * (2 * lb if inp.optimizer == "adamw_torch" else 2) / n  # AdamW keeps 2 states in the param dtype
+    adapters = p * lb
+    gradients = p * lb * (2 if inp.strategy == "ddp" else 1)
+    optimizer = p * (2 * lb if inp.optimizer == "adamw_torch" else 2)  # AdamW keeps 2 states in the param dtype
 
     # activations, per token: saved tensors of one decoder layer
     per_layer = cb * (7 * h + 3 * kv + 4 * i)
@@ -215,7 +218,9 @@ def breakdown(inp: PlanInput) -> dict:
     per_layer += 4 * inp.lora_r * len(_targets(inp))
     if inp.attn == "eager":
         per_layer += 2 * cb * a.heads * s  # scores and probabilities: s^2 per head
-    if inp.gradient_checkpointing:
+    if inp.activation_offload:
+        activations = tokens * per_layer
+    elif inp.gradient_checkpointing:
         activations = tokens * (a.layers * h * cb + per_layer)
     else:
         activations = tokens * a.layers * per_layer
@@ -243,6 +248,9 @@ def ram_needed(inp: PlanInput) -> float:
     """Host RAM the run needs (GiB): a baseline per process, plus the offloaded weights."""
     procs = len(inp.gpus) if inp.strategy in ("ddp", "fsdp") else 1
     need = procs * PROCESS_RAM_GIB
+    if inp.activation_offload:  # what the GPU no longer holds waits in RAM
+        kept = breakdown(replace(inp, activation_offload=False))["activations"]
+        need += procs * (kept - breakdown(inp)["activations"])
     if inp.cpu_offload:
         a = inp.arch
         qbytes = NF4_BITS[inp.double_quant] / 8 if inp.quantization in ("nf4", "fp4") else DTYPE_BYTES[inp.compute_dtype]
@@ -310,8 +318,15 @@ def choose_strategy(inp: PlanInput) -> tuple[PlanInput, str]:
                       f"with weights in CPU RAM ({ram_needed(cand):.0f} GiB) each card needs {need:.1f} GiB.")
     if cards == 1:
         return inp, f"does not fit: the run needs {whole:.1f} GiB and the card has {card:.1f} GiB."
-    return inp, (f"no strategy fits: one card would need {whole:.1f} GiB, and {cards} cards of {card:.1f} GiB "
-                 "are not enough even sharded with CPU offload.")
+    # nothing fits as set: the closest strategy the RAM allows, so that the suggestion starts from there
+    usable = [c for c in _strategy_candidates(inp) if c.ram_gib is None or ram_needed(c) <= c.ram_gib]
+    if not usable:
+        return inp, (f"no strategy fits: one card would need {whole:.1f} GiB, and {cards} cards of {card:.1f} GiB "
+                     "are not enough even sharded; CPU offload would need more RAM than this machine has.")
+    best = min(usable, key=peak)
+    name = "fsdp + CPU offload" if best.cpu_offload else best.strategy
+    return best, (f"no strategy fits as set: one card would need {whole:.1f} GiB; the closest is {name} at "
+                  f"{peak(best):.1f} GiB per card of {card:.1f} GiB (see the suggestion).")
 
 
 def suggest(inp: PlanInput) -> dict | None:
@@ -328,7 +343,9 @@ def suggest(inp: PlanInput) -> dict | None:
         b //= 2
         steps.append(({"micro_batch": b}, f"micro-batch {b} with {inp.micro_batch // b}x the gradient accumulation "
                                          "(same effective batch)"))
-    if inp.optimizer == "adamw_torch":
+    if inp.optimizer == "adamw_torch" and inp.strategy == "fsdp":  # paged state breaks FSDP checkpoints
+        steps.append(({"optimizer": "adamw_8bit"}, "8-bit AdamW"))
+    elif inp.optimizer == "adamw_torch":
         steps.append(({"optimizer": "paged_adamw_8bit"}, "paged 8-bit AdamW"))
     for change, why in steps:
         cand = replace(inp, **change)
@@ -350,6 +367,44 @@ def suggest(inp: PlanInput) -> dict | None:
     return None
 
 
+# Effective GB/s between two cards (round numbers: RTX 3090 NVLink ~56 GB/s one way, PCIe 4.0 x16 peer-to-peer
+# ~20, staged through host RAM ~10; GeForce drivers usually disable PCIe P2P) and the bf16 TFLOP/s a
+# 3090/4090-class card achieves in QLoRA (~35% of its dense peak). Only the ratio below uses them.
+LINK_GBPS = {"nvlink": 50.0, "p2p": 20.0, "host": 10.0}
+ACHIEVED_TFLOPS = 25.0
+
+
+def link_cost(inp: PlanInput, link: str | None = None) -> tuple[float, float]:
+    """(step time over `link` / step time over NVLink, seconds of card-to-card transfer per micro-batch),
+    assuming no overlap of transfer and compute (an upper bound). FSDP gathers the sharded base in forward
+    and again in backward; DDP and rigtune's FSDP also average the adapter gradients."""
+    link = link or inp.link
+    n = len(inp.gpus)
+    if n < 2 or inp.strategy == "single":
+        return 1.0, 0.0
+    a = inp.arch
+    cb = DTYPE_BYTES[inp.compute_dtype]
+    tokens = inp.seq_len * inp.micro_batch
+    compute = (6 if inp.gradient_checkpointing else 4) * a.linear_params * tokens / (ACHIEVED_TFLOPS * 1e12)
+    moved = 2 * adapter_params(inp) * DTYPE_BYTES[inp.lora_dtype] * (n - 1) / n
+    if inp.strategy == "fsdp":
+        qbytes = NF4_BITS[inp.double_quant] / 8 if inp.quantization in ("nf4", "fp4") else cb
+        moved += 2 * (a.linear_params * qbytes + a.embed_params * cb) * (n - 1) / n
+    seconds = moved / (LINK_GBPS[link] * 1e9)
+    return (compute + seconds) / (compute + moved / (LINK_GBPS["nvlink"] * 1e9)), seconds
+
+
+def link_note(inp: PlanInput) -> str | None:
+    """A warning for cards without NVLink, with the estimated slowdown."""
+    if inp.link == "nvlink" or len(inp.gpus) < 2 or inp.strategy == "single":
+        return None
+    slow, seconds = link_cost(inp)
+    what = "FSDP's weight gathers go" if inp.strategy == "fsdp" else "DDP's gradient averaging goes"
+    how = "PCIe peer-to-peer" if inp.link == "p2p" else "PCIe through system RAM (no P2P)"
+    return (f"no NVLink between the cards: {what} over {how}, about {seconds:.2f} s per micro-batch; "
+            f"estimated {slow:.2f}x the step time with NVLink.")
+
+
 def plan(inp: PlanInput, pick_strategy: bool = False) -> Plan:
     notes = []
     if pick_strategy:
@@ -357,6 +412,8 @@ def plan(inp: PlanInput, pick_strategy: bool = False) -> Plan:
         notes.append(why)
     if len(inp.gpus) > 1 and inp.strategy == "single":
         notes.append("strategy single uses one card; ddp or fsdp would use all of them.")
+    if link_note(inp):
+        notes.append(link_note(inp))
     terms = breakdown(inp)
     total = sum(terms.values())
     card = min(inp.gpus)
@@ -386,15 +443,15 @@ def parse_gpus(spec: str) -> list:
         raise BadInput(f"--gpus {spec!r} is not NxGIB (2x24), GIB (24) or a list (24,12).", key="--gpus") from None
 
 
-def input_from_run(cfg, arch: Arch, gpus: list, ram_gib: float | None) -> PlanInput:
+def input_from_run(cfg, arch: Arch, gpus: list, ram_gib: float | None, link: str = "nvlink") -> PlanInput:
     """Plan inputs from a run file's values."""
-    return PlanInput(
+    return PlanInput(link=link,
         arch=arch, gpus=gpus, seq_len=cfg.data.max_seq_len, micro_batch=cfg.train.micro_batch_size,
         lora_r=cfg.lora.r, lora_targets=cfg.lora.target_modules, lora_dropout=cfg.lora.dropout,
         optimizer=cfg.train.optimizer, gradient_checkpointing=cfg.train.gradient_checkpointing,
         attn=cfg.model.attn_implementation, quantization=cfg.model.quantization, double_quant=cfg.model.double_quant,
         compute_dtype=cfg.model.compute_dtype, strategy=cfg.hardware.strategy, cpu_offload=cfg.hardware.cpu_offload,
-        ram_gib=ram_gib, loss_chunk=cfg.train.loss_chunk_tokens)
+        ram_gib=ram_gib, loss_chunk=cfg.train.loss_chunk_tokens, activation_offload=cfg.train.activation_offload)
 
 
 # ---------------------------------------------------------------------------- learning from past runs

@@ -124,6 +124,10 @@ SECTIONS: dict[str, list[Key]] = {
         _k("max_bad_steps", "int", 1, "Steps with a NaN/inf loss or gradient (skipped, not applied) before the run stops.",
            min=1, max=1000),
         _k("oom_fallback", "bool", False, "On CUDA out-of-memory: halve micro_batch_size, double accumulation, resume."),
+        _k("kernels", "str", "auto", "Fused GPU kernels: auto uses Liger (RMSNorm, RoPE, SwiGLU, fused loss) on a CUDA "
+           "GPU when installed; liger requires them; none is plain PyTorch.", choices=("auto", "liger", "none")),
+        _k("activation_offload", "bool", False, "Keep the activations saved for backward in CPU RAM instead of GPU "
+           "memory: less VRAM, slower steps."),
     ],
 }
 
@@ -307,9 +311,16 @@ def _check_semantics(d: dict, path, text):
         fail("a multi-machine job needs main_process_ip, the address of machine rank 0.", "hardware", "main_process_ip")
     if hw["num_machines"] > 1 and not hw["main_process_port"]:
         fail("a multi-machine job needs a fixed main_process_port (for example 29500).", "hardware", "main_process_port")
-    if hw["strategy"] == "fsdp" and hw["num_processes"] * hw["num_machines"] < 2:
-        fail("strategy 'fsdp' shards over at least 2 processes; set num_processes = 2 or more.",
-             "hardware", "num_processes")
+    if hw["strategy"] == "fsdp" and d["model"]["quantization"] != "none" and d["model"]["compute_dtype"] == "float16":
+        fail("FSDP needs the 4-bit weights stored in the model's dtype, and float16 training would need them "
+             "in float32 (silently corrupted otherwise); use compute_dtype = \"bfloat16\" (RTX 30xx and newer) "
+             "or \"float32\".", "model", "compute_dtype")
+    if d["train"]["kernels"] == "liger" and not hw["gpus"]:
+        fail("kernels = \"liger\" runs Triton kernels on a CUDA GPU, and this run trains on the CPU (gpus = []); "
+             "use kernels = \"auto\" or \"none\".", "train", "kernels")
+    if hw["strategy"] == "fsdp" and d["train"]["optimizer"] == "paged_adamw_8bit":
+        fail("paged 8-bit optimizers break FSDP checkpoint saving; use optimizer = \"adamw_8bit\" (the same "
+             "8-bit state, not paged) or \"adamw_torch\".", "train", "optimizer")
     if hw["cpu_offload"] and hw["strategy"] != "fsdp":
         fail("cpu_offload offloads FSDP shards; it needs strategy = \"fsdp\" (or set it to false).",
              "hardware", "cpu_offload")

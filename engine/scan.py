@@ -55,6 +55,13 @@ class Machine:
     def nvlinked(self) -> bool:
         return len(self.gpus) > 1 and all(g.nvlink_peers for g in self.gpus)
 
+    @property
+    def link(self) -> str:
+        """How the cards talk: nvlink, p2p (PCIe peer-to-peer) or host (staged through system RAM)."""
+        if self.nvlinked:
+            return "nvlink"
+        return "p2p" if len(self.gpus) > 1 and all(g.p2p_peers for g in self.gpus) else "host"
+
 
 # ---------------------------------------------------------------------------- GPUs
 
@@ -168,6 +175,9 @@ def hf_cache_path() -> Path:
 
 def scan(nvml=None, runs_path: str | Path = "runs") -> Machine:
     import psutil
+    if nvml is None and os.environ.get("RIGTUNE_FAKE_NVML"):  # a recorded machine (tests/profiles)
+        from .fakenvml import FakeNvml
+        nvml = FakeNvml(os.environ["RIGTUNE_FAKE_NVML"])
     if nvml is None:
         try:
             import pynvml as nvml

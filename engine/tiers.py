@@ -24,6 +24,10 @@ class Tier:
     run: dict = field(default_factory=dict)
     disk_free_gib: float | None = None
     gpu_name: str = ""
+    link: str = ""  # nvlink | p2p | host; "" = from nvlink (GeForce cards without it: through host RAM)
+
+    def __post_init__(self):
+        self.link = self.link or ("nvlink" if self.nvlink else "host")
 
 
 @dataclass
@@ -53,7 +57,7 @@ def this_machine(m) -> Tier:
                 summary=f"{len(m.gpus)} GPU ({', '.join(names) or 'none'}; {gpus}), {m.ram_total_gib:.0f} GB RAM, "
                         f"{m.disk_kind} disk", gpus=[g.memory_total_gib for g in m.gpus], ram_gib=m.ram_total_gib,
                 nvme=m.disk_nvme, nvlink=m.nvlinked, run=dict(base), disk_free_gib=m.disk_free_gib,
-                gpu_name=", ".join(names))
+                gpu_name=", ".join(names), link=m.link)
 
 
 def checks(tier: Tier, size: str, keep_checkpoints: int = 2) -> list:
@@ -107,7 +111,7 @@ def plan_for(tier: Tier, arch: P.Arch, seq_len: int = 2048, micro_batch: int = 4
     """(PlanInput with strategy, offload and micro-batch chosen to fit, one-line reason). Micro-batch shrinks
     before anything else changes; the strategy is the fastest that fits."""
     base = P.PlanInput(arch=arch, gpus=list(tier.gpus), seq_len=seq_len, micro_batch=micro_batch,
-                       ram_gib=tier.ram_gib, **settings)
+                       ram_gib=tier.ram_gib, link=tier.link, **settings)
     b = micro_batch
     while True:
         inp, why = P.choose_strategy(P.replace(base, micro_batch=b))

@@ -174,13 +174,17 @@ def loss_sum(model, batch, chunk_tokens: int = 0):
     labels = batch.pop("labels")
     out = model(**batch, use_cache=False).logits
     target = labels[:, 1:]
-    head = output_head(model.module if hasattr(model, "module") else model)
+    inner = model.module if hasattr(model, "module") else model
+    head = output_head(inner)
     if not chunk_tokens or head is None:
         logits = out[:, :-1].float()
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=D.IGNORE,
                                reduction="sum")
     keep = target != D.IGNORE
     hidden, y = out[:, :-1][keep], target[keep]
+    fused = getattr(inner, "rigtune_fused_loss", None)
+    if fused is not None:  # Liger's fused linear cross-entropy: the same sum, chunked inside one kernel
+        return fused(head.weight, hidden, y).float()
     total = out.new_zeros((), dtype=torch.float32)
 
     def piece(h, t):
@@ -207,8 +211,10 @@ def evaluate(model, eval_seqs, cfg, pad_id, device) -> float | None:
     return total / max(1, count)
 
 
-def sample(model, tokenizer, example, max_new_tokens: int, device) -> dict | None:
-    """Greedy generation for one held-out prompt, to watch the model learn."""
+def sample(model, tokenizer, example, max_new_tokens: int, device, fixed_length: bool = False) -> dict | None:
+    """Greedy generation for one held-out prompt, to watch the model learn. With fixed_length every rank
+    runs the same number of forward passes (a sharded model needs all ranks in each one); the text is cut
+    at the end-of-sequence token afterwards."""
     import torch
     if max_new_tokens <= 0 or example is None:
         return None
@@ -225,9 +231,13 @@ def sample(model, tokenizer, example, max_new_tokens: int, device) -> dict | Non
     model.eval()
     with torch.no_grad(), full_head(model):
         out = model.generate(input_ids=torch.tensor([ids], device=device), max_new_tokens=max_new_tokens,
-                             do_sample=False, use_cache=True, pad_token_id=tokenizer.pad_token_id)
+                             min_new_tokens=max_new_tokens if fixed_length else None, do_sample=False,
+                             use_cache=True, pad_token_id=tokenizer.pad_token_id)
     model.train()
-    completion = tokenizer.decode(out[0][len(ids):], skip_special_tokens=True)
+    new = out[0][len(ids):].tolist()
+    if tokenizer.eos_token_id in new:
+        new = new[:new.index(tokenizer.eos_token_id)]
+    completion = tokenizer.decode(new, skip_special_tokens=True)
     return {"prompt": prompt, "completion": completion}
 
 
@@ -272,7 +282,8 @@ def train(run_dir: Path, resume: bool, allow_changes: bool = False) -> int:
     hw, tc = cfg.hardware, cfg.train
     accelerator = Accelerator(cpu=not hw.gpus)
     rank, world = accelerator.process_index, accelerator.num_processes
-    main = accelerator.is_main_process
+    main = accelerator.is_local_main_process  # each machine keeps a complete run directory of its own
+    sharded = hw.strategy == "fsdp"
     expected = hw.num_processes * hw.num_machines
     if world != expected or (expected > 1 and accelerator.distributed_type == DistributedType.NO):
         raise RuntimeError(f"asked for {expected} processes ({hw.strategy}) but accelerate started "
@@ -302,7 +313,11 @@ def train(run_dir: Path, resume: bool, allow_changes: bool = False) -> int:
     # model, optimizer, and where to start
     status(state="loading", step=0, total_steps=total)
     torch.manual_seed(tc.seed)
-    model = load_model(cfg, accelerator.device)
+    if sharded:
+        from . import fsdp
+        model = fsdp.load(cfg, accelerator.device, rank, world)
+    else:
+        model = load_model(cfg, accelerator.device)
     params = [p for p in model.parameters() if p.requires_grad]
     initial_adapter = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
     optimizer = make_optimizer(tc.optimizer, params, tc.learning_rate, tc.weight_decay)
@@ -312,14 +327,18 @@ def train(run_dir: Path, resume: bool, allow_changes: bool = False) -> int:
         if path is not None:
             state = C.load(path, model, optimizer)
             start_step, elapsed_before, resumed_from = state["step"], state.get("elapsed_s", 0.0), str(path)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    if not sharded:  # DDP (or nothing) wraps the model; FSDP shards were made by engine.fsdp
+        model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped = accelerator.unwrap_model(model)
 
     trainable = sum(p.numel() for p in params)
     if main:
         for name, reason in skipped:
             print(f"[rigtune] skipped checkpoint {name}: {reason}", flush=True)
+        kernels = getattr(unwrapped, "rigtune_kernels", "none")
+        print(f"[rigtune] kernels: {kernels}", flush=True)
         log.write("start", world_size=world, strategy=hw.strategy, model=cfg.model.base, trainable_params=trainable,
+                  kernels=kernels, activation_offload=tc.activation_offload,
                   total_steps=total, resumed_from=resumed_from, data=report.summary(), format=report.format,
                   train_sequences=len(seqs), steps_per_epoch=layout.steps_per_epoch, start_step=start_step,
                   skipped_checkpoints=[f"{n}: {r}" for n, r in skipped])
@@ -368,14 +387,20 @@ def train(run_dir: Path, resume: bool, allow_changes: bool = False) -> int:
                 batch = {k: v.to(accelerator.device) for k, v in D.collate(mb, pad_id, cfg.data.packing).items()}
                 if faults.fire("oom", step + 1) and i == 0:
                     raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
-                sync = accelerator.no_sync(model) if i < len(mine) - 1 else contextlib.nullcontext()
-                with sync:
+                last = i == len(mine) - 1
+                sync = contextlib.nullcontext() if last or sharded else accelerator.no_sync(model)
+                # activation_offload: what forward saves for backward waits in CPU RAM, not in GPU memory
+                offload = (torch.autograd.graph.save_on_cpu(pin_memory=accelerator.device.type == "cuda")
+                           if tc.activation_offload else contextlib.nullcontext())
+                with sync, offload:
                     loss = loss_sum(model, batch, tc.loss_chunk_tokens)
                     if faults.fire("nan", step + 1):
                         loss = loss * float("nan")
                     # mean over the step's trained tokens on all ranks (DDP averages gradients over ranks)
                     accelerator.backward(loss * world / max(1, trained_tokens))
                 step_loss += float(loss.detach())
+            if sharded:
+                fsdp.average_gradients(params, world)
         except Exception as e:
             if not is_oom(e):
                 raise
@@ -449,10 +474,12 @@ def train(run_dir: Path, resume: bool, allow_changes: bool = False) -> int:
                       elapsed_s=round(elapsed_before + time.time() - t_start, 2))
             status(state="training", step=step, total_steps=total)
         if (tc.eval_every_steps and step % tc.eval_every_steps == 0) or step == total:
-            if main:
+            if main or sharded:  # a sharded model runs forward on every rank together
                 status(state="evaluating", step=step, total_steps=total)
                 eval_loss = evaluate(unwrapped, eval_seqs, cfg, pad_id, accelerator.device)
-                smp = sample(unwrapped, tokenizer, sample_example, tc.sample_max_new_tokens, accelerator.device)
+                smp = sample(unwrapped, tokenizer, sample_example, tc.sample_max_new_tokens, accelerator.device,
+                             fixed_length=sharded)
+            if main:
                 log.write("eval", step=step, eval_loss=None if eval_loss is None else round(eval_loss, 6), sample=smp)
             accelerator.wait_for_everyone()
         if (tc.save_every_steps and step % tc.save_every_steps == 0) or step == total or stop_now:
@@ -519,7 +546,7 @@ def main(argv=None) -> int:
     ap.add_argument("--allow-changes", action="store_true")
     args = ap.parse_args(argv)
     run_dir = Path(args.run_dir).resolve()
-    main_rank = os.environ.get("RANK", "0") == "0"
+    main_rank = os.environ.get("LOCAL_RANK", "0") == "0"
     reason = "error"
     try:
         return train(run_dir, args.resume, args.allow_changes)
@@ -532,6 +559,11 @@ def main(argv=None) -> int:
     except Exception as e:  # a real failure: traceback into train.log, one line into the event stream
         traceback.print_exc()
         code, msg = 1, f"{type(e).__name__}: {e}"
+        if "peer" in msg.lower() or "remote worker" in msg.lower():  # gloo/NCCL: another rank died first
+            msg = ("another training process failed first (its '[rigtune] rank N' line in train.log says why); "
+                   f"this one then lost its connection: {msg[:200]}")
+    if not main_rank:
+        print(f"[rigtune] rank {os.environ.get('RANK', '?')} {reason}: {msg}", file=sys.stderr, flush=True)
     if main_rank:
         print(f"[rigtune] {reason}: {msg}", file=sys.stderr, flush=True)
         step = None

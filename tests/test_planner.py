@@ -5,7 +5,7 @@ from dataclasses import replace
 
 import pytest
 
-from conftest import rigtune
+from conftest import ROOT, rigtune
 from engine import planner as P
 from engine import tiers as T
 
@@ -112,7 +112,8 @@ def test_seed_article_claims():
     assert P._fits(inp("Llama-2-13B", gpus=(24.0,), seq_len=2048, micro_batch=1))
     for seventy in ("Llama-2-70B", "Llama-3.1-70B"):
         assert not P._fits(inp(seventy, gpus=(24.0,), micro_batch=1))
-        two = inp(seventy, gpus=(24.0, 24.0), micro_batch=1, ram_gib=128)
+        # the adapters stay whole on each card under rigtune's FSDP, so 70B wants the 8-bit optimizer state
+        two = inp(seventy, gpus=(24.0, 24.0), micro_batch=1, ram_gib=128, optimizer="adamw_8bit")
         assert not P._fits(replace(two, strategy="ddp"))
         assert not P._fits(replace(two, strategy="fsdp"))
         assert P._fits(replace(two, strategy="fsdp", cpu_offload=True))
@@ -186,3 +187,31 @@ def test_calibration_against_published_measurements():
     acc = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(acc)
     assert acc.main(write=False) < 0.10
+
+
+def test_no_nvlink_warns_with_the_estimated_slowdown():
+    seventy = inp("Llama-2-70B", gpus=(24.0, 24.0), micro_batch=1, ram_gib=128, strategy="fsdp", cpu_offload=True)
+    assert P.link_note(seventy) is None  # NVLink: nothing to say
+    slow_p2p, _ = P.link_cost(seventy, "p2p")
+    slow_host, seconds = P.link_cost(seventy, "host")
+    assert 1.0 < slow_p2p < slow_host and seconds > 1.0  # 70B's gathers move tens of GB per micro-batch
+    note = P.link_note(P.replace(seventy, link="host"))
+    assert "no NVLink" in note and f"{slow_host:.2f}x" in note and "FSDP" in note
+    ddp = P.link_cost(inp("Llama-3.1-8B", gpus=(24.0, 24.0), strategy="ddp"), "host")[0]
+    assert ddp < slow_p2p  # DDP moves only the adapter's gradients
+
+
+def test_plan_on_a_recorded_pcie_machine_names_the_link(tmp_path):
+    import os
+    env = {**os.environ, "RIGTUNE_FAKE_NVML": str(ROOT / "tests" / "profiles" / "dual3090-pcie.json")}
+    res = rigtune("plan", "--model", "Llama-3.1-8B", env=env)
+    assert res.returncode == 0 and "ddp: each card holds the whole model" in res.stdout
+    assert "no NVLink between the cards" in res.stdout and "x the step time with NVLink" in res.stdout
+
+
+def test_activation_offload_moves_activations_from_vram_to_ram():
+    long = inp("Llama-3.1-8B", gpus=(24.0,), seq_len=16384, micro_batch=1)
+    off = replace(long, activation_offload=True)
+    moved = P.breakdown(long)["activations"] - P.breakdown(off)["activations"]
+    assert moved > 1.0 and P.ram_needed(off) == pytest.approx(P.ram_needed(long) + moved)
+    assert P.max_seq_len(off) > P.max_seq_len(long)

@@ -28,11 +28,12 @@ def test_tier_preset_with_another_model(tmp_path):
     assert cfg.model.base == "Qwen/Qwen2.5-14B"
 
 
-def test_fsdp_run_is_refused_at_launch_not_silently(tmp_path):
+def test_gpu_run_file_is_refused_on_a_machine_without_those_gpus(tmp_path):
     out = tmp_path / "3000.toml"
     rigtune("init", "--preset", "3000", "--out", out)
     res = rigtune("train", out, "--no-tui")
-    assert res.returncode == 2 and "fsdp" in res.stderr and "Traceback" not in res.stderr
+    assert res.returncode == 2 and "gpus = [0, 1]" in res.stderr and "no NVIDIA GPU" in res.stderr
+    assert "Traceback" not in res.stderr
 
 
 def test_this_machine_preset_needs_a_gpu(tmp_path):

@@ -84,7 +84,7 @@ async def test_cpu_demo_with_enter_only(home):
     assert written.hardware.tier == "cpu-demo" and written.hardware.gpus == [] and written.model.quantization == "nf4"
     assert written.model.base == str(home / "cache" / "tiny-demo-v2")
     (argv,) = launcher.argvs
-    assert "--cpu" in argv and argv[argv.index("-m", 3) + 1] == "engine.trainer"
+    assert argv[1:3] == ["-m", "engine.trainer"]  # one process: the trainer itself, no launcher in between
 
 
 async def test_dual_3090_llama2_70b_needs_fsdp_offload(home):
@@ -104,6 +104,16 @@ async def test_dual_3090_llama2_70b_needs_fsdp_offload(home):
         assert "Llama-2-70B" in fit
         lines = {line.split()[1]: line.split()[0] for line in fit.splitlines() if line.strip()[:1] in "✓✗"}
         assert lines == {"single": "✗", "ddp": "✗", "fsdp": "✗", "fsdp+offload": "✓"}
+        assert "fsdp+offload" in next(line for line in fit.splitlines() if "◀" in line)
+        assert "one card would need" in fit and "per card" in fit  # per card, not in total
+        setup.query_one("#f-model").value = "meta-llama/Llama-2-7b-hf"  # a 7B fits each card: ddp is faster
+        await pilot.pause(0.1)
+        fit = str(setup.query_one("#fit").render())
+        assert "ddp" in next(line for line in fit.splitlines() if "◀" in line) and "ddp: each card" in fit
+        assert setup.query_one("#f-strategy").value == "ddp" and setup.query_one("#f-offload").value is False
+        setup.query_one("#f-model").value = "meta-llama/Llama-2-70b-hf"
+        await pilot.pause(0.1)
+        assert setup.query_one("#f-strategy").value == "fsdp" and setup.query_one("#f-offload").value is True
         await pilot.press("enter")
         await settle(pilot, W.ReviewStep)
         await pilot.press("enter")
@@ -176,7 +186,7 @@ async def test_launch_refusal_is_shown(home):
         await pilot.press("enter")
         for _ in range(100):
             await pilot.pause(0.02)
-            if "fsdp" in str(launch.query_one("#launch-status").render()):
+            if "gpus" in str(launch.query_one("#launch-status").render()):
                 break
-        assert "not available in this version" in str(launch.query_one("#launch-status").render())
+        assert "this machine has no NVIDIA GPU" in str(launch.query_one("#launch-status").render())
         assert isinstance(app.screen, W.LaunchStep)

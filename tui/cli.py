@@ -83,23 +83,24 @@ def _plan_input(args):
     if not model:
         raise BadInput("say which model to plan for: --model NAME|DIR|config.json, or a run file.", key="--model")
     arch = P.resolve_model(model)
-    ram = None
+    ram, link = None, "nvlink"
     if args.gpus:
         gpus = P.parse_gpus(args.gpus)
         note = f"planning for --gpus {args.gpus}"
     elif cfg and cfg.hardware.tier in T.tiers():
         tier = T.tiers()[cfg.hardware.tier]
-        gpus, ram, note = list(tier.gpus), tier.ram_gib, f"planning for the {tier.label} tier"
+        gpus, ram, link, note = list(tier.gpus), tier.ram_gib, tier.link, f"planning for the {tier.label} tier"
     else:
         from engine.scan import scan
         m = scan()
         if not m.gpus:
             raise BadInput("this machine has no NVIDIA GPU; say what to plan for with --gpus NxGIB (e.g. 1x24 or "
                            "2x24).", key="--gpus")
-        gpus, ram, note = [g.memory_total_gib for g in m.gpus], m.ram_total_gib, "planning for this machine"
+        gpus, ram, link, note = [g.memory_total_gib for g in m.gpus], m.ram_total_gib, m.link, "planning for this machine"
         if cfg and cfg.hardware.gpus:
             gpus = [gpus[i] for i in cfg.hardware.gpus if i < len(gpus)] or gpus
-    inp = P.input_from_run(cfg, arch, gpus, ram) if cfg else P.PlanInput(arch=arch, gpus=gpus, ram_gib=ram)
+    inp = (P.input_from_run(cfg, arch, gpus, ram, link) if cfg else
+           P.PlanInput(arch=arch, gpus=gpus, ram_gib=ram, link=link))
     flags = {"seq_len": args.seq_len, "micro_batch": args.micro_batch, "lora_r": args.lora_r,
              "optimizer": args.optimizer, "gradient_checkpointing": args.gradient_checkpointing,
              "attn": args.attn, "quantization": args.quantization, "strategy": args.strategy}

@@ -250,8 +250,11 @@ class SetupStep(Step):
     BINDINGS = [Binding("enter", "next", "Review"), Binding("escape", "back", "Back"),
                 Binding("f", "apply_fix", "Apply fix"), Binding("ctrl+t", "toggle_tab", "Data/Settings")]
 
+    model_edited = False
+
     def compose(self) -> ComposeResult:
         v = self.state.values
+        self.opened_with = v["model"]["base"]
         yield self.header(3, "Model, data and settings")
         with Horizontal(id="setup"):
             with TabbedContent(id="setup-tabs", initial="tab-data"):
@@ -368,7 +371,7 @@ class SetupStep(Step):
             fit.update(out)
             return
         cfg = runfile.RunConfig(values)
-        inp = P.input_from_run(cfg, arch, list(tier.gpus), tier.ram_gib)
+        inp = P.input_from_run(cfg, arch, list(tier.gpus), tier.ram_gib, tier.link)
         p = P.plan(inp)
         ratio = p.per_gpu_peak_gib / p.gpu_gib
         color = "green" if p.fits and ratio < 0.9 else ("yellow" if p.fits else "red")
@@ -392,13 +395,20 @@ class SetupStep(Step):
         ram = P.ram_needed(inp)
         out.append(f"RAM {ram:.0f} / {tier.ram_gib:.0f} GiB\n", style="green" if ram <= tier.ram_gib else "red")
         out.append("strategies:\n")
+        best, why = P.choose_strategy(inp)
         for label, strat, off in (("single", "single", False), ("ddp", "ddp", False), ("fsdp", "fsdp", False),
                                   ("fsdp+offload", "fsdp", True)):
             if strat != "single" and len(tier.gpus) < 2:
                 continue
             cand = P.replace(inp, strategy=strat, cpu_offload=off)
             ok = P._fits(cand)
-            out.append(f" {'✓' if ok else '✗'} {label:<13}{P.peak(cand):5.1f} GiB\n", style="green" if ok else "red")
+            pick = " ◀" if (best.strategy, best.cpu_offload) == (strat, off) and P._fits(best) else ""
+            out.append(f" {'✓' if ok else '✗'} {label:<13}{P.peak(cand):5.1f} GiB{pick}\n",
+                       style="green" if ok else "red")
+        if len(tier.gpus) > 1:
+            out.append(why + "\n", style="dim")
+        if P.link_note(inp):
+            out.append(P.link_note(inp) + "\n", style="yellow")
         self.suggestion = p.suggestion
         if p.fits:
             out.append(f"longest seq {p.max_seq_len}, max micro-batch {p.max_micro_batch}\n", style="dim")
@@ -410,9 +420,28 @@ class SetupStep(Step):
 
     @on(Input.Changed)
     def field_changed(self, event: Input.Changed) -> None:
+        if event.input.id == "f-model":
+            self.pick_strategy()
         self.refresh_all()
         if event.input.id in ("f-data", "f-model", "f-seq"):
             self.load_preview()
+
+    def pick_strategy(self) -> None:
+        """A new model on a multi-GPU tier: take the planner's strategy (ddp when each card holds the model,
+        fsdp when only shards fit, plus CPU offload when even those do not). The user can still change it."""
+        tier = self.state.tier()
+        values, _ = self.collect()
+        self.model_edited = self.model_edited or values["model"]["base"] != self.opened_with
+        if tier is None or len(tier.gpus) < 2 or not self.model_edited:
+            return  # the model the screen opened with keeps the strategy it came with
+        try:
+            arch = P.resolve_model(values["model"]["base"])
+        except BadInput:
+            return
+        inp = P.input_from_run(runfile.RunConfig(values), arch, list(tier.gpus), tier.ram_gib, tier.link)
+        best, _ = P.choose_strategy(inp)
+        self.query_one("#f-strategy", Select).value = best.strategy
+        self.query_one("#f-offload", Switch).value = best.cpu_offload
 
     @on(Select.Changed)
     def select_changed(self, event: Select.Changed) -> None:

@@ -1,0 +1,202 @@
+"""FSDP-QLoRA: the frozen base model (4-bit or 16-bit) is sharded over the ranks with FSDP2 `fully_shard`; the
+LoRA adapters (about 1% of the weights) stay whole on every rank and their gradients are averaged, as in DDP.
+
+Why this split: the base is what does not fit one card, and it is frozen, so sharding it costs one all-gather
+per layer and pass and nothing more. Keeping the adapters whole keeps them in fp32 while every sharded layer
+holds a single dtype (FSDP's rule for QLoRA: 4-bit storage dtype = model dtype = FSDP parameter dtype), and
+saving the adapter, checkpoints and resume stay the code of one process: nothing to gather, no sharded
+optimizer state, an adapter file any single GPU can load.
+
+Loading needs little host RAM: rank 0 loads (and quantizes) the weights; the other ranks build the model on
+the meta device (no memory), shard it like rank 0, and receive their shards from rank 0. With cpu_offload the
+shards live in host RAM and each layer is copied to the GPU only while it runs.
+"""
+from __future__ import annotations
+
+import json
+
+from .model import DTYPES, _hub_kwargs, add_lora, keep_cpu_weights_as_loaded, load_base, output_head
+
+
+def ensure_process_group(device) -> None:
+    """accelerate starts no process group for one process; FSDP needs one, even of size 1."""
+    import torch.distributed as dist
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=dist.HashStore(),
+                                rank=0, world_size=1)
+
+
+def _broadcast_bytes(data: bytes | None, device) -> bytes:
+    """Rank 0's bytes on every rank (one length, then one buffer)."""
+    import torch
+    import torch.distributed as dist
+    size = torch.tensor([len(data) if data is not None else 0], dtype=torch.int64, device=device)
+    dist.broadcast(size, 0)
+    buf = (torch.frombuffer(bytearray(data), dtype=torch.uint8).to(device) if data is not None
+           else torch.empty(int(size), dtype=torch.uint8, device=device))
+    dist.broadcast(buf, 0)
+    return bytes(buf.cpu().numpy()) if data is None else data
+
+
+def _quant_states(model) -> dict:
+    """{module name: packed weight shape and bitsandbytes' serialised quant state} for each 4-bit linear."""
+    import bitsandbytes as bnb
+    out = {}
+    for name, mod in model.named_modules():
+        if isinstance(mod, bnb.nn.Linear4bit):
+            qs = mod.weight.quant_state
+            mod.quant_state = qs  # bnb restores a sharded weight's state from its module
+            out[name] = {"shape": list(mod.weight.shape), "stats": qs.as_dict(packed=True)}
+    return out
+
+
+def _share_quant_states(states: dict | None, rank: int, device) -> dict:
+    """Rank 0's quant states on every rank: a JSON header and all the (small) tensors in one buffer."""
+    import torch
+    blobs = []
+    if rank == 0:
+        header = {}
+        for name, info in states.items():
+            parts = {}
+            for key, t in info["stats"].items():
+                t = t.detach().to("cpu").contiguous().reshape(-1)
+                parts[key] = [list(info["stats"][key].shape), str(t.dtype).removeprefix("torch."), t.numel()]
+                blobs.append(t.view(torch.uint8))
+            header[name] = {"shape": info["shape"], "stats": parts}
+        head = json.dumps(header).encode()
+        body = torch.cat(blobs).numpy().tobytes() if blobs else b""
+    header = json.loads(_broadcast_bytes(head if rank == 0 else None, device))
+    body = _broadcast_bytes(body if rank == 0 else None, device)
+    if rank == 0:
+        return states
+    flat, pos, out = torch.frombuffer(bytearray(body), dtype=torch.uint8), 0, {}
+    for name, info in header.items():
+        stats = {}
+        for key, (shape, dtype, numel) in info["stats"].items():
+            dt = getattr(torch, dtype)
+            nbytes = numel * torch.empty((), dtype=dt).element_size()
+            stats[key] = flat[pos:pos + nbytes].clone().view(dt).reshape(shape)
+            pos += nbytes
+        out[name] = {"shape": info["shape"], "stats": stats}
+    return out
+
+
+def _skeleton(cfg, states: dict, device):
+    """The base model on the meta device, with the same 4-bit linears as rank 0's: no memory, no weights."""
+    import bitsandbytes as bnb
+    import torch
+    from bitsandbytes.functional import QuantState
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    m = cfg.model
+    dtype = getattr(torch, DTYPES[m.compute_dtype])
+    config = AutoConfig.from_pretrained(m.base, **_hub_kwargs(m))
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=m.attn_implementation,
+                                                 trust_remote_code=bool(m.trust_remote_code))
+    for name, info in states.items():
+        owner_name, _, child = name.rpartition(".")
+        owner = model.get_submodule(owner_name)
+        old = getattr(owner, child)
+        new = bnb.nn.Linear4bit(old.in_features, old.out_features, bias=old.bias is not None, compute_dtype=dtype,
+                                compress_statistics=m.double_quant, quant_type=m.quantization,
+                                quant_storage=dtype, device="meta")
+        new.weight = bnb.nn.Params4bit(torch.empty(info["shape"], dtype=dtype, device="meta"), requires_grad=False,
+                                       compress_statistics=m.double_quant, quant_type=m.quantization,
+                                       quant_storage=dtype, module=new, bnb_quantized=True)
+        new.quant_state = new.weight.quant_state = QuantState.from_dict(info["stats"], device=device)
+        setattr(owner, child, new)
+    if states:
+        model.is_loaded_in_4bit = True  # how peft knows to wrap Linear4bit layers
+    return model
+
+
+def _blocks(model) -> list:
+    """The decoder layers: the modules the model itself says must not be split across devices."""
+    names = set(getattr(model, "_no_split_modules", None) or [])
+    return [mod for mod in model.modules() if type(mod).__name__ in names]
+
+
+def load(cfg, device, rank: int, world: int):
+    """The PeftModel with its base sharded over `world` ranks; every rank holds rank 0's weights and adapters."""
+    import bitsandbytes as bnb
+    import torch
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy, fully_shard
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    ensure_process_group(device)
+    mesh = init_device_mesh(device.type, (world,))
+    if rank == 0:
+        model = load_base(cfg, "cpu")  # host RAM; each layer goes to the GPU as it is sharded
+        states = _quant_states(model)
+    else:
+        states = None
+    states = _share_quant_states(states, rank, device)
+    if rank != 0:
+        model = _skeleton(cfg, states, device)
+    model = add_lora(cfg, model, device)
+    base = model.get_base_model()
+    adapters = {p for p in model.parameters() if p.requires_grad}
+    full = {n: p.data for n, p in model.named_parameters()} if rank == 0 else {}
+    head = output_head(model)
+
+    offload = CPUOffloadPolicy(pin_memory=device.type == "cuda") if cfg.hardware.cpu_offload else OffloadPolicy()
+    for block in _blocks(base):
+        fully_shard(block, mesh=mesh, offload_policy=offload, ignored_params=adapters)
+    # the root reshards too: rank 0 alone saving checkpoints (a state_dict reshards) must not leave the
+    # ranks disagreeing on what is gathered
+    fully_shard(base, mesh=mesh, offload_policy=offload, ignored_params=adapters, reshard_after_forward=True)
+    if rank != 0:
+        model.to_empty(device="cpu" if cfg.hardware.cpu_offload else device)
+        if head is not None:
+            head.to_empty(device=device)
+
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if isinstance(p, DTensor):  # a shard of the base: scattered from rank 0's full tensor
+                src = full[name].to(device) if rank == 0 else torch.empty(p.shape, dtype=p.dtype, device=device)
+                p.to_local().copy_(distribute_tensor(src, mesh, p.placements, src_data_rank=0).to_local())
+            else:  # an adapter: whole on every rank
+                p.data = p.data.to(device)
+                dist.broadcast(p.data, 0)
+        for mod in model.modules():  # rotary tables and the like
+            for key, buf in mod.named_buffers(recurse=False):
+                mod._buffers[key] = buf.to(device)
+                dist.broadcast(mod._buffers[key], 0)
+        if head is not None:
+            head.to(device)
+            for p in head.parameters():
+                dist.broadcast(p.data, 0)
+    full.clear()
+    for mod in model.modules():
+        if isinstance(mod, bnb.nn.Linear4bit):
+            mod.quant_state.to(device)
+    keep_cpu_weights_as_loaded(model)  # that path would repack weight.data in place: not a shard's
+    return model
+
+
+def average_gradients(params, world: int, bucket: int = 1 << 24) -> None:
+    """All-reduce the adapters' gradients and divide by the ranks, as DDP does: in place, a few parameters
+    per call so that no second copy of all the gradients is ever held."""
+    import torch
+    import torch.distributed as dist
+    if world == 1:
+        return
+    group, size = [], 0
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        group.append(p.grad)
+        size += p.grad.numel()
+        if size >= bucket or p is params[-1]:
+            flat = torch.cat([g.reshape(-1) for g in group]) if len(group) > 1 else group[0].reshape(-1)
+            dist.all_reduce(flat)
+            flat /= world
+            if len(group) > 1:
+                pos = 0
+                for g in group:
+                    g.copy_(flat[pos:pos + g.numel()].view_as(g))
+                    pos += g.numel()
+            group, size = [], 0
