@@ -456,9 +456,10 @@ def as_sequences(examples: list, max_seq_len: int, packing: bool) -> list:
 
 def collate(seqs: list, pad_id: int, packing: bool) -> dict:
     """A micro-batch as tensors. Packed rows carry position ids that restart at each example and no attention
-    mask, so examples never attend to each other (transformers builds the block-diagonal causal mask from
-    the position ids). Rows are padded at the end to the longest row: pad positions continue the last
-    example's numbering, come after every real token (so nothing real attends to them) and are not trained.
+    mask, so examples never attend to each other (engine.attention runs SDPA once per example; transformers'
+    own attentions derive the block-diagonal mask or flash-attention's varlen lengths from the position
+    ids). Rows are padded at the end to the longest row: pad positions continue the last example's
+    numbering, come after every real token (so nothing real attends to them) and are not trained.
     Unpacked batches use an attention mask instead."""
     import torch
     width = max(len(s.input_ids) for s in seqs)

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import json
 
-from .model import DTYPES, _hub_kwargs, add_lora, keep_cpu_weights_as_loaded, load_base, output_head
+from .model import (DTYPES, _hub_kwargs, add_lora, attn_implementation, keep_cpu_weights_as_loaded, load_base,
+                    output_head)
 
 
 def ensure_process_group(device) -> None:
@@ -92,7 +93,7 @@ def _skeleton(cfg, states: dict, device):
     dtype = getattr(torch, DTYPES[m.compute_dtype])
     config = AutoConfig.from_pretrained(m.base, **_hub_kwargs(m))
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=m.attn_implementation,
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn_implementation(cfg),
                                                  trust_remote_code=bool(m.trust_remote_code))
     for name, info in states.items():
         owner_name, _, child = name.rpartition(".")

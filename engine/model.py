@@ -49,6 +49,16 @@ def quantization_config(cfg):
                               bnb_4bit_quant_storage=dtype)
 
 
+def attn_implementation(cfg) -> str:
+    """The attention the model is built with: packed rows on SDPA get one SDPA call per example
+    (engine.attention); everything else is the run file's choice as transformers implements it."""
+    impl = cfg.model.attn_implementation
+    if impl == "sdpa" and cfg.data.packing:
+        from . import attention
+        return attention.register()
+    return impl
+
+
 def load_base(cfg, device):
     """The (quantized) base model on `device`, without adapters."""
     import torch
@@ -56,7 +66,7 @@ def load_base(cfg, device):
 
     m = cfg.model
     kwargs = dict(_hub_kwargs(m), dtype=getattr(torch, DTYPES[m.compute_dtype]),
-                  attn_implementation=m.attn_implementation, device_map={"": device}, low_cpu_mem_usage=True)
+                  attn_implementation=attn_implementation(cfg), device_map={"": device}, low_cpu_mem_usage=True)
     if m.quantization != "none":
         kwargs["quantization_config"] = quantization_config(cfg)
     try:

@@ -171,10 +171,13 @@ def loss_sum(model, batch, chunk_tokens: int = 0):
     from torch.utils.checkpoint import checkpoint
 
     from .model import output_head
+    from .attention import NAME as PACKED, segments
     labels = batch.pop("labels")
+    inner = model.module if hasattr(model, "module") else model
+    if "position_ids" in batch and getattr(inner.config, "_attn_implementation", None) == PACKED:
+        batch["rigtune_segments"] = segments(batch["position_ids"].tolist())  # where each example starts
     out = model(**batch, use_cache=False).logits
     target = labels[:, 1:]
-    inner = model.module if hasattr(model, "module") else model
     head = output_head(inner)
     if not chunk_tokens or head is None:
         logits = out[:, :-1].float()
@@ -286,8 +289,9 @@ def train(run_dir: Path, resume: bool, allow_changes: bool = False) -> int:
     sharded = hw.strategy == "fsdp"
     expected = hw.num_processes * hw.num_machines
     if world != expected or (expected > 1 and accelerator.distributed_type == DistributedType.NO):
-        raise RuntimeError(f"asked for {expected} processes ({hw.strategy}) but accelerate started "
-                           f"{world} as {accelerator.distributed_type}; refusing to run {world} separate trainings.")
+        raise TrainingFailed(f"asked for {expected} processes ({hw.strategy}) but {world} started "
+                             f"({accelerator.distributed_type}); refusing to run {world} separate training(s). "
+                             "Start it with `rigtune train RUN_FILE`, which launches every process.")
     lock = take_lock(run_dir) if main else None  # noqa: F841 - held for the life of the process
     log = EventLog(run_dir) if main else None
     stop = StopFlag()

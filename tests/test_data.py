@@ -128,11 +128,17 @@ def test_missing_dataset_file(tmp_path):
         D.load_examples(str(tmp_path / "none.jsonl"))
 
 
-def test_packing_keeps_examples_apart(tok, tiny_model):
-    """Logits of an example packed beside others equal its logits alone (position ids restart, no mask)."""
+@pytest.mark.parametrize("attn", ["sdpa", "rigtune"])
+def test_packing_keeps_examples_apart(tok, tiny_model, attn):
+    """Logits of an example packed beside others equal its logits alone (position ids restart, no mask):
+    with transformers' SDPA (a block-diagonal mask from the position ids) and with rigtune's per-example
+    SDPA (engine.attention, what packed training runs)."""
     import torch
     from transformers import AutoModelForCausalLM
-    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32, attn_implementation="sdpa").eval()
+
+    from engine import attention
+    impl = attention.register() if attn == "rigtune" else "sdpa"
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32, attn_implementation=impl).eval()
     rows = [json.loads(line) for line in DEMO.read_text().splitlines()[:5]]
     encs = [D.encode(tok, D.to_example(r, "alpaca", "d", i), 128, False)[0] for i, r in enumerate(rows)]
     rows = D.as_sequences(encs[:3], 128, packing=True) + D.as_sequences(encs[3:], 128, packing=True)
@@ -140,7 +146,9 @@ def test_packing_keeps_examples_apart(tok, tiny_model):
     assert packed["input_ids"].shape[0] == len(rows) >= 2 and "attention_mask" not in packed
     checked = 0
     with torch.no_grad():
-        together = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"], use_cache=False).logits
+        extra = {"rigtune_segments": attention.segments(packed["position_ids"].tolist())} if attn == "rigtune" else {}
+        together = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"], use_cache=False,
+                         **extra).logits
         for r, row in enumerate(rows):
             pos = row.position_ids
             starts = [i for i, p in enumerate(pos) if p == 0] + [len(pos)]

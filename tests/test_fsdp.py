@@ -110,3 +110,18 @@ def test_known_broken_fsdp_combinations_are_refused(tmp_path, tiny_model, change
     rf = run_file(tmp_path, tiny_model, DEMO, hardware={"strategy": "fsdp", "num_processes": 2}, **change)
     res = rigtune("check", rf)
     assert res.returncode == 2 and key in res.stderr and hint in res.stderr and "Traceback" not in res.stderr
+
+
+def test_a_job_that_starts_with_fewer_processes_than_asked_is_refused(tmp_path, tiny_model):
+    """accelerate can silently run N separate trainings (DESIGN.md section 4); here the trainer is started as
+    one plain process for a 2-rank FSDP run file, and must stop instead of training alone."""
+    from engine import launch, runfile
+    rf = run_file(tmp_path, tiny_model, DEMO, name="lonely", hardware={"strategy": "fsdp", "num_processes": 2})
+    run_dir = launch.prepare_run_dir(runfile.load(rf), resume=False, cwd=tmp_path)
+    res = subprocess.run([sys.executable, "-m", "engine.trainer", str(run_dir)], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert "asked for 2 processes (fsdp) but 1 started" in res.stderr
+    ends = [e for e in events(run_dir) if e["event"] == "end"]
+    assert len(ends) == 1 and ends[0]["reason"] == "error" and "refusing" in ends[0]["message"]
+    assert not any(e["event"] == "step" for e in events(run_dir))
