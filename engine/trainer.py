@@ -340,7 +340,8 @@ def train(run_dir: Path, resume: bool, allow_changes: bool = False) -> int:
         for name, reason in skipped:
             print(f"[rigtune] skipped checkpoint {name}: {reason}", flush=True)
         kernels = getattr(unwrapped, "rigtune_kernels", "none")
-        print(f"[rigtune] kernels: {kernels}", flush=True)
+        shown = "Liger" if kernels == "liger" else f"off ({kernels.partition(': ')[2] or 'kernels = none'})"
+        print(f"[rigtune] fused kernels: {shown}", flush=True)
         log.write("start", world_size=world, strategy=hw.strategy, model=cfg.model.base, trainable_params=trainable,
                   kernels=kernels, activation_offload=tc.activation_offload,
                   total_steps=total, resumed_from=resumed_from, data=report.summary(), format=report.format,

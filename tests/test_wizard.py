@@ -190,3 +190,19 @@ async def test_launch_refusal_is_shown(home):
                 break
         assert "this machine has no NVIDIA GPU" in str(launch.query_one("#launch-status").render())
         assert isinstance(app.screen, W.LaunchStep)
+
+
+async def test_setup_opens_in_the_model_field_and_ctrl_t_switches_panes(home):
+    from textual.widgets import TabbedContent
+    app = RigtuneApp(preset="3000", machine=fixed_machine("dual3090-nvlink"), launcher=RecordingLauncher())
+    async with app.run_test(size=(80, 24)) as pilot:
+        setup = await settle(pilot, W.SetupStep)
+        await pilot.pause(0.1)
+        assert app.focused.id == "f-model"  # typing edits the model, not the screen's one-key bindings
+        tabs = setup.query_one("#setup-tabs", TabbedContent)
+        await pilot.press("ctrl+t")
+        await pilot.pause(0.1)
+        assert tabs.active == "tab-settings" and app.focused.id == "f-name"
+        await pilot.press("ctrl+t")
+        await pilot.pause(0.1)
+        assert tabs.active == "tab-data"

@@ -301,6 +301,12 @@ class SetupStep(Step):
         self.refresh_all()
         self.load_preview()
 
+    def on_screen_resume(self) -> None:
+        """Coming back (from the tier table or with esc from the review), the cursor is in the first field
+        to edit, so typing edits it instead of setting off the screen's keys."""
+        model = self.query_one("#f-model", Input)
+        (self.query_one("#f-data", Input) if model.disabled else model).focus()
+
     # -- reading the form
     def collect(self) -> tuple[dict, dict]:
         """The run-file values from the form, and {field id: parse error} for text that is not a value."""
@@ -534,6 +540,11 @@ class SetupStep(Step):
     def action_toggle_tab(self) -> None:
         tabs = self.query_one("#setup-tabs", TabbedContent)
         tabs.active = "tab-settings" if tabs.active == "tab-data" else "tab-data"
+        # the cursor follows: a field still focused in the other pane would switch the tabs right back
+        for widget in self.query_one(f"#{tabs.active}").query("Input, Select, Switch"):
+            if widget.focusable:
+                widget.focus()
+                break
 
     def action_next(self) -> None:
         self.refresh_all()
