@@ -200,6 +200,8 @@ def breakdown(inp: PlanInput) -> dict:
         layer = linear / a.layers
         gathered = 2 * max(layer + 2 * h * cb, a.vocab * h * cb / (1 if inp.cpu_offload else n))
         weights = gathered if inp.cpu_offload else (linear + other) / n + gathered
+        if inp.loss == "rigtune" and inp.loss_chunk and not a.tied and not inp.cpu_offload:
+            weights += a.vocab * h * cb * (1 - 1 / n)  # engine.fsdp keeps the lm_head whole for the chunked loss
     else:
         weights, gathered = linear + other, 0
 
