@@ -36,21 +36,19 @@ def accelerate_command(cfg, run_dir: Path, resume: bool, allow_changes: bool = F
     total = hw.num_processes * hw.num_machines
     trainer = ["-m", "engine.trainer", str(run_dir)] + (["--resume"] if resume else [])
     trainer += ["--allow-changes"] if resume and allow_changes else []
-    if total == 1:
-        env = {"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(cpu_threads(1)), "ACCELERATE_MIXED_PRECISION": "no"}
-        if hw.gpus:
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in hw.gpus)
-        return [sys.executable, *trainer], env
-    argv = [sys.executable, "-m", "accelerate.commands.launch", "--quiet",
-            "--num_processes", str(total), "--num_machines", str(hw.num_machines),
-            "--machine_rank", str(hw.machine_rank), "--mixed_precision", "no", "--dynamo_backend", "no",
-            "--num_cpu_threads_per_process", str(cpu_threads(hw.num_processes))]
     env = {"PYTHONUNBUFFERED": "1"}
     if hw.gpus:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in hw.gpus)
-    else:
+    if total == 1:
+        env.update(OMP_NUM_THREADS=str(cpu_threads(1)), ACCELERATE_MIXED_PRECISION="no")
+        return [sys.executable, *trainer], env
+    if not hw.gpus:
         env["ACCELERATE_USE_CPU"] = "true"  # with --multi_gpu this gives gloo ranks on the CPU
-    argv += ["--multi_gpu", "--main_process_port", str(hw.main_process_port or free_port())]
+    argv = [sys.executable, "-m", "accelerate.commands.launch", "--quiet",
+            "--num_processes", str(total), "--num_machines", str(hw.num_machines),
+            "--machine_rank", str(hw.machine_rank), "--mixed_precision", "no", "--dynamo_backend", "no",
+            "--num_cpu_threads_per_process", str(cpu_threads(hw.num_processes)),
+            "--multi_gpu", "--main_process_port", str(hw.main_process_port or free_port())]
     if hw.num_machines > 1:
         argv += ["--main_process_ip", hw.main_process_ip]
     return argv + trainer, env

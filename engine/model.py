@@ -66,9 +66,8 @@ def load_base(cfg, device):
 
     m = cfg.model
     kwargs = dict(_hub_kwargs(m), dtype=getattr(torch, DTYPES[m.compute_dtype]),
-                  attn_implementation=attn_implementation(cfg), device_map={"": device}, low_cpu_mem_usage=True)
-    if m.quantization != "none":
-        kwargs["quantization_config"] = quantization_config(cfg)
+                  attn_implementation=attn_implementation(cfg), device_map={"": device}, low_cpu_mem_usage=True,
+                  quantization_config=quantization_config(cfg))
     try:
         model = AutoModelForCausalLM.from_pretrained(m.base, **kwargs)
     except (OSError, ValueError) as e:

@@ -183,6 +183,11 @@ def adapter_params(inp: PlanInput) -> int:
     return inp.arch.layers * sum(inp.lora_r * (shapes[t][0] + shapes[t][1]) for t in _targets(inp))
 
 
+def linear_bytes(inp: PlanInput) -> float:
+    """Bytes per parameter of the (quantized) linear layers' weights."""
+    return NF4_BITS[inp.double_quant] / 8 if inp.quantization in ("nf4", "fp4") else DTYPE_BYTES[inp.compute_dtype]
+
+
 def breakdown(inp: PlanInput) -> dict:
     """GiB per GPU for each term, for the strategy and offload in `inp`."""
     a = inp.arch
@@ -193,8 +198,7 @@ def breakdown(inp: PlanInput) -> dict:
     h, i, kv = a.hidden, a.intermediate, a.kv_dim
 
     # weights
-    qbytes = NF4_BITS[inp.double_quant] / 8 if inp.quantization in ("nf4", "fp4") else cb
-    linear = a.linear_params * qbytes
+    linear = a.linear_params * linear_bytes(inp)
     other = (a.embed_params + a.layers * 2 * h + h) * (4 if inp.upcast else cb)
     if inp.strategy == "fsdp":
         layer = linear / a.layers
@@ -255,8 +259,7 @@ def ram_needed(inp: PlanInput) -> float:
         need += procs * (kept - breakdown(inp)["activations"])
     if inp.cpu_offload:
         a = inp.arch
-        qbytes = NF4_BITS[inp.double_quant] / 8 if inp.quantization in ("nf4", "fp4") else DTYPE_BYTES[inp.compute_dtype]
-        need += (a.linear_params * qbytes + a.embed_params * DTYPE_BYTES[inp.compute_dtype]) / GIB
+        need += (a.linear_params * linear_bytes(inp) + a.embed_params * DTYPE_BYTES[inp.compute_dtype]) / GIB
         need += adapter_params(inp) * 16 / GIB  # adapters, grads and optimizer state live there too
     return need
 
@@ -390,8 +393,7 @@ def link_cost(inp: PlanInput, link: str | None = None) -> tuple[float, float]:
     compute = (6 if inp.gradient_checkpointing else 4) * a.linear_params * tokens / (ACHIEVED_TFLOPS * 1e12)
     moved = 2 * adapter_params(inp) * DTYPE_BYTES[inp.lora_dtype] * (n - 1) / n
     if inp.strategy == "fsdp":
-        qbytes = NF4_BITS[inp.double_quant] / 8 if inp.quantization in ("nf4", "fp4") else cb
-        moved += 2 * (a.linear_params * qbytes + a.embed_params * cb) * (n - 1) / n
+        moved += 2 * (a.linear_params * linear_bytes(inp) + a.embed_params * cb) * (n - 1) / n
     seconds = moved / (LINK_GBPS[link] * 1e9)
     return (compute + seconds) / (compute + moved / (LINK_GBPS["nvlink"] * 1e9)), seconds
 
@@ -414,8 +416,9 @@ def plan(inp: PlanInput, pick_strategy: bool = False) -> Plan:
         notes.append(why)
     if len(inp.gpus) > 1 and inp.strategy == "single":
         notes.append("strategy single uses one card; ddp or fsdp would use all of them.")
-    if link_note(inp):
-        notes.append(link_note(inp))
+    link = link_note(inp)
+    if link:
+        notes.append(link)
     terms = breakdown(inp)
     total = sum(terms.values())
     card = min(inp.gpus)
@@ -447,8 +450,8 @@ def parse_gpus(spec: str) -> list:
 
 def input_from_run(cfg, arch: Arch, gpus: list, ram_gib: float | None, link: str = "nvlink") -> PlanInput:
     """Plan inputs from a run file's values."""
-    return PlanInput(link=link,
-        arch=arch, gpus=gpus, seq_len=cfg.data.max_seq_len, micro_batch=cfg.train.micro_batch_size,
+    return PlanInput(
+        arch=arch, gpus=gpus, link=link, seq_len=cfg.data.max_seq_len, micro_batch=cfg.train.micro_batch_size,
         lora_r=cfg.lora.r, lora_targets=cfg.lora.target_modules, lora_dropout=cfg.lora.dropout,
         optimizer=cfg.train.optimizer, gradient_checkpointing=cfg.train.gradient_checkpointing,
         attn=cfg.model.attn_implementation, quantization=cfg.model.quantization, double_quant=cfg.model.double_quant,

@@ -413,8 +413,9 @@ class SetupStep(Step):
                        style="green" if ok else "red")
         if len(tier.gpus) > 1:
             out.append(why + "\n", style="dim")
-        if P.link_note(inp):
-            out.append(P.link_note(inp) + "\n", style="yellow")
+        link = P.link_note(inp)
+        if link:
+            out.append(link + "\n", style="yellow")
         self.suggestion = p.suggestion
         if p.fits:
             out.append(f"longest seq {p.max_seq_len}, max micro-batch {p.max_micro_batch}\n", style="dim")
