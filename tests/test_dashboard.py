@@ -53,6 +53,18 @@ async def test_finished_run_panels(tmp_path):
     assert app.return_code == 0
 
 
+async def test_a_sharded_run_says_how_it_is_spread(tmp_path):
+    run = write_run(tmp_path / "runs" / "big", steps=10, total=40, state="finished", end="finished")
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    start = json.loads(lines[0])
+    start.update(world_size=2, strategy="fsdp")
+    (run / "metrics.jsonl").write_text("\n".join([json.dumps(start)] + lines[1:]) + "\n")
+    app = RigtuneApp(run_dir=run, sampler=FakeSampler())
+    async with app.run_test(size=(100, 30)) as pilot:
+        d = await attached(pilot)
+        assert "fsdp x2" in text(d, "#status")
+
+
 async def test_live_run_updates_and_eta(tmp_path):
     run = write_run(tmp_path / "live", steps=5, total=50, state="training", pid=own_pid())
     app = RigtuneApp(run_dir=run, sampler=FakeSampler())

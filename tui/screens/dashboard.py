@@ -150,6 +150,9 @@ class Dashboard(Screen):
             parts.append((f"  ETA {fmt_duration(v.eta_s)}", ""))
         if v.last_loss is not None:
             parts.append((f"  loss {v.last_loss:.4f}", "bold"))
+        world = v.start.get("world_size") or 1
+        if world > 1:  # a multi-process run says how it is spread
+            parts.append((f"  {v.start.get('strategy', '')} x{world}", "cyan"))
         parts += [(f"  elapsed {fmt_duration(v.elapsed_s)}", "dim"), (f"  epoch {v.epoch:.2f}", "dim")]
         room = self.size.width - len(t.plain) - 1
         for text, style in parts:
