@@ -54,7 +54,8 @@ def register() -> str:
 
 
 def segments(position_ids) -> list:
-    """Example lengths per packed row, from position ids that restart at 0 (pads extend the last one)."""
+    """Example lengths per packed row, from position ids (lists) that restart at 0 (pads extend the last one).
+    engine.data.collate calls it on the CPU, so the device is never asked."""
     out = []
     for row in position_ids:
         starts = [i for i, p in enumerate(row) if p == 0] or [0]

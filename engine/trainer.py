@@ -171,11 +171,12 @@ def loss_sum(model, batch, chunk_tokens: int = 0):
     from torch.utils.checkpoint import checkpoint
 
     from .model import output_head
-    from .attention import NAME as PACKED, segments
+    from .attention import NAME as PACKED
     labels = batch.pop("labels")
+    segments = batch.pop("segments", None)  # where each packed example starts, from collate
     inner = model.module if hasattr(model, "module") else model
-    if "position_ids" in batch and getattr(inner.config, "_attn_implementation", None) == PACKED:
-        batch["rigtune_segments"] = segments(batch["position_ids"].tolist())  # where each example starts
+    if segments is not None and getattr(inner.config, "_attn_implementation", None) == PACKED:
+        batch["rigtune_segments"] = segments
     out = model(**batch, use_cache=False).logits
     target = labels[:, 1:]
     head = output_head(inner)
@@ -207,7 +208,7 @@ def evaluate(model, eval_seqs, cfg, pad_id, device) -> float | None:
     with torch.no_grad():
         for i in range(0, len(eval_seqs), mbs):
             chunk = eval_seqs[i:i + mbs]
-            batch = {k: v.to(device) for k, v in D.collate(chunk, pad_id, cfg.data.packing).items()}
+            batch = D.to_device(D.collate(chunk, pad_id, cfg.data.packing), device)
             total += float(loss_sum(model, batch, cfg.train.loss_chunk_tokens))
             count += sum(s.trained for s in chunk)
     model.train()
@@ -389,7 +390,7 @@ def train(run_dir: Path, resume: bool, allow_changes: bool = False) -> int:
         step_loss = 0.0
         try:
             for i, mb in enumerate(mine):
-                batch = {k: v.to(accelerator.device) for k, v in D.collate(mb, pad_id, cfg.data.packing).items()}
+                batch = D.to_device(D.collate(mb, pad_id, cfg.data.packing), accelerator.device)
                 if faults.fire("oom", step + 1) and i == 0:
                     raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
                 last = i == len(mine) - 1

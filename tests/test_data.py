@@ -146,7 +146,7 @@ def test_packing_keeps_examples_apart(tok, tiny_model, attn):
     assert packed["input_ids"].shape[0] == len(rows) >= 2 and "attention_mask" not in packed
     checked = 0
     with torch.no_grad():
-        extra = {"rigtune_segments": attention.segments(packed["position_ids"].tolist())} if attn == "rigtune" else {}
+        extra = {"rigtune_segments": packed["segments"]} if attn == "rigtune" else {}
         together = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"], use_cache=False,
                          **extra).logits
         for r, row in enumerate(rows):

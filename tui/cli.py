@@ -421,16 +421,12 @@ def cmd_wizard(args) -> int:
     if not _use_tui(True):
         raise BadInput("the wizard needs a terminal; in scripts use `rigtune init --preset ID` and "
                        "`rigtune train RUN_FILE --no-tui` (or `rigtune demo --no-tui`).", key="rigtune")
-    nvml = None
-    fake = os.environ.get("RIGTUNE_FAKE_NVML")
-    if fake:  # plan on recorded hardware (a profile from tests/profiles), e.g. to try the dual-3090 flow
-        from engine.fakenvml import FakeNvml
-        nvml = FakeNvml(fake)
     if args.run_file:
         from engine import runfile
         runfile.load(args.run_file)  # a bad file gets the usual one-paragraph error, not a screen
     from .app import RigtuneApp
-    app = RigtuneApp(wizard=True, preset=args.preset, run_file=args.run_file, nvml=nvml)
+    # RIGTUNE_FAKE_NVML (a profile from tests/profiles) is read by engine.scan: plan on recorded hardware
+    app = RigtuneApp(wizard=True, preset=args.preset, run_file=args.run_file)
     app.run()
     if app.run_dir is not None:
         print(f"left the dashboard; training goes on. Re-attach with: rigtune watch {app.run_dir}")
