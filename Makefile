@@ -22,8 +22,16 @@ $(STAMP): pyproject.toml
 run: install
 	$(VENV)/bin/rigtune
 
+# Tests that read facts about the machine (scan, plan, presets, wizard, dashboard, CLI), run once more with
+# a faked RTX 4090 visible: the suite must pass on the GPU boxes rigtune is for, not only on this CPU one.
+MACHINE_TESTS := tests/test_scan.py tests/test_presets.py tests/test_planner.py tests/test_wizard.py \
+	tests/test_layout.py tests/test_cli.py tests/test_runfile.py tests/test_snapshots.py tests/test_dashboard.py
+
+# The layer contracts (pyproject.toml, [tool.importlinter]) first, then the suite, then the faked-GPU run.
 test: install
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q
+	RIGTUNE_FAKE_NVML=$(CURDIR)/tests/profiles/rtx4090.json $(PY) -m pytest -q $(MACHINE_TESTS)
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache .import_linter_cache

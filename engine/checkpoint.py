@@ -7,7 +7,6 @@ Resume takes the newest checkpoint whose manifest verifies, and refuses a change
 """
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import json
@@ -16,8 +15,8 @@ import shutil
 from pathlib import Path
 
 from .errors import BadInput
+from .events import CHECKPOINTS
 
-CHECKPOINTS = "checkpoints"
 MANIFEST = "manifest.json"
 # run-file keys that fix the data order, the optimizer state's shape or what the adapter means
 SHAPE_KEYS = [("model", "base"), ("model", "revision"), ("model", "quantization"), ("lora", "r"),
@@ -61,89 +60,79 @@ def _sha256(path: Path) -> str:
 
 
 def _fsync_dir(path: Path):
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    """Make a rename in `path` durable. Some filesystems cannot fsync a directory (EINVAL, ENOTSUP): there the
+    rename is as durable as that filesystem makes it, which is safe to accept. Any other failure is raised."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP):
+            raise
+    finally:
+        os.close(fd)
 
 
-# ---------------------------------------------------------------------------- optimizer state without pickle
+# ---------------------------------------------------------------------------- writing complete-or-absent
 
-def flatten_state(state: dict):
-    """Optimizer state as (tensors for safetensors, the rest as JSON with {"__tensor__": key} in their place)."""
-    import torch
-    tensors = {}
-
-    def walk(obj, path):
-        if isinstance(obj, torch.Tensor):
-            tensors[path] = obj.detach().to("cpu").contiguous().clone()
-            return {"__tensor__": path}
-        if isinstance(obj, dict):
-            return {"__dict__": [[k, walk(v, f"{path}.{k}")] for k, v in obj.items()]}
-        if isinstance(obj, (list, tuple)):
-            return [walk(v, f"{path}.{i}") for i, v in enumerate(obj)]
-        return obj
-
-    return tensors, walk(state, "s")
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+# how libraries that wrap the OS error report it: safetensors' Rust writer ("IoError(Os { code: 28, kind:
+# StorageFull, message: \"No space left on device\" })"), torch.save ("file write failed"), tokenizers
+DISK_FULL_TEXT = ("no space left on device", "disk quota exceeded", "storagefull", "quotaexceeded")
 
 
-def unflatten_state(tensors: dict, meta):
-    if isinstance(meta, dict) and "__tensor__" in meta:
-        return tensors[meta["__tensor__"]]
-    if isinstance(meta, dict) and "__dict__" in meta:  # keeps integer keys integers
-        return {k: unflatten_state(tensors, v) for k, v in meta["__dict__"]}
-    if isinstance(meta, list):
-        return [unflatten_state(tensors, v) for v in meta]
-    return meta
+def is_disk_full(e: BaseException) -> bool:
+    """True if `e`, or an error it was raised from, says the disk (or the user's quota) is full."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in DISK_FULL_ERRNOS:
+            return True
+        if any(t in str(e).lower() for t in DISK_FULL_TEXT):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
-# ---------------------------------------------------------------------------- save
+def disk_full_message(what: str, where: Path) -> str:
+    try:
+        free = f" ({shutil.disk_usage(where).free / 2**20:.0f} MiB free)"
+    except OSError:  # the folder is gone: say nothing about its free space rather than fail here
+        free = ""
+    return (f"disk full while saving {what} in {where}{free}; the last good checkpoint is kept. Free some "
+            "space, then resume with --resume.")
 
-def save(run_dir: Path, step: int, model, optimizer, trainer_state: dict, keep: int, shape: dict,
-         data_fingerprint: str, fault=None) -> Path:
-    """Write checkpoints/step-NNNNNN complete or not at all. Raises DiskFull (after cleaning up) on ENOSPC."""
-    from safetensors.torch import save_file
-    root = run_dir / CHECKPOINTS
-    root.mkdir(exist_ok=True)
-    final = root / f"step-{step:06d}"
-    tmp = root / f".tmp-step-{step:06d}"
+
+def write_complete(tmp: Path, final: Path, write, what: str) -> Path:
+    """Run write(tmp) into a fresh temporary directory, fsync it, then rename it to `final` (replacing an
+    older one atomically). On any failure the temporary directory is removed and `final` is as it was; a
+    full disk, however the writing library reports it, becomes DiskFull with one clear sentence."""
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tensors, meta = flatten_state(optimizer.state_dict())
-        save_file(tensors, str(tmp / "optimizer.safetensors"))
-        (tmp / "optimizer.json").write_text(json.dumps(meta))
-        if fault is not None:
-            fault("save", step)
-        (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))
-        files = {}
-        for f in sorted(tmp.iterdir()):
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-            files[f.name] = {"size": f.stat().st_size, "sha256": _sha256(f)}
-        manifest = {"step": step, "files": files, "shape": shape, "dataset": data_fingerprint}
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
-        with open(tmp / MANIFEST, "rb") as fh:
-            os.fsync(fh.fileno())
-    except OSError as e:
+        tmp.mkdir(parents=True)
+        write(tmp)
+        for f in tmp.rglob("*"):
+            if f.is_file():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        if e.errno == errno.ENOSPC:
-            raise DiskFull(f"disk full while saving checkpoint step {step} in {root} "
-                           f"({shutil.disk_usage(root).free / 2**20:.0f} MiB free); the last good checkpoint is "
-                           "kept. Free some space, then resume with --resume.") from None
+        if is_disk_full(e):
+            raise DiskFull(disk_full_message(what, final.parent)) from None
         raise
-    if final.exists():  # the same step saved before a crash: replace it
-        _remove(final)
+    if final.exists():  # the same step saved before a crash, or the previous adapter: replace it
+        remove(final)
     os.rename(tmp, final)
-    _fsync_dir(root)
-    for old in complete(run_dir)[:-keep]:
-        _remove(old)
+    _fsync_dir(final.parent)
     return final
 
 
-def _remove(path: Path) -> None:
+def write_manifest(folder: Path, fields: dict) -> None:
+    """manifest.json: every file's size and SHA-256, plus `fields` (step, shape, dataset)."""
+    files = {f.name: {"size": f.stat().st_size, "sha256": _sha256(f)} for f in sorted(folder.iterdir())}
+    (folder / MANIFEST).write_text(json.dumps({**fields, "files": files}, indent=1))
+
+
+def remove(path: Path) -> None:
     """Delete a checkpoint so that a kill at any moment leaves it whole or gone: renamed out of the step-*
     names first (one atomic step), then deleted; clean_temp finishes the job after a crash."""
     doomed = path.with_name(f".tmp-delete-{path.name}")
@@ -228,15 +217,6 @@ def check_resume(run_dir, cfg, data_files: list, allow_changes: bool) -> tuple[P
                        "different trainings; start a new run (another name), or pass --resume --allow-changes "
                        "if you mean it.", path=getattr(cfg, "path", None))
     return path, skipped
-
-
-def load(path: Path, model, optimizer) -> dict:
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-    set_peft_model_state_dict(model, load_file(str(path / "adapter_model.safetensors")))
-    meta = json.loads((path / "optimizer.json").read_text())
-    optimizer.load_state_dict(unflatten_state(load_file(str(path / "optimizer.safetensors")), meta))
-    return json.loads((path / "trainer_state.json").read_text())
 
 
 def estimate_bytes(adapter_params: int, keep: int, optimizer: str) -> int:

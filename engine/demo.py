@@ -1,37 +1,44 @@
-"""The CPU demo: a tiny local model that has read the demo dataset as plain "Question: ... Answer: ..." text
-but has never seen a chat turn. The LoRA fine-tune teaches it to answer in the chat format, which shows in the
-eval sample within a minute on two CPU cores."""
+"""The CPU demo's model: a tiny local model that has read the demo dataset as plain "Question: ... Answer: ..."
+text but has never seen a chat turn. The LoRA fine-tune teaches it to answer in the chat format.
+
+It is built once into the cache. Building needs torch, so it runs in its own process on the torch side
+(engine.torchside.tiny); this module only knows where the model lives and asks for it to be built.
+"""
 from __future__ import annotations
 
-import json
 import os
-import shutil
+import subprocess
+import sys
 from pathlib import Path
 
-from presets import DEMO_DATA
-
-from .tiny import build_model, cache_dir, pretrain
-
 DEMO_MODEL_VERSION = 2
+BUILT_MARK = "rigtune-tiny.json"
 
 
-def demo_records() -> list:
-    return [json.loads(line) for line in DEMO_DATA.read_text(encoding="utf-8").splitlines() if line.strip()]
+def cache_dir() -> Path:
+    return Path(os.environ.get("RIGTUNE_CACHE", Path.home() / ".cache" / "rigtune"))
+
+
+def demo_model_dir() -> Path:
+    return cache_dir() / f"tiny-demo-v{DEMO_MODEL_VERSION}"
 
 
 def demo_model(log=print) -> Path:
-    """The demo model's folder, built and cached on first use (about 20 s on two cores)."""
-    out = cache_dir() / f"tiny-demo-v{DEMO_MODEL_VERSION}"
-    if (out / "rigtune-tiny.json").exists():
+    """The demo model's folder, built and cached on first use (about 30 s on two cores)."""
+    out = demo_model_dir()
+    if (out / BUILT_MARK).exists():
         return out
     log(f"building the demo model in {out} (once, about 30 s)...")
-    rows = demo_records()
-    tmp = out.with_name(out.name + f".build{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    build_model(tmp, [r["instruction"] + " " + r["output"] for r in rows])
-    pretrain(tmp, [f"Question: {r['instruction']}\nAnswer: {r['output']}" for r in rows], steps=300)
-    try:
-        tmp.rename(out)
-    except OSError:  # another process finished first
-        shutil.rmtree(tmp, ignore_errors=True)
+    res = subprocess.run([sys.executable, "-m", "engine.torchside.tiny", "demo", str(out)], capture_output=True,
+                         text=True, stdin=subprocess.DEVNULL)
+    if res.returncode != 0 or not (out / BUILT_MARK).exists():
+        tail = (res.stderr or res.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise RuntimeError(f"building the demo model in {out} failed: {tail[0]}")
     return out
+
+
+def demo_records() -> list:
+    import json
+
+    from presets import DEMO_DATA
+    return [json.loads(line) for line in DEMO_DATA.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -1,4 +1,4 @@
-"""The run directory's event stream (metrics.jsonl) and status file (status.json).
+"""The run directory: the names of its files, its event stream (metrics.jsonl) and its status (status.json).
 
 metrics.jsonl is append-only, one JSON object per line. A writer killed mid-line leaves a partial last line:
 readers skip it, and the next writer starts on a fresh line. status.json is replaced atomically.
@@ -10,8 +10,15 @@ import os
 import time
 from pathlib import Path
 
-METRICS = "metrics.jsonl"
-STATUS = "status.json"
+# what a run directory holds (README, "Run directory"); every module names these files through here
+RUN_FILE = "run.toml"            # the run file as launched
+METRICS = "metrics.jsonl"        # the event stream
+STATUS = "status.json"           # the latest state
+TRAIN_LOG = "train.log"          # the trainer's stdout and stderr
+CHECKPOINTS = "checkpoints"      # checkpoints/step-NNNNNN/
+ADAPTER = "adapter"              # the final PEFT adapter
+PLAN = "plan.json"               # what the planner expected, to compare with the measured peak
+LOCK = ".lock"                   # held by the running trainer
 FINAL_STATES = ("finished", "stopped", "error", "crashed")
 
 
@@ -45,7 +52,7 @@ def read_events(run_dir, offset: int = 0) -> tuple[list, int]:
         with open(path, "rb") as f:
             f.seek(offset)
             chunk = f.read()
-    except FileNotFoundError:
+    except FileNotFoundError:  # the trainer has not written its first event yet
         return [], offset
     end = chunk.rfind(b"\n") + 1  # a partial last line waits for its newline
     events = []
@@ -70,7 +77,7 @@ def write_status(run_dir, **fields) -> None:
 def read_status_raw(run_dir) -> dict:
     try:
         return json.loads((Path(run_dir) / STATUS).read_text())
-    except (FileNotFoundError, ValueError):
+    except (FileNotFoundError, ValueError):  # not written yet, or caught mid-replace on a non-POSIX filesystem
         return {}
 
 
@@ -81,7 +88,7 @@ def pid_alive(pid) -> bool:
         return False
     try:
         return psutil.Process(int(pid)).status() != psutil.STATUS_ZOMBIE
-    except (psutil.NoSuchProcess, ValueError):
+    except (psutil.NoSuchProcess, ValueError):  # gone, or not a pid: not alive either way
         return False
 
 
@@ -92,15 +99,15 @@ def group_alive(pgid) -> bool:
         return False
     try:
         os.killpg(int(pgid), 0)
-    except ProcessLookupError:
+    except ProcessLookupError:  # no process in that group
         return False
-    except PermissionError:
+    except PermissionError:  # processes exist, owned by another user
         return True
     for proc in psutil.process_iter(["status"]):
         try:
             if os.getpgid(proc.pid) == int(pgid) and proc.info["status"] != psutil.STATUS_ZOMBIE:
                 return True
-        except (ProcessLookupError, psutil.Error):
+        except (ProcessLookupError, psutil.Error):  # ended while we looked: not a member any more
             continue
     return False
 

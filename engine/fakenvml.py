@@ -1,9 +1,10 @@
-"""A stand-in for the pynvml module, fed from a recorded profile (JSON), for tests and demos of machines we
-don't have. It implements the pynvml functions rigtune calls, with pynvml's constants and error type.
+"""A stand-in for the pynvml module, fed from a hand-made profile (JSON: a real card model's figures, written by
+hand, not captured from a machine), for tests and demos of machines we don't have. It implements the pynvml functions rigtune calls, with pynvml's constants and error type.
 
 Profile: {"driver": "550.54.14", "cuda": 12040, "gpus": [{"name", "memory_total_mib", "memory_used_mib",
 "cc": [8, 9], "bus_id", "nvlink": [remote bus id per active link], "p2p": [peer indices], "pcie": [gen, width],
-"temperature": C, "power_limit_w": W, "power_w": W, "utilization": %, "processes": [{"pid", "used_mib"}]}]}
+"temperature": C, "power_limit_w": W, "power_w": W, "utilization": %, "processes": [{"pid", "used_mib"}],
+"fail": {"cc" | "nvlink" | "nvlink_remote": "an NVML error message to raise from that query"}}]}
 """
 from __future__ import annotations
 
@@ -69,19 +70,27 @@ class FakeNvml:
         total, used = g["memory_total_mib"] * MIB, g.get("memory_used_mib", 0) * MIB
         return SimpleNamespace(total=total, used=used, free=total - used)
 
+    def _fail(self, h, query):
+        msg = self.gpus[h].get("fail", {}).get(query)
+        if msg:
+            raise NVMLError(msg)
+
     def nvmlDeviceGetCudaComputeCapability(self, h):
+        self._fail(h, "cc")
         return tuple(self.gpus[h]["cc"])
 
     def nvmlDeviceGetPciInfo(self, h):
         return SimpleNamespace(busId=self.gpus[h]["bus_id"])
 
     def nvmlDeviceGetNvLinkState(self, h, link):
+        self._fail(h, "nvlink")
         links = self.gpus[h].get("nvlink")
         if not links or link >= len(links) + 2:  # NVML answers "not supported" past the last link
             raise NVMLError("Not Supported")
         return NVML_FEATURE_ENABLED if link < len(links) else NVML_FEATURE_DISABLED
 
     def nvmlDeviceGetNvLinkRemotePciInfo(self, h, link):
+        self._fail(h, "nvlink_remote")
         return SimpleNamespace(busId=self.gpus[h]["nvlink"][link])
 
     def nvmlDeviceGetP2PStatus(self, h1, h2, cap):

@@ -4,14 +4,16 @@ goes through a shell."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from . import runfile
 from .errors import BadInput
-from .events import METRICS, read_status, write_status
+from .events import FINAL_STATES, METRICS, PLAN, RUN_FILE, STATUS, TRAIN_LOG, group_alive, read_status, write_status
 
 
 def free_port() -> int:
@@ -24,7 +26,7 @@ def cpu_threads(processes: int) -> int:
     """Threads per training process: OMP_NUM_THREADS when the user set it, else the cores shared out."""
     try:
         return max(1, int(os.environ["OMP_NUM_THREADS"]))
-    except (KeyError, ValueError):
+    except (KeyError, ValueError):  # unset, or not a number: share the cores out
         return max(1, (os.cpu_count() or 1) // processes)
 
 
@@ -34,7 +36,7 @@ def accelerate_command(cfg, run_dir: Path, resume: bool, allow_changes: bool = F
     extra Python process costs seconds at start)."""
     hw = cfg.hardware
     total = hw.num_processes * hw.num_machines
-    trainer = ["-m", "engine.trainer", str(run_dir)] + (["--resume"] if resume else [])
+    trainer = ["-m", "engine.torchside.trainer", str(run_dir)] + (["--resume"] if resume else [])
     trainer += ["--allow-changes"] if resume and allow_changes else []
     env = {"PYTHONUNBUFFERED": "1"}
     if hw.gpus:
@@ -90,7 +92,7 @@ def prepare_run_dir(cfg, resume: bool, cwd: Path | None = None) -> Path:
     values["model"]["base"] = _absolute(values["model"]["base"], cwd)
     values["data"]["path"] = _absolute(values["data"]["path"], cwd)
     run_dir.mkdir(parents=True, exist_ok=True)
-    runfile.save(values, run_dir / "run.toml", header=f"as launched from {cfg.path or 'a run file'}")
+    runfile.save(values, run_dir / RUN_FILE, header=f"as launched from {cfg.path or 'a run file'}")
     return run_dir
 
 
@@ -104,14 +106,14 @@ def write_plan(cfg, run_dir: Path) -> None:
     from .scan import scan
     try:
         arch = P.resolve_model(cfg.model.base)
-    except BadInput:
+    except BadInput:  # a model the planner cannot read without a download: no plan to compare later
         return
     gpus = scan().gpus
     sizes = [gpus[i].memory_total_gib for i in cfg.hardware.gpus if i < len(gpus)]
     if not sizes:
         return
     plan = P.plan(P.input_from_run(cfg, arch, sizes, None))
-    (run_dir / "plan.json").write_text(json.dumps({"model": arch.name, **plan.to_json()}, indent=1))
+    (run_dir / PLAN).write_text(json.dumps({"model": arch.name, **plan.to_json()}, indent=1))
 
 
 def check_gpus(cfg, nvml=None) -> None:
@@ -120,10 +122,9 @@ def check_gpus(cfg, nvml=None) -> None:
     want = cfg.hardware.gpus
     if not want:
         return
-    from .scan import scan_gpus
-    if nvml is None:
-        import pynvml as nvml
-    gpus, _, _, err = scan_gpus(nvml)
+    from .scan import nvml_module, scan_gpus
+    nvml = nvml if nvml is not None else nvml_module()
+    gpus, _, _, err = scan_gpus(nvml) if nvml is not None else ([], None, None, "pynvml not installed")
     if any(g >= len(gpus) for g in want):
         have = f"{len(gpus)} NVIDIA GPU(s)" if gpus else f"no NVIDIA GPU ({err})" if err else "no NVIDIA GPU"
         raise BadInput(f"this run file trains on gpus = {want}, but this machine has {have}. Train it on the "
@@ -135,6 +136,8 @@ def launch(cfg, resume: bool = False, cwd: Path | None = None, allow_changes: bo
            data_files: list | None = None) -> tuple[subprocess.Popen, Path]:
     """Start training detached. Returns the launcher process and the run directory. On --resume the newest
     verified checkpoint is compared with this run file and dataset first (BadInput if they changed)."""
+    from .modelref import check_base
+    check_base(cfg, cwd)
     check_gpus(cfg)
     if resume:
         from . import checkpoint as C
@@ -147,10 +150,38 @@ def launch(cfg, resume: bool = False, cwd: Path | None = None, allow_changes: bo
     argv, extra_env = accelerate_command(cfg, run_dir, resume, allow_changes)
     env = {**os.environ, **extra_env}
     write_status(run_dir, state="starting", step=0, total_steps=0, message="")
-    with open(run_dir / "train.log", "ab") as logf:
+    with open(run_dir / TRAIN_LOG, "ab") as logf:
         logf.write(f"\n=== rigtune: {' '.join(argv)}\n".encode())
         logf.flush()
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
                                 env=env, cwd=str(cwd or Path.cwd()), start_new_session=True)
     write_status(run_dir, pid=proc.pid, pgid=proc.pid, launcher_pid=proc.pid)
     return proc, run_dir
+
+
+def stop(run_dir, wait_s: float = 0.0, poll_s: float = 0.3) -> tuple[str, dict]:
+    """Ask a run's trainer to stop after its current step (it saves a checkpoint and the adapter): SIGTERM to
+    its process group. With wait_s, wait up to that long for the group to be gone. Returns (what happened,
+    the status then): "not-running" (already in a final state), "gone" (its processes had died), "asked"
+    (signalled, not waited for), "stopped" (signalled and gone) or "still-running" (signalled, still saving)."""
+    from pathlib import Path
+    run_dir = Path(run_dir)
+    if not (run_dir / STATUS).exists():
+        raise BadInput("not a run directory (no status.json).", path=str(run_dir))
+    st = read_status(run_dir)
+    if st.get("state") in FINAL_STATES:
+        return "not-running", st
+    pgid = st.get("pgid")
+    if not pgid:
+        raise BadInput("status.json names no process group; the run may still be starting, try again.",
+                       path=str(run_dir / STATUS))
+    try:
+        os.killpg(int(pgid), signal.SIGTERM)
+    except ProcessLookupError:
+        return "gone", read_status(run_dir)
+    if wait_s <= 0:
+        return "asked", st
+    deadline = time.time() + wait_s
+    while group_alive(pgid) and time.time() < deadline:
+        time.sleep(poll_s)
+    return ("still-running" if group_alive(pgid) else "stopped"), read_status(run_dir)

@@ -15,19 +15,15 @@ The constants below are calibrated against published measurements: bench/planner
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+import presets
 
 from .errors import BadInput
+from .events import METRICS, PLAN
 
 GIB = 1024 ** 3
-MODELS_TOML = Path(__file__).resolve().parent.parent / "presets" / "models.toml"
 
 # --- calibration (bench/planner_accuracy explains each figure)
 NF4_BITS = {True: 4.127, False: 4.5}     # bits per quantized parameter, with / without double quant
@@ -132,8 +128,7 @@ class Plan:
 # ---------------------------------------------------------------------------- models
 
 def load_models() -> dict:
-    with open(MODELS_TOML, "rb") as f:
-        return {name: Arch(name=name, **facts) for name, facts in tomllib.load(f)["models"].items()}
+    return {name: Arch(name=name, **facts) for name, facts in presets.load_models().items()}
 
 
 def arch_from_config(config: dict, name: str) -> Arch:
@@ -264,7 +259,15 @@ def ram_needed(inp: PlanInput) -> float:
     return need
 
 
-def _fits(inp: PlanInput) -> bool:
+def keep_effective_batch(micro_batch: int, accum: int, new_micro_batch: int, processes: int = 1,
+                         new_processes: int = 1) -> int:
+    """The gradient accumulation that keeps the effective batch (micro-batch x accumulation x processes) when
+    the micro-batch or the number of processes changes; at least 1. The one rule the planner's advice, the
+    tiers' run values, the trainer's out-of-memory fallback and the wizard's fix all follow."""
+    return max(1, micro_batch * accum * processes // max(1, new_micro_batch * new_processes))
+
+
+def fits(inp: PlanInput) -> bool:
     budget = min(inp.gpus)
     if peak(inp) > budget:
         return False
@@ -276,7 +279,7 @@ def _largest(inp: PlanInput, field: str, limit: int) -> int:
     lo, hi = 0, limit
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if _fits(replace(inp, **{field: mid})):
+        if fits(replace(inp, **{field: mid})):
             lo = mid
         else:
             hi = mid - 1
@@ -307,7 +310,7 @@ def choose_strategy(inp: PlanInput) -> tuple[PlanInput, str]:
     card = min(inp.gpus)
     whole = peak(replace(inp, strategy="single" if cards == 1 else "ddp", cpu_offload=False))
     for cand in _strategy_candidates(inp):
-        if not _fits(cand):
+        if not fits(cand):
             continue
         if cand.strategy == "single":
             return cand, f"single: the run needs {whole:.1f} GiB and the card has {card:.1f} GiB."
@@ -334,9 +337,35 @@ def choose_strategy(inp: PlanInput) -> tuple[PlanInput, str]:
                   f"{peak(best):.1f} GiB per card of {card:.1f} GiB (see the suggestion).")
 
 
+@dataclass(frozen=True)
+class StrategyRow:
+    label: str          # single | ddp | fsdp | fsdp+offload
+    strategy: str
+    cpu_offload: bool
+    peak_gib: float     # per card
+    fits: bool
+    chosen: bool        # the planner's pick (choose_strategy), when it fits
+
+
+def strategy_table(inp: PlanInput) -> tuple[list, str]:
+    """Every strategy the cards allow, each planned at the run's other settings, the pick marked; and the
+    one-line reason for the pick."""
+    best, why = choose_strategy(inp)
+    best_fits = fits(best)
+    rows = []
+    for label, strategy, off in (("single", "single", False), ("ddp", "ddp", False), ("fsdp", "fsdp", False),
+                                 ("fsdp+offload", "fsdp", True)):
+        if strategy != "single" and len(inp.gpus) < 2:
+            continue
+        cand = replace(inp, strategy=strategy, cpu_offload=off)
+        rows.append(StrategyRow(label, strategy, off, peak(cand), fits(cand),
+                                best_fits and (best.strategy, best.cpu_offload) == (strategy, off)))
+    return rows, why
+
+
 def suggest(inp: PlanInput) -> dict | None:
     """The cheapest change that makes a run that does not fit, fit: {"change": {...}, "why": str}."""
-    if _fits(inp):
+    if fits(inp):
         return None
     steps = []
     if not inp.gradient_checkpointing:
@@ -354,16 +383,16 @@ def suggest(inp: PlanInput) -> dict | None:
         steps.append(({"optimizer": "paged_adamw_8bit"}, "paged 8-bit AdamW"))
     for change, why in steps:
         cand = replace(inp, **change)
-        if _fits(cand):
+        if fits(cand):
             return {"change": change, "why": why}
         inp = cand  # changes accumulate in order of cost
     if len(inp.gpus) > 1 and inp.strategy != "fsdp":
         cand = replace(inp, strategy="fsdp", cpu_offload=False)
-        if _fits(cand):
+        if fits(cand):
             return {"change": {"strategy": "fsdp"}, "why": "shard the model over the cards with FSDP"}
     if len(inp.gpus) > 1 and not inp.cpu_offload:
         cand = replace(inp, strategy="fsdp", cpu_offload=True)
-        if _fits(cand):
+        if fits(cand):
             return {"change": {"strategy": "fsdp", "cpu_offload": True},
                     "why": f"FSDP with CPU offload (needs {ram_needed(cand):.0f} GiB RAM)"}
     longest = max_seq_len(inp)
@@ -422,17 +451,17 @@ def plan(inp: PlanInput, pick_strategy: bool = False) -> Plan:
     terms = breakdown(inp)
     total = sum(terms.values())
     card = min(inp.gpus)
-    fits = _fits(inp)
+    ok = fits(inp)
     ram = ram_needed(inp)
     if inp.ram_gib is not None and ram > inp.ram_gib:
         notes.append(f"needs {ram:.0f} GiB of system RAM, {inp.ram_gib:.0f} GiB present.")
-    if not fits and total > card:
+    if not ok and total > card:
         notes.append(f"needs {total:.1f} GiB per GPU, the card has {card:.1f} GiB.")
     advice = suggest(inp)
     if advice:
         notes.append("to fit: " + advice["why"] + ".")
     return Plan(per_gpu_peak_gib=round(total, 2), breakdown_gib={k: round(v, 3) for k, v in terms.items()},
-                fits=fits, max_seq_len=max_seq_len(inp), max_micro_batch=max_micro_batch(inp),
+                fits=ok, max_seq_len=max_seq_len(inp), max_micro_batch=max_micro_batch(inp),
                 strategy=inp.strategy, cpu_offload=inp.cpu_offload, notes=notes, suggestion=advice,
                 ram_needed_gib=round(ram, 1), gpu_gib=card)
 
@@ -466,25 +495,28 @@ def past_runs(runs_root: Path, arch_name: str) -> str | None:
     plan.json (written at launch) against the `memory` event its trainer wrote."""
     if not runs_root.is_dir():
         return None
-    errors = []
-    for plan_file in runs_root.glob("*/plan.json"):
+    errors, unreadable = [], []
+    for plan_file in runs_root.glob(f"*/{PLAN}"):
         try:
             planned = json.loads(plan_file.read_text())
-        except ValueError:
+            lines = (plan_file.parent / METRICS).read_text(errors="replace").splitlines()
+        except (OSError, ValueError):  # a damaged or half-deleted run: named in the note, not counted
+            unreadable.append(plan_file.parent.name)
             continue
         if planned.get("model") != arch_name or not planned.get("per_gpu_peak_gib"):
             continue
         measured = None
-        for line in (plan_file.parent / "metrics.jsonl").read_text(errors="replace").splitlines():
+        for line in lines:
             if '"memory"' in line:
                 try:
                     measured = json.loads(line).get("peak_gib") or measured
-                except ValueError:
-                    pass
+                except ValueError:  # a torn last line of a killed trainer: no memory event in it
+                    continue
         if measured:
             errors.append((measured - planned["per_gpu_peak_gib"]) / planned["per_gpu_peak_gib"])
+    skipped = f" Skipped unreadable run(s): {', '.join(sorted(unreadable))}." if unreadable else ""
     if not errors:
-        return None
+        return skipped.strip() or None
     mean = sum(errors) / len(errors)
     return (f"past runs of {arch_name} here: measured peaks were {mean:+.0%} against the plan on average "
-            f"({len(errors)} run{'s' if len(errors) > 1 else ''}).")
+            f"({len(errors)} run{'s' if len(errors) > 1 else ''}).{skipped}")

@@ -52,81 +52,77 @@ class Key:
         return kind
 
 
-def _k(*args, **kw) -> Key:
-    return Key(*args, **kw)
-
-
 TOP = [
-    _k("schema_version", "int", SCHEMA_VERSION, "Run-file format version.", choices=(SCHEMA_VERSION,)),
-    _k("name", "str", "run", "Run name; the run directory is output_root/name. Letters, digits, '.', '_', '-'."),
-    _k("output_root", "str", "runs", "Folder that holds run directories (relative paths are taken from the current directory)."),
+    Key("schema_version", "int", SCHEMA_VERSION, "Run-file format version.", choices=(SCHEMA_VERSION,)),
+    Key("name", "str", "run", "Run name; the run directory is output_root/name. Letters, digits, '.', '_', '-'."),
+    Key("output_root", "str", "runs", "Folder that holds run directories (relative paths are taken from the current directory)."),
 ]
 
 SECTIONS: dict[str, list[Key]] = {
     "hardware": [
-        _k("tier", "str", "", "Budget tier this run was planned for (informational): 1500, 3000, this-machine, cpu-demo."),
-        _k("gpus", "list[int]", [], "CUDA device indices to train on; [] trains on the CPU."),
-        _k("strategy", "str", "single", "single: one process; ddp: one full copy per process; fsdp: shard the model.",
+        Key("tier", "str", "", "Budget tier this run was planned for (informational): 1500, 3000, this-machine, cpu-demo."),
+        Key("gpus", "list[int]", [], "CUDA device indices to train on; [] trains on the CPU."),
+        Key("strategy", "str", "single", "single: one process; ddp: one full copy per process; fsdp: shard the model.",
            choices=("single", "ddp", "fsdp")),
-        _k("num_processes", "int", 1, "Training processes on this machine (one per GPU; on CPU, gloo ranks).", min=1, max=64),
-        _k("cpu_offload", "bool", False, "Offload parameters to CPU RAM (FSDP only)."),
-        _k("num_machines", "int", 1, "Machines taking part in one job.", min=1, max=1024),
-        _k("machine_rank", "int", 0, "This machine's rank, 0 for the main one.", min=0, max=1023),
-        _k("main_process_ip", "str", "", "Address of machine rank 0 (multi-machine only)."),
-        _k("main_process_port", "int", 0, "Port of the rendezvous on rank 0; 0 picks a free one (single machine).", min=0, max=65535),
+        Key("num_processes", "int", 1, "Training processes on this machine (one per GPU; on CPU, gloo ranks).", min=1, max=64),
+        Key("cpu_offload", "bool", False, "Offload parameters to CPU RAM (FSDP only)."),
+        Key("num_machines", "int", 1, "Machines taking part in one job.", min=1, max=1024),
+        Key("machine_rank", "int", 0, "This machine's rank, 0 for the main one.", min=0, max=1023),
+        Key("main_process_ip", "str", "", "Address of machine rank 0 (multi-machine only)."),
+        Key("main_process_port", "int", 0, "Port of the rendezvous on rank 0; 0 picks a free one (single machine).", min=0, max=65535),
     ],
     "model": [
-        _k("base", "str", REQUIRED, "Base model: a Hugging Face id or a local folder."),
-        _k("revision", "str", "", "Hub revision (branch, tag or commit); empty for the default."),
-        _k("trust_remote_code", "bool", False, "Run Python code shipped with the model. Only for models you trust."),
-        _k("quantization", "str", "nf4", "Base weights: nf4 (QLoRA), fp4, or none (plain LoRA on a 16-bit base).",
+        Key("base", "str", REQUIRED, "Base model: a Hugging Face id or a local folder."),
+        Key("revision", "str", "", "Hub revision (branch, tag or commit); empty for the default."),
+        Key("trust_remote_code", "bool", False, "Run Python code shipped with the model. Only for models you trust."),
+        Key("quantization", "str", "nf4", "Base weights: nf4 (QLoRA), fp4, or none (plain LoRA on a 16-bit base).",
            choices=("nf4", "fp4", "none")),
-        _k("double_quant", "bool", True, "Quantise the quantisation constants too (saves ~0.4 bit/param)."),
-        _k("compute_dtype", "str", "bfloat16", "Dtype of the matmuls and of unquantised weights.",
+        Key("double_quant", "bool", True, "Quantise the quantisation constants too (saves ~0.4 bit/param)."),
+        Key("compute_dtype", "str", "bfloat16", "Dtype of the matmuls and of unquantised weights.",
            choices=("bfloat16", "float16", "float32")),
-        _k("attn_implementation", "str", "sdpa", "Attention kernel.", choices=("sdpa", "flash_attention_2", "eager")),
+        Key("attn_implementation", "str", "sdpa", "Attention kernel.", choices=("sdpa", "flash_attention_2", "eager")),
     ],
     "lora": [
-        _k("r", "int", 16, "LoRA rank.", min=1, max=1024),
-        _k("alpha", "float", 32, "LoRA scaling numerator (scale = alpha / r).", min=0, min_open=True, max=1e6),
-        _k("dropout", "float", 0.05, "Dropout on the LoRA input.", min=0, max=0.9),
-        _k("target_modules", "str|list[str]", "all-linear", "\"all-linear\" or a list of module names such as [\"q_proj\", \"v_proj\"]."),
+        Key("r", "int", 16, "LoRA rank.", min=1, max=1024),
+        Key("alpha", "float", 32, "LoRA scaling numerator (scale = alpha / r).", min=0, min_open=True, max=1e6),
+        Key("dropout", "float", 0.05, "Dropout on the LoRA input.", min=0, max=0.9),
+        Key("target_modules", "str|list[str]", "all-linear", "\"all-linear\" or a list of module names such as [\"q_proj\", \"v_proj\"]."),
     ],
     "data": [
-        _k("path", "str", REQUIRED, "Dataset: a .json/.jsonl/.parquet/.csv file, a folder of them, or a Hugging Face dataset id."),
-        _k("format", "str", "auto", "Record format; auto detects it.", choices=("auto", "alpaca", "sharegpt", "messages", "text")),
-        _k("max_seq_len", "int", 2048, "Longest sequence in tokens; longer examples are truncated.", min=16, max=1_048_576),
-        _k("packing", "bool", True, "Pack several examples into one sequence (they never attend to each other)."),
-        _k("eval_fraction", "float", 0.02, "Share of records held out for evaluation (deterministic split).", min=0, max=0.5),
-        _k("train_on_prompt", "bool", False, "Also train on prompt tokens, not only on the assistant's."),
+        Key("path", "str", REQUIRED, "Dataset: a .json/.jsonl/.parquet/.csv file, a folder of them, or a Hugging Face dataset id."),
+        Key("format", "str", "auto", "Record format; auto detects it.", choices=("auto", "alpaca", "sharegpt", "messages", "text")),
+        Key("max_seq_len", "int", 2048, "Longest sequence in tokens; longer examples are truncated.", min=16, max=1_048_576),
+        Key("packing", "bool", True, "Pack several examples into one sequence (they never attend to each other)."),
+        Key("eval_fraction", "float", 0.02, "Share of records held out for evaluation (deterministic split).", min=0, max=0.5),
+        Key("train_on_prompt", "bool", False, "Also train on prompt tokens, not only on the assistant's."),
     ],
     "train": [
-        _k("micro_batch_size", "int", 4, "Sequences per forward pass per process.", min=1, max=4096),
-        _k("gradient_accumulation_steps", "int", 4, "Micro-batches per optimizer step.", min=1, max=65536),
-        _k("epochs", "float", 1, "Passes over the training data (used when max_steps = 0).", min=0, min_open=True, max=1000),
-        _k("max_steps", "int", 0, "Optimizer steps to run; 0 uses epochs.", min=0, max=100_000_000),
-        _k("learning_rate", "float", 2e-4, "Peak learning rate.", min=0, min_open=True, max=1),
-        _k("lr_scheduler", "str", "cosine", "Learning-rate schedule after warmup.", choices=("cosine", "linear", "constant")),
-        _k("warmup_ratio", "float", 0.03, "Share of steps spent warming up linearly from 0.", min=0, max=1),
-        _k("weight_decay", "float", 0.0, "AdamW weight decay.", min=0, max=10),
-        _k("max_grad_norm", "float", 1.0, "Clip the gradient norm to this; 0 turns clipping off.", min=0, max=1e6),
-        _k("optimizer", "str", "adamw_torch", "adamw_torch (32-bit state), adamw_8bit or paged_adamw_8bit (bitsandbytes).",
+        Key("micro_batch_size", "int", 4, "Sequences per forward pass per process.", min=1, max=4096),
+        Key("gradient_accumulation_steps", "int", 4, "Micro-batches per optimizer step.", min=1, max=65536),
+        Key("epochs", "float", 1, "Passes over the training data (used when max_steps = 0).", min=0, min_open=True, max=1000),
+        Key("max_steps", "int", 0, "Optimizer steps to run; 0 uses epochs.", min=0, max=100_000_000),
+        Key("learning_rate", "float", 2e-4, "Peak learning rate.", min=0, min_open=True, max=1),
+        Key("lr_scheduler", "str", "cosine", "Learning-rate schedule after warmup.", choices=("cosine", "linear", "constant")),
+        Key("warmup_ratio", "float", 0.03, "Share of steps spent warming up linearly from 0.", min=0, max=1),
+        Key("weight_decay", "float", 0.0, "AdamW weight decay.", min=0, max=10),
+        Key("max_grad_norm", "float", 1.0, "Clip the gradient norm to this; 0 turns clipping off.", min=0, max=1e6),
+        Key("optimizer", "str", "adamw_torch", "adamw_torch (32-bit state), adamw_8bit or paged_adamw_8bit (bitsandbytes).",
            choices=("adamw_torch", "adamw_8bit", "paged_adamw_8bit")),
-        _k("gradient_checkpointing", "bool", True, "Recompute activations in backward: much less memory, ~30% slower."),
-        _k("seed", "int", 42, "Seed for data order, LoRA init and dropout.", min=0, max=2**32 - 1),
-        _k("log_every_steps", "int", 1, "Write a step event every N optimizer steps.", min=1, max=1_000_000),
-        _k("eval_every_steps", "int", 50, "Evaluate (and sample one generation) every N steps; 0 only at the end.", min=0, max=100_000_000),
-        _k("save_every_steps", "int", 100, "Write a checkpoint every N steps; 0 only at the end.", min=0, max=100_000_000),
-        _k("keep_checkpoints", "int", 2, "Newest checkpoints to keep.", min=1, max=1000),
-        _k("sample_max_new_tokens", "int", 48, "Tokens generated for the eval sample; 0 turns sampling off.", min=0, max=4096),
-        _k("loss_chunk_tokens", "int", 4096, "Cross-entropy only at trained positions, this many at a time, never "
+        Key("gradient_checkpointing", "bool", True, "Recompute activations in backward: much less memory, ~30% slower."),
+        Key("seed", "int", 42, "Seed for data order, LoRA init and dropout.", min=0, max=2**32 - 1),
+        Key("log_every_steps", "int", 1, "Write a step event every N optimizer steps.", min=1, max=1_000_000),
+        Key("eval_every_steps", "int", 50, "Evaluate (and sample one generation) every N steps; 0 only at the end.", min=0, max=100_000_000),
+        Key("save_every_steps", "int", 100, "Write a checkpoint every N steps; 0 only at the end.", min=0, max=100_000_000),
+        Key("keep_checkpoints", "int", 2, "Newest checkpoints to keep.", min=1, max=1000),
+        Key("sample_max_new_tokens", "int", 48, "Tokens generated for the eval sample; 0 turns sampling off.", min=0, max=4096),
+        Key("loss_chunk_tokens", "int", 4096, "Cross-entropy only at trained positions, this many at a time, never "
            "holding all fp32 logits; 0 computes full logits.", min=0, max=1_048_576),
-        _k("max_bad_steps", "int", 1, "Steps with a NaN/inf loss or gradient (skipped, not applied) before the run stops.",
+        Key("max_bad_steps", "int", 1, "Steps with a NaN/inf loss or gradient (skipped, not applied) before the run stops.",
            min=1, max=1000),
-        _k("oom_fallback", "bool", False, "On CUDA out-of-memory: halve micro_batch_size, double accumulation, resume."),
-        _k("kernels", "str", "auto", "Fused GPU kernels: auto uses Liger (RMSNorm, RoPE, SwiGLU, fused loss) on a CUDA "
+        Key("oom_fallback", "bool", False, "On CUDA out-of-memory: halve micro_batch_size, double accumulation, resume."),
+        Key("kernels", "str", "auto", "Fused GPU kernels: auto uses Liger (RMSNorm, RoPE, SwiGLU, fused loss) on a CUDA "
            "GPU when installed; liger requires them; none is plain PyTorch.", choices=("auto", "liger", "none")),
-        _k("activation_offload", "bool", False, "Keep the activations saved for backward in CPU RAM instead of GPU "
+        Key("activation_offload", "bool", False, "Keep the activations saved for backward in CPU RAM instead of GPU "
            "memory: less VRAM, slower steps."),
     ],
 }
@@ -148,9 +144,13 @@ class Section:
 class RunConfig:
     """A checked run file. `cfg.train.learning_rate` reads a value; `cfg.values` is the whole nested dict."""
 
-    def __init__(self, values: dict, path: str | None = None):
+    def __init__(self, values: dict, path: str | None = None, text: str | None = None):
         self.values = values
         self.path = path
+        self.text = text  # the file as read, to name the line of a key in later errors
+
+    def line_of(self, section: str | None, key: str) -> int | None:
+        return find_line(self.text, section, key)
 
     def __getattr__(self, item):
         values = self.__dict__.get("values", {})
@@ -275,7 +275,7 @@ def validate(raw: dict, *, path: str | None = None, text: str | None = None) -> 
         data[section] = out
 
     _check_semantics(data, path, text)
-    return RunConfig(data, path=path)
+    return RunConfig(data, path=path, text=text)
 
 
 def _check_semantics(d: dict, path, text):

@@ -7,24 +7,17 @@ from __future__ import annotations
 
 import bisect
 import os
-import time
 from array import array
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
 try:
-    import orjson as _json
-
-    def _loads(b):
-        return _json.loads(b)
+    from orjson import loads as _loads
 except ImportError:  # pragma: no cover - orjson is a dependency; stay correct without it
-    import json as _json
+    from json import loads as _loads
 
-    def _loads(b):
-        return _json.loads(b)
-
-from .events import FINAL_STATES, METRICS, read_status
+from .events import FINAL_STATES, METRICS, STATUS, TRAIN_LOG, read_status
 
 CHUNK = 4 * 1024 * 1024
 SPARSE_ABOVE = 32 * 1024 * 1024   # attach to bigger streams by sampling their history, then read the tail
@@ -40,7 +33,7 @@ class Checkpoint:
 
 
 class RunView:
-    def __init__(self, run_dir, log_lines: int = 200):
+    def __init__(self, run_dir, log_lines: int = 200, read_log: bool = True):
         self.run_dir = Path(run_dir)
         self.offset = 0
         self.log_offset = 0
@@ -56,7 +49,6 @@ class RunView:
         self.sample_step: int | None = None
         self.start: dict = {}
         self.end: dict | None = None
-        self.memory: dict | None = None
         self.status: dict = {}
         self.total_steps = 0
         self.events = 0
@@ -68,6 +60,7 @@ class RunView:
         self.elapsed_s = 0.0
         self._last_step_time = None
         self.sampled_until = 0           # steps up to here are an evenly spaced sample (big streams)
+        self.read_log = read_log
 
     # ---------------------------------------------------------------------- reading
     def poll(self) -> bool:
@@ -76,14 +69,14 @@ class RunView:
         status = read_status(self.run_dir)
         if status != self.status:
             self.status, changed = status, True
-        return self._read_log() or changed
+        return (self.read_log and self._read_log()) or changed
 
     @staticmethod
     def _grown(path, offset: int) -> int | None:
         """The file's size if it grew past `offset`, else None (also when it does not exist yet)."""
         try:
             size = os.path.getsize(path)
-        except OSError:
+        except OSError:  # not there yet (the trainer has not started writing it)
             return None
         return size if size > offset else None
 
@@ -128,7 +121,7 @@ class RunView:
             for line in head[:-1]:
                 try:
                     ev = _loads(line)
-                except ValueError:
+                except ValueError:  # the head's last line, cut by the read: the start event is on the first
                     continue
                 if ev.get("event") == "start":
                     self._apply(ev)
@@ -140,7 +133,7 @@ class RunView:
                 line = block[nl + 1:block.find(b"\n", nl + 1)] if nl >= 0 else b""
                 try:
                     ev = _loads(line)
-                except ValueError:
+                except ValueError:  # a sample that landed mid-line: one plot point fewer
                     continue
                 if ev.get("event") == "step" and (not self.steps or ev["step"] > self.steps[-1]):
                     self._apply(ev)
@@ -200,8 +193,6 @@ class RunView:
             self._last_step_time = None
         elif kind == "end":
             self.end = ev
-        elif kind == "memory":
-            self.memory = ev
 
     def _truncate(self, step):
         i = bisect.bisect_left(self.steps, step)
@@ -212,7 +203,7 @@ class RunView:
         del self.eval_losses[j:]
 
     def _read_log(self) -> bool:
-        path = self.run_dir / "train.log"
+        path = self.run_dir / TRAIN_LOG
         size = self._grown(path, self.log_offset)
         if size is None:
             return False
@@ -272,9 +263,6 @@ class RunView:
             return None
         return max(0.0, (self.total_steps - self.step) * self.sec_per_step)
 
-    def age_s(self) -> float:
-        return time.time() - float(self.status.get("updated") or time.time())
-
 
 def downsample(xs, ys, width: int) -> tuple[list, list]:
     """At most `width` points: the mean of the points in each of `width` equal intervals of x (the steps),
@@ -301,7 +289,59 @@ def recent_runs(root="runs", limit: int = 20) -> list:
     root = Path(root)
     if not root.is_dir():
         return []
-    runs = [p for p in root.iterdir() if (p / METRICS).exists() or (p / "status.json").exists()]
-    runs.sort(key=lambda p: max((p / f).stat().st_mtime for f in (METRICS, "status.json") if (p / f).exists()),
+    runs = [p for p in root.iterdir() if (p / METRICS).exists() or (p / STATUS).exists()]
+    runs.sort(key=lambda p: max((p / f).stat().st_mtime for f in (METRICS, STATUS) if (p / f).exists()),
               reverse=True)
     return [(p, read_status(p)) for p in runs[:limit]]
+
+
+def fmt_duration(seconds: float | None) -> str:
+    """12:34 or 1:02:03; --:-- when unknown."""
+    if seconds is None or seconds != seconds:
+        return "--:--"
+    seconds = int(seconds)
+    h, rem = divmod(seconds, 3600)
+    return f"{h}:{rem // 60:02d}:{rem % 60:02d}" if h else f"{rem // 60:02d}:{rem % 60:02d}"
+
+
+class Follower(RunView):
+    """A run as lines of text, for `rigtune train --no-tui` and `rigtune watch` without a terminal: one line per
+    logged step (with the run view's ETA), eval, checkpoint and warning. `take_lines()` returns what is new
+    since the last call; `end` holds the end event once it came."""
+
+    def __init__(self, run_dir):
+        super().__init__(run_dir, read_log=False)
+        self._lines: list = []
+
+    def take_lines(self) -> list:
+        lines, self._lines = self._lines, []
+        return lines
+
+    def _apply(self, ev: dict):
+        super()._apply(ev)
+        line = self.describe(ev)
+        if line is not None:
+            self._lines.append(line)
+
+    def describe(self, ev: dict) -> str | None:
+        kind, total = ev.get("event"), self.total_steps
+        if kind == "start":
+            return (f"start: {ev.get('world_size')} process(es), {total} steps, {ev.get('trainable_params') or 0:,} "
+                    "trainable params" + (f", resumed from {ev['resumed_from']}" if ev.get("resumed_from") else ""))
+        if kind == "step" and ev.get("skipped"):
+            return f"step {ev['step']}/{total}  skipped: loss or gradient was NaN/inf"
+        if kind == "step":
+            return (f"step {ev['step']}/{total}  loss {ev['loss']:.4f}  lr {ev['lr']:.2e}  "
+                    f"{ev.get('tokens_per_s') or 0:.0f} tok/s  ETA {fmt_duration(self.eta_s)}")
+        if kind == "eval":
+            s = ev.get("sample") or {}
+            loss = f"eval_loss {ev['eval_loss']:.4f}" if ev.get("eval_loss") is not None else "eval"
+            completion = (s.get("completion") or "").replace("\n", " ")[:60]
+            return f"  {loss}" + (f"  sample: {completion!r}" if s else "")
+        if kind == "checkpoint":
+            return f"  checkpoint {ev['path']}"
+        if kind in ("warning", "oom_fallback"):
+            detail = ev.get("message") or (f"out of memory: micro-batch {ev['micro_batch_size'][0]} -> "
+                                           f"{ev['micro_batch_size'][1]}, resuming from step {ev['step']}")
+            return f"  {kind}: {detail}"
+        return None

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -37,8 +37,8 @@ class Snapshot:
     time: float
     gpus: tuple = ()
     cpu: CpuSample | None = None
-    error: str | None = None
-    extra: dict = field(default_factory=dict)
+    error: str | None = None        # this sample failed (a driver hiccup); the next one tries again
+    note: str | None = None         # why there are no GPU figures (NVML did not start, or found no GPU)
 
 
 def group_pids(pgid) -> set:
@@ -50,7 +50,7 @@ def group_pids(pgid) -> set:
         try:
             if os.getpgid(p.pid) == int(pgid):
                 pids.add(p.pid)
-        except (ProcessLookupError, PermissionError, psutil.Error):
+        except (ProcessLookupError, PermissionError, psutil.Error):  # ended, or another user's: not the run's
             continue
     return pids
 
@@ -63,7 +63,7 @@ def sample_gpus(nvml, pids: set) -> tuple:
         name = nvml.nvmlDeviceGetName(h)
         name = name.decode() if isinstance(name, bytes) else name
 
-        def opt(fn, *a):
+        def opt(fn, *a):  # optional figures (some boards lack power or utilisation sensors): shown as absent
             try:
                 return fn(h, *a)
             except Exception:
@@ -90,7 +90,7 @@ def sample_cpu(pids: set, cache: dict) -> CpuSample:
             cpu += proc.cpu_percent(None)
             rss += proc.memory_info().rss
             alive += 1
-        except psutil.Error:
+        except psutil.Error:  # the process ended between the scan and this read: it no longer counts
             cache.pop(pid, None)
     vm = psutil.virtual_memory()
     return CpuSample(cpu_percent=cpu / (os.cpu_count() or 1), rss_gib=rss / 2**30, ram_used_gib=(vm.total - vm.available) / 2**30,
@@ -107,6 +107,7 @@ class Sampler:
         self._stop = threading.Event()
         self._nvml = nvml
         self._nvml_ok = None
+        self._note = None
         self._procs: dict = {}
         self._pids: set = set()
         self._pids_at = 0.0
@@ -120,19 +121,26 @@ class Sampler:
     def stop(self):
         self._stop.set()
 
+    def _start_nvml(self) -> None:
+        """Once: NVML (or the faked machine, engine.scan.nvml_module) up, or the reason it is not."""
+        if self._nvml is None:
+            from .scan import nvml_module
+            self._nvml = nvml_module()
+        if self._nvml is None:
+            self._nvml_ok, self._note = False, "no GPU figures: pynvml is not installed"
+            return
+        try:
+            self._nvml.nvmlInit()
+            count = self._nvml.nvmlDeviceGetCount()
+        except Exception as e:  # no driver (a CPU machine) or a broken one: said on the panel, CPU figures shown
+            self._nvml_ok, self._note = False, f"no GPU figures: NVML did not start ({str(e) or type(e).__name__})"
+            return
+        self._nvml_ok = count > 0
+        self._note = None if count else "no GPU figures: NVML found no GPU"
+
     def sample_once(self) -> Snapshot:
         if self._nvml_ok is None:
-            if self._nvml is None:
-                try:
-                    import pynvml
-                    self._nvml = pynvml
-                except ImportError:
-                    self._nvml = None
-            try:
-                self._nvml.nvmlInit()
-                self._nvml_ok = self._nvml.nvmlDeviceGetCount() > 0
-            except Exception:
-                self._nvml_ok = False
+            self._start_nvml()
         pgid = self.pgid_fn()
         if pgid != self._pgid or time.time() - self._pids_at > 5.0:  # a full process scan every 5 s at most
             self._pgid, self._pids, self._pids_at = pgid, group_pids(pgid), time.time()
@@ -141,8 +149,8 @@ class Sampler:
             if self._nvml_ok:
                 snap = Snapshot(time=time.time(), gpus=sample_gpus(self._nvml, pids), cpu=sample_cpu(pids, self._procs))
             else:
-                snap = Snapshot(time=time.time(), cpu=sample_cpu(pids, self._procs))
-        except Exception as e:  # a driver hiccup must not kill the dashboard
+                snap = Snapshot(time=time.time(), cpu=sample_cpu(pids, self._procs), note=self._note)
+        except Exception as e:  # a driver hiccup must not kill the dashboard: shown, and the next sample retries
             snap = Snapshot(time=time.time(), error=f"{type(e).__name__}: {e}")
         self.latest = snap
         return snap

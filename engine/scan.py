@@ -1,7 +1,7 @@
 """Hardware scan: GPUs through NVML (behind one small interface), CPU, RAM, and the disk that holds runs
 and the Hugging Face cache. A machine without NVML or GPUs is an ordinary result: `gpus` is [].
 
-`scan(nvml=...)` takes any object with pynvml's functions, so tests feed it recorded profiles
+`scan(nvml=...)` takes any object with pynvml's functions, so tests feed it hand-made profiles
 (engine.fakenvml) and exercise the same parsing code as a real machine.
 """
 from __future__ import annotations
@@ -28,6 +28,7 @@ class GPU:
     temperature_c: int | None = None
     power_limit_w: float | None = None
     bus_id: str = ""
+    warnings: list = field(default_factory=list)   # queries that failed, and what rigtune assumed instead
 
 
 @dataclass
@@ -47,6 +48,7 @@ class Machine:
     driver: str | None
     cuda: str | None
     nvml_error: str | None = None
+    warnings: list = field(default_factory=list)   # every GPU's failed queries, "GPU i: ..." (see GPU.warnings)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -70,10 +72,50 @@ def _s(v) -> str:
 
 
 def _try(fn, *args, default=None):
+    """For the queries whose failure changes nothing rigtune decides (driver string, PCIe link, temperature,
+    power limit): the value, or `default` when the query fails."""
     try:
         return fn(*args)
-    except Exception:
+    except Exception:  # shown as unknown; nothing is planned from these
         return default
+
+
+# NVML's answer for a link index past the card's last link, or for a card without NVLink: not a failure
+NO_MORE_LINKS = ("not supported", "invalid argument")
+
+
+def _nvlink_peers(nvml, h, i: int, bus: list, warnings: list) -> list:
+    """Indices of the cards this one reaches over an active NVLink. A query that fails for another reason is
+    reported (the planner would otherwise take the link to be PCIe)."""
+    peers = set()
+    for link in range(getattr(nvml, "NVML_NVLINK_MAX_LINKS", 18)):
+        try:
+            state = nvml.nvmlDeviceGetNvLinkState(h, link)
+        except Exception as e:
+            if not any(t in _s(e).lower() for t in NO_MORE_LINKS):
+                warnings.append(f"NVLink query failed on link {link} ({_s(e) or type(e).__name__}); links from "
+                                "there on are taken as absent, so the planner may assume PCIe")
+            break
+        if state == getattr(nvml, "NVML_FEATURE_ENABLED", 1):
+            try:
+                remote = _s(nvml.nvmlDeviceGetNvLinkRemotePciInfo(h, link).busId).lower()
+            except Exception as e:
+                warnings.append(f"NVLink {link} is up but its far end is unknown ({_s(e) or type(e).__name__})")
+                continue
+            if remote in bus and bus.index(remote) != i:
+                peers.add(bus.index(remote))
+    return sorted(peers)
+
+
+def _compute_capability(nvml, h, warnings: list) -> tuple[str, bool]:
+    """("8.9", bf16) - bf16 needs compute capability 8.0 (Ampere) or newer."""
+    try:
+        major, minor = nvml.nvmlDeviceGetCudaComputeCapability(h)
+    except Exception as e:
+        warnings.append(f"compute capability query failed ({_s(e) or type(e).__name__}): bf16 support is unknown "
+                        "and taken as absent; use compute_dtype = \"float16\" or check `nvidia-smi`")
+        return "unknown", False
+    return f"{major}.{minor}", major >= 8
 
 
 def scan_gpus(nvml) -> tuple[list, str | None, str | None, str | None]:
@@ -92,24 +134,17 @@ def scan_gpus(nvml) -> tuple[list, str | None, str | None, str | None]:
         gpus = []
         for i, h in enumerate(handles):
             mem = nvml.nvmlDeviceGetMemoryInfo(h)
-            major, minor = _try(nvml.nvmlDeviceGetCudaComputeCapability, h, default=(0, 0))
-            peers = set()
-            for link in range(getattr(nvml, "NVML_NVLINK_MAX_LINKS", 18)):
-                state = _try(nvml.nvmlDeviceGetNvLinkState, h, link)
-                if state is None:
-                    break  # no more links (or no NVLink at all)
-                if state == getattr(nvml, "NVML_FEATURE_ENABLED", 1):
-                    remote = _s(_try(lambda: nvml.nvmlDeviceGetNvLinkRemotePciInfo(h, link).busId, default="")).lower()
-                    if remote in bus and bus.index(remote) != i:
-                        peers.add(bus.index(remote))
+            warnings = []
+            cc, bf16 = _compute_capability(nvml, h, warnings)
+            peers = _nvlink_peers(nvml, h, i, bus, warnings)
             p2p = [j for j, other in enumerate(handles) if j != i and _try(
                 nvml.nvmlDeviceGetP2PStatus, h, other, getattr(nvml, "NVML_P2P_CAPS_INDEX_READ", 0)) ==
                 getattr(nvml, "NVML_P2P_STATUS_OK", 0)]
             limit = _try(nvml.nvmlDeviceGetEnforcedPowerLimit, h)
             gpus.append(GPU(
                 index=i, name=_s(nvml.nvmlDeviceGetName(h)), memory_total_gib=round(mem.total / GIB, 2),
-                memory_free_gib=round(mem.free / GIB, 2), compute_capability=f"{major}.{minor}",
-                bf16=major >= 8, nvlink_peers=sorted(peers), p2p_peers=p2p,
+                memory_free_gib=round(mem.free / GIB, 2), compute_capability=cc,
+                bf16=bf16, nvlink_peers=peers, p2p_peers=p2p, warnings=warnings,
                 pcie_gen=_try(nvml.nvmlDeviceGetCurrPcieLinkGeneration, h),
                 pcie_width=_try(nvml.nvmlDeviceGetCurrPcieLinkWidth, h),
                 temperature_c=_try(nvml.nvmlDeviceGetTemperature, h, getattr(nvml, "NVML_TEMPERATURE_GPU", 0)),
@@ -128,7 +163,7 @@ def cpu_model() -> str:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
-    except OSError:
+    except OSError:  # no /proc (not Linux): platform's answer below
         pass
     import platform
     return platform.processor() or platform.machine()
@@ -162,7 +197,7 @@ def disk_kind(path, sys_root: Path = Path("/sys")) -> str:
         return "nvme"
     try:
         rotational = (sys_root / "block" / name / "queue" / "rotational").read_text().strip()
-    except OSError:
+    except OSError:  # a disk sysfs does not describe (network, overlay): said as "unknown" in scan
         return "unknown"
     return "hdd" if rotational == "1" else "ssd"
 
@@ -173,16 +208,22 @@ def hf_cache_path() -> Path:
     return Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
 
 
+def nvml_module():
+    """pynvml, or the hand-made machine profile RIGTUNE_FAKE_NVML names (tests/profiles): the one place that
+    decides which NVML rigtune reads, so a faked machine is faked everywhere (scan, plan, launch checks)."""
+    if os.environ.get("RIGTUNE_FAKE_NVML"):
+        from .fakenvml import FakeNvml
+        return FakeNvml(os.environ["RIGTUNE_FAKE_NVML"])
+    try:
+        import pynvml
+    except ImportError:  # pragma: no cover - nvidia-ml-py is a dependency; scan then says so
+        return None
+    return pynvml
+
+
 def scan(nvml=None, runs_path: str | Path = "runs") -> Machine:
     import psutil
-    if nvml is None and os.environ.get("RIGTUNE_FAKE_NVML"):  # a recorded machine (tests/profiles)
-        from .fakenvml import FakeNvml
-        nvml = FakeNvml(os.environ["RIGTUNE_FAKE_NVML"])
-    if nvml is None:
-        try:
-            import pynvml as nvml
-        except ImportError:  # pragma: no cover - nvidia-ml-py is a dependency
-            nvml = None
+    nvml = nvml if nvml is not None else nvml_module()
     gpus, driver, cuda, err = scan_gpus(nvml) if nvml is not None else ([], None, None, "pynvml not installed")
     vm = psutil.virtual_memory()
     runs = _existing(Path(runs_path))
@@ -194,7 +235,8 @@ def scan(nvml=None, runs_path: str | Path = "runs") -> Machine:
         ram_available_gib=round(vm.available / GIB, 2), disk_path=str(runs),
         disk_free_gib=round(psutil.disk_usage(str(runs)).free / GIB, 2), disk_nvme=kind == "nvme", disk_kind=kind,
         hf_cache_path=str(cache), hf_cache_free_gib=round(psutil.disk_usage(str(_existing(cache))).free / GIB, 2),
-        driver=driver, cuda=cuda, nvml_error=err)
+        driver=driver, cuda=cuda, nvml_error=err,
+        warnings=[f"GPU {g.index}: {w}" for g in gpus for w in g.warnings])
 
 
 def describe(m: Machine) -> str:
@@ -215,4 +257,5 @@ def describe(m: Machine) -> str:
     lines.append(f"RAM   {m.ram_total_gib:.1f} GiB ({m.ram_available_gib:.1f} available)")
     lines.append(f"Disk  {m.disk_free_gib:.1f} GiB free at {m.disk_path} ({m.disk_kind})")
     lines.append(f"Cache {m.hf_cache_free_gib:.1f} GiB free at {m.hf_cache_path}")
+    lines += [f"warning: {w}" for w in m.warnings]
     return "\n".join(lines)

@@ -49,10 +49,11 @@ def tiers() -> dict:
 
 
 def this_machine(m) -> Tier:
-    """The scanned machine as a tier (its default run is the $1,500 tier's, re-planned for its cards)."""
+    """The scanned machine as a tier (its default run is the one tiers.toml names in this_machine_run,
+    re-planned for its cards)."""
     names = sorted({g.name.replace("NVIDIA ", "").replace("GeForce ", "") for g in m.gpus})
     gpus = " + ".join(f"{g.memory_total_gib:.0f} GB" for g in m.gpus) or "no GPU"
-    base = tiers()["1500"].run
+    base = tiers()[presets.load_tiers()["this_machine_run"]].run
     return Tier(id="this-machine", label="this machine",
                 summary=f"{len(m.gpus)} GPU ({', '.join(names) or 'none'}; {gpus}), {m.ram_total_gib:.0f} GB RAM, "
                         f"{m.disk_kind} disk", gpus=[g.memory_total_gib for g in m.gpus], ram_gib=m.ram_total_gib,
@@ -115,7 +116,7 @@ def plan_for(tier: Tier, arch: P.Arch, seq_len: int = 2048, micro_batch: int = 4
     b = micro_batch
     while True:
         inp, why = P.choose_strategy(P.replace(base, micro_batch=b))
-        if P._fits(inp) or b == 1:
+        if P.fits(inp) or b == 1:
             return inp, why
         b //= 2
 
@@ -128,7 +129,7 @@ def capabilities(tier: Tier) -> list:
     out = []
     for size, name in SIZES.items():
         inp, why = plan_for(tier, models[name])
-        fits = P._fits(inp)
+        fits = P.fits(inp)
         out.append(Capability(size=size, model=name, fits=fits, strategy=inp.strategy, cpu_offload=inp.cpu_offload,
                               micro_batch=inp.micro_batch, seq_len=inp.seq_len,
                               per_gpu_gib=round(P.peak(inp), 1), why=why))
@@ -177,13 +178,14 @@ def run_values(tier: Tier, arch: P.Arch, base: str | None = None) -> tuple[dict,
     run = tier.run
     inp, why = plan_for(tier, arch, seq_len=run["max_seq_len"], micro_batch=run["micro_batch_size"],
                         optimizer=run.get("optimizer", "adamw_torch"))
-    if not P._fits(inp):
+    if not P.fits(inp):
         longest = P.max_seq_len(inp)
         if longest >= 256:
             inp = P.replace(inp, seq_len=longest)
             why += f" Sequence length cut to {longest} to fit."
     n = len(tier.gpus) if inp.strategy != "single" else 1
-    accum = max(1, run["micro_batch_size"] * run["gradient_accumulation_steps"] // (inp.micro_batch * n))
+    accum = P.keep_effective_batch(run["micro_batch_size"], run["gradient_accumulation_steps"], inp.micro_batch,
+                                   new_processes=n)
     values = runfile.defaults(
         name=f"{arch.name.lower()}-{tier.id}",
         hardware={"tier": tier.id, "gpus": list(range(n)), "strategy": inp.strategy, "num_processes": n,

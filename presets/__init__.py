@@ -1,6 +1,6 @@
 """Preset data shipped with rigtune, and a small loader. Presets are partial run files: their values are laid
 over the run-file defaults. Two placeholders stand for things built or shipped locally:
-  rigtune:tiny-demo  the tiny demo model, built once into the cache (engine.tiny)
+  rigtune:tiny-demo  the tiny demo model, built once into the cache (engine.demo)
   rigtune:demo-data  the bundled demo dataset (demo.jsonl here)
 """
 from __future__ import annotations
@@ -28,6 +28,12 @@ def load_run_preset(preset_id: str) -> dict:
     """The preset's values, {section: {key: value}} and top-level keys. KeyError for an unknown id."""
     with open(RUN_PRESETS[preset_id], "rb") as f:
         return tomllib.load(f)
+
+
+def load_models() -> dict:
+    """{name: architecture facts} from models.toml."""
+    with open(MODELS, "rb") as f:
+        return tomllib.load(f)["models"]
 
 
 def load_tiers() -> dict:

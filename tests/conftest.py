@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+PROFILES = ROOT / "tests" / "profiles"
 PEER = ROOT.parent / "shared" / "peer-data"
 DEMO = ROOT / "presets" / "demo.jsonl"
 
@@ -30,7 +31,7 @@ def peer(name: str) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
-    from engine.tiny import build_model
+    from engine.torchside.tiny import build_model
     texts = [json.loads(line)["output"] for line in DEMO.read_text().splitlines()]
     if PEER.exists():
         texts += [r["output"] for r in json.loads((PEER / "alpaca_en_demo.json").read_text())[:200]]
@@ -56,6 +57,12 @@ def run_file(tmp_path: Path, base: Path, dataset, name="t", **sections) -> Path:
     path = tmp_path / f"{name}.toml"
     runfile.save(values, path)
     return path
+
+
+def machine_env(profile: str) -> dict:
+    """The environment for a `rigtune` process that sees a hand-made machine (tests/profiles/PROFILE.json)
+    instead of this one's GPUs: tests that need a fact about the machine say which machine."""
+    return {**os.environ, "RIGTUNE_FAKE_NVML": str(PROFILES / f"{profile}.json")}
 
 
 def rigtune(*args, cwd=None, timeout=300, **kw) -> subprocess.CompletedProcess:

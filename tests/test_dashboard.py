@@ -160,3 +160,47 @@ async def test_big_stream_attaches_by_sampling(tmp_path):
     assert 1000 < len(v.steps) < 200_000
     xs, ys = runview.downsample(v.steps, v.losses, 50)
     assert len(xs) == 50 and xs[0] < n / 40 and xs[-1] > n * 0.95
+
+
+def test_leaving_the_dashboard_says_what_the_run_is_doing(tmp_path):
+    from tui.cli import _left_message
+    done = write_run(tmp_path / "done", steps=4, total=4, state="finished", end="finished")
+    assert _left_message(done) == f"the run is finished (step 4); its adapter is in {done / 'adapter'}"
+    stopped = write_run(tmp_path / "stopped", steps=2, total=4, state="stopped", end="stopped")
+    assert "is stopped at step 2" in _left_message(stopped) and "--resume" in _left_message(stopped)
+    live = write_run(tmp_path / "live", steps=2, total=4, state="training", pid=own_pid())
+    assert _left_message(live).startswith("detached; training goes on")
+
+
+async def test_r_resumes_a_stopped_run_to_the_end(tmp_path, tiny_model):
+    """A real run, stopped after a few steps with `rigtune stop`; in the dashboard `r` launches --resume, and the
+    run goes on from its checkpoint to `finished`."""
+    from conftest import DEMO, events, run_file
+    from engine.launch import stop
+    rf = run_file(tmp_path, tiny_model, DEMO, name="rs", train={"max_steps": 40, "save_every_steps": 2,
+                                                              "eval_every_steps": 0})
+    run_dir = tmp_path / "runs" / "rs"
+    proc = subprocess.Popen([sys.executable, "-m", "tui.cli", "train", str(rf), "--no-tui"], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and not any(e["event"] == "step" and e["step"] >= 3
+                                               for e in (events(run_dir) if (run_dir / "metrics.jsonl").exists() else [])):
+        time.sleep(0.2)
+    what, st = stop(run_dir, wait_s=120)
+    proc.wait(timeout=60)
+    assert what == "stopped" and st["state"] == "stopped" and st["step"] < 40
+    app = RigtuneApp(run_dir=run_dir, sampler=FakeSampler())
+    async with app.run_test(size=(100, 30)) as pilot:
+        d = await attached(pilot)
+        assert "STOPPED" in text(d, "#status") and d.check_action("resume", ())
+        await pilot.press("r")
+        for _ in range(1500):  # up to about 5 minutes on a slow machine
+            await pilot.pause(0.2)
+            if d.view.state == "finished":
+                break
+        assert d.view.state == "finished" and "FINISHED" in text(d, "#status")
+    evs = events(run_dir)
+    starts = [e for e in evs if e["event"] == "start"]
+    assert len(starts) == 2 and starts[1]["resumed_from"].endswith(f"step-{st['step']:06d}")
+    assert [e["reason"] for e in evs if e["event"] == "end"] == ["stopped", "finished"]
+    assert max(e["step"] for e in evs if e["event"] == "step") == 40

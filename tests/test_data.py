@@ -132,17 +132,18 @@ def test_missing_dataset_file(tmp_path):
 def test_packing_keeps_examples_apart(tok, tiny_model, attn):
     """Logits of an example packed beside others equal its logits alone (position ids restart, no mask):
     with transformers' SDPA (a block-diagonal mask from the position ids) and with rigtune's per-example
-    SDPA (engine.attention, what packed training runs)."""
+    SDPA (engine.torchside.attention, what packed training runs)."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    from engine import attention
+    from engine.torchside import attention
     impl = attention.register() if attn == "rigtune" else "sdpa"
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32, attn_implementation=impl).eval()
     rows = [json.loads(line) for line in DEMO.read_text().splitlines()[:5]]
     encs = [D.encode(tok, D.to_example(r, "alpaca", "d", i), 128, False)[0] for i, r in enumerate(rows)]
     rows = D.as_sequences(encs[:3], 128, packing=True) + D.as_sequences(encs[3:], 128, packing=True)
-    packed = D.collate(rows, tok.pad_token_id, packing=True)
+    from engine.torchside.batches import collate
+    packed = collate(rows, tok.pad_token_id, packing=True)
     assert packed["input_ids"].shape[0] == len(rows) >= 2 and "attention_mask" not in packed
     checked = 0
     with torch.no_grad():

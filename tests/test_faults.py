@@ -1,8 +1,9 @@
 """Fault tolerance: verified checkpoints, refused resumes, signals, a full disk, NaN losses, CUDA OOM (through
 the RIGTUNE_FAULT seam) and one trainer per run directory. Each test looks at what is left on disk."""
 import json
-from pathlib import Path
 import os
+import re
+from pathlib import Path
 import signal
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import time
 import pytest
 
 from conftest import DEMO, ROOT, events, rigtune, run_file
+from engine import runfile
 from engine.events import EventLog, read_events, read_status
 
 
@@ -94,7 +96,7 @@ def test_a_kill_while_deleting_an_old_checkpoint_leaves_no_torn_one(tmp_path, mo
         raise KeyboardInterrupt  # stands in for SIGKILL: nothing after this line runs
     monkeypatch.setattr(shutil, "rmtree", killed_halfway)
     with pytest.raises(KeyboardInterrupt):
-        C._remove(old)
+        C.remove(old)
     monkeypatch.undo()
     assert C.complete(tmp_path) == []  # the torn directory is no longer a step-*
     assert C.clean_temp(tmp_path) == [".tmp-delete-step-000003"] and list(root.iterdir()) == []
@@ -126,7 +128,7 @@ def test_stale_status_reads_as_crashed(tmp_path):
 def test_second_signal_aborts_but_one_repeated_at_once_does_not():
     code = """
 import os, signal, time
-from engine.trainer import StopFlag, Aborted
+from engine.torchside.trainer import StopFlag, Aborted
 flag = StopFlag()
 os.kill(os.getpid(), signal.SIGTERM); os.kill(os.getpid(), signal.SIGTERM)  # torchrun's echo: still one stop
 assert flag.requested
@@ -167,6 +169,59 @@ def test_disk_full_keeps_the_last_good_checkpoint(tmp_path, tiny_model):
     assert "Traceback" not in (run / "train.log").read_text()
     assert train(rf, "--resume").returncode == 0  # space is back: it continues
     assert sorted(e["step"] for e in steps_of(events(run)))[-1] == 6
+
+
+def _blocks(folder: Path) -> int:
+    """Bytes a folder takes on a filesystem of 4 KiB pages (tmpfs), file by file."""
+    return sum(-(-f.stat().st_size // 4096) * 4096 for f in folder.rglob("*") if f.is_file())
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 24 MiB filesystem (tmpfs, as root); skipped with the reason where it cannot be mounted."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({res.stderr.strip() or 'mount failed'}); needs root")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_a_real_disk_that_fills_mid_run(tmp_path, tiny_model, small_disk):
+    """Not through the seam: the run directory is on a small real filesystem whose free space holds two and a
+    half checkpoints, so the third save fails inside the writing library (safetensors or json). The run ends
+    cleanly - one message, no traceback, no half-written folder, the last good checkpoint kept - and once the
+    space is freed, --resume trains to the end."""
+    settings = {"max_steps": 8, "save_every_steps": 2, "eval_every_steps": 0, "keep_checkpoints": 10}
+    probe = run_file(tmp_path, tiny_model, DEMO, name="probe", train={**settings, "max_steps": 2})
+    assert train(probe).returncode == 0
+    ckpt = _blocks(tmp_path / "runs" / "probe" / "checkpoints" / "step-000002")
+    rf = run_file(small_disk, tiny_model, DEMO, name="full", train=settings)
+    st = os.statvfs(small_disk)
+    ballast = small_disk / "ballast"
+    ballast.write_bytes(b"\0" * (st.f_bavail * st.f_frsize - int(1.5 * ckpt) - 128 * 1024))
+    res = train(rf)
+    run = small_disk / "runs" / "full"
+    log = (run / "train.log").read_text()
+    assert res.returncode == 1, res.stdout + res.stderr
+    failed = re.search(r"disk full while saving checkpoint step (\d+) in (\S+) \(\d+ MiB free\);", res.stderr)
+    assert failed and failed.group(2) == str(run / "checkpoints"), res.stderr
+    at = int(failed.group(1))
+    assert 2 < at < 8  # mid-run: at least one checkpoint fitted, the run did not get to its end
+    assert "Traceback" not in res.stderr and "Traceback" not in log and "disk full" in log
+    kept = [f"step-{s:06d}" for s in range(2, at, 2)]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == kept  # no half-written folder
+    end = events(run)[-1]
+    assert end["event"] == "end" and end["reason"] == "error" and end["message"].startswith("disk full")
+    ballast.unlink()  # space is back: it continues from the last good checkpoint to the end
+    res = train(rf, "--resume")
+    assert res.returncode == 0, res.stdout + res.stderr
+    evs = events(run)
+    assert [e["resumed_from"] for e in evs if e["event"] == "start"][-1].endswith(kept[-1])
+    assert max(e["step"] for e in steps_of(evs)) == 8 and (run / "adapter" / "adapter_model.safetensors").exists()
 
 
 def test_nan_loss_stops_without_saving_it(tmp_path, tiny_model):
@@ -234,9 +289,21 @@ def test_one_trainer_per_run_directory(tmp_path, tiny_model):
         res = rigtune("train", rf, "--no-tui", "--resume")
         assert res.returncode == 2 and f"pid {pid}" in res.stderr
         # even going around the CLI, the trainer's lock refuses a second one
-        direct = subprocess.run([sys.executable, "-m", "engine.trainer", str(run), "--resume"], cwd=ROOT,
+        direct = subprocess.run([sys.executable, "-m", "engine.torchside.trainer", str(run), "--resume"], cwd=ROOT,
                                 capture_output=True, text=True, timeout=120)
         assert direct.returncode == 2 and f"(pid {pid}) is already running" in direct.stderr
     finally:
         os.killpg(json.loads((run / "status.json").read_text())["pgid"], signal.SIGTERM)
         proc.communicate(timeout=120)
+
+
+def test_a_full_disk_at_launch_is_one_sentence(tmp_path, tiny_model, small_disk):
+    """`rigtune train` itself writes the run-file copy and status.json; on a full disk it says so, no traceback."""
+    rf = run_file(tmp_path, tiny_model, DEMO, name="nospace", train={"max_steps": 2})
+    values = runfile.load(rf).to_dict()
+    values["output_root"] = str(small_disk / "runs")
+    runfile.save(values, rf)
+    (small_disk / "ballast").write_bytes(b"\0" * (os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize))
+    res = train(rf)
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert res.stderr.startswith("rigtune: disk full while writing ") and "Free some space" in res.stderr

@@ -1,4 +1,4 @@
-"""FSDP-QLoRA on the CPU: two gloo ranks shard the real NF4 (Params4bit) base through engine.fsdp, the code the
+"""FSDP-QLoRA on the CPU: two gloo ranks shard the real NF4 (Params4bit) base through engine.torchside.fsdp, the code the
 GPUs run. Compared with DDP on the same data and seed; the adapter is loaded back in one process; a
 two-"machine" job runs on localhost; a kill during a save resumes to the same losses."""
 from __future__ import annotations
@@ -45,8 +45,8 @@ def test_fsdp_matches_ddp_and_its_adapter_loads_in_one_process(tmp_path, tiny_mo
 import json, torch
 from peft import PeftModel
 from engine import data as D, runfile
-from engine.model import load_base, load_tokenizer
-from engine.trainer import evaluate
+from engine.torchside.model import load_base, load_tokenizer
+from engine.torchside.loss import evaluate
 cfg = runfile.load({str(fsdp_dir / 'run.toml')!r})
 tok = load_tokenizer(cfg)
 examples, fmt, _ = D.load_examples(cfg.data.path, cfg.data.format)
@@ -113,12 +113,12 @@ def test_known_broken_fsdp_combinations_are_refused(tmp_path, tiny_model, change
 
 
 def test_a_job_that_starts_with_fewer_processes_than_asked_is_refused(tmp_path, tiny_model):
-    """accelerate can silently run N separate trainings (DESIGN.md section 4); here the trainer is started as
+    """accelerate can silently run N separate trainings (verified on this stack); here the trainer is started as
     one plain process for a 2-rank FSDP run file, and must stop instead of training alone."""
     from engine import launch, runfile
     rf = run_file(tmp_path, tiny_model, DEMO, name="lonely", hardware={"strategy": "fsdp", "num_processes": 2})
     run_dir = launch.prepare_run_dir(runfile.load(rf), resume=False, cwd=tmp_path)
-    res = subprocess.run([sys.executable, "-m", "engine.trainer", str(run_dir)], cwd=ROOT, capture_output=True,
+    res = subprocess.run([sys.executable, "-m", "engine.torchside.trainer", str(run_dir)], cwd=ROOT, capture_output=True,
                          text=True, timeout=300)
     assert res.returncode == 1 and "Traceback" not in res.stderr
     assert "asked for 2 processes (fsdp) but 1 started" in res.stderr

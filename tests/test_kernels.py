@@ -27,39 +27,41 @@ def _loaded(tmp_path, tiny_model, kernels):
 
     from engine import data as D
     from engine import runfile
-    from engine.model import load_model, load_tokenizer
+    from engine.torchside.model import load_model, load_tokenizer
     cfg = runfile.load(run_file(tmp_path, tiny_model, DEMO, name=f"k-{kernels}", train={"kernels": kernels}))
     tok = load_tokenizer(cfg)
     examples, fmt, _ = D.load_examples(cfg.data.path, cfg.data.format)
     train_ex, _, _ = D.prepare(cfg, tok, examples, fmt)
     seqs = D.as_sequences(train_ex, cfg.data.max_seq_len, True)[:4]
     torch.manual_seed(0)
-    return cfg, load_model(cfg, "cpu"), D.collate(seqs, tok.pad_token_id, True)
+    from engine.torchside.batches import collate
+    return cfg, load_model(cfg, "cpu"), collate(seqs, tok.pad_token_id, True)
 
 
 def test_liger_is_patched_in_and_gives_the_same_loss_and_gradients(tmp_path, tiny_model, fake_liger, monkeypatch):
     import torch
 
-    from engine import kernels
-    from engine.trainer import loss_sum
+    from engine.torchside import kernels
+    from engine.torchside.loss import loss_sum
     real_apply = kernels.apply
     monkeypatch.setattr(kernels, "apply", lambda s, m, d: real_apply(s, m, torch.device("cuda")))  # "on a GPU"
     _, liger, batch = _loaded(tmp_path, tiny_model, "auto")
     monkeypatch.setattr(kernels, "apply", real_apply)
     _, plain, _ = _loaded(tmp_path, tiny_model, "none")
-    assert liger.rigtune_kernels == "liger" and plain.rigtune_kernels == "none"
+    assert liger.kernels == "liger" and plain.kernels == "none"
     assert fake_liger.APPLIED == [dict(kernels.PATCHES)]  # Liger's own loss patch stays off
     from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
     before = LigerFusedLinearCrossEntropyLoss.calls
     results = []
-    for model in (liger, plain):
+    for loaded in (liger, plain):
+        model = loaded.model
         torch.manual_seed(1)  # the same LoRA dropout masks
-        loss = loss_sum(model, dict(batch), 4096)
+        loss = loss_sum(model, dict(batch), 4096, loaded.head, loaded.fused_loss)
         loss.backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
         results.append((loss.item(), grads))
     assert LigerFusedLinearCrossEntropyLoss.calls == before + 1  # the fused loss replaced the chunked one
-    norms = [m for m in liger.modules() if type(m).__name__.endswith("RMSNorm")]
+    norms = [m for m in liger.model.modules() if type(m).__name__.endswith("RMSNorm")]
     assert norms and all(getattr(m, "liger_calls", 0) > 0 for m in norms)  # the patched norms ran
     assert results[0][0] == pytest.approx(results[1][0], rel=1e-5)
     for name, g in results[0][1].items():
@@ -70,7 +72,7 @@ def test_a_failing_patch_falls_back_under_auto_and_stops_under_liger(tmp_path, t
     import torch
     from transformers import AutoModelForCausalLM
 
-    from engine import kernels
+    from engine.torchside import kernels
     from engine.errors import BadInput
     model = AutoModelForCausalLM.from_pretrained(tiny_model)
     model.fake_liger_fail = True

@@ -1,11 +1,12 @@
 """The memory planner: each term checked against something independent of its formula (real peft and
 transformers objects, published figures, physical relations), each strategy, each warning, and the seed
 article's claims."""
+import json
 from dataclasses import replace
 
 import pytest
 
-from conftest import ROOT, rigtune
+from conftest import ROOT, machine_env, rigtune
 from engine import planner as P
 from engine import tiers as T
 
@@ -104,28 +105,28 @@ def test_strategies():
     assert (chosen.strategy, chosen.cpu_offload) == ("fsdp", True)
     assert "per card" in why and "one card would need" in why
     chosen, why = P.choose_strategy(replace(seventy, ram_gib=32))
-    assert not P._fits(chosen) and "no strategy fits" in why
+    assert not P.fits(chosen) and "no strategy fits" in why
 
 
 def test_seed_article_claims():
-    assert P._fits(inp("Llama-2-7B", gpus=(12.0,), seq_len=2048, micro_batch=1))
-    assert P._fits(inp("Llama-2-13B", gpus=(24.0,), seq_len=2048, micro_batch=1))
+    assert P.fits(inp("Llama-2-7B", gpus=(12.0,), seq_len=2048, micro_batch=1))
+    assert P.fits(inp("Llama-2-13B", gpus=(24.0,), seq_len=2048, micro_batch=1))
     for seventy in ("Llama-2-70B", "Llama-3.1-70B"):
-        assert not P._fits(inp(seventy, gpus=(24.0,), micro_batch=1))
+        assert not P.fits(inp(seventy, gpus=(24.0,), micro_batch=1))
         # the adapters stay whole on each card under rigtune's FSDP, so 70B wants the 8-bit optimizer state
         two = inp(seventy, gpus=(24.0, 24.0), micro_batch=1, ram_gib=128, optimizer="adamw_8bit")
-        assert not P._fits(replace(two, strategy="ddp"))
-        assert not P._fits(replace(two, strategy="fsdp"))
-        assert P._fits(replace(two, strategy="fsdp", cpu_offload=True))
-    assert P._fits(inp("CodeLlama-34B", gpus=(24.0, 24.0), micro_batch=1, strategy="fsdp", ram_gib=128))
+        assert not P.fits(replace(two, strategy="ddp"))
+        assert not P.fits(replace(two, strategy="fsdp"))
+        assert P.fits(replace(two, strategy="fsdp", cpu_offload=True))
+    assert P.fits(inp("CodeLlama-34B", gpus=(24.0, 24.0), micro_batch=1, strategy="fsdp", ram_gib=128))
 
 
 def test_max_seq_len_and_micro_batch_are_the_edge_of_fitting():
     base = inp("Llama-3.1-8B", gpus=(24.0,), micro_batch=2)
     s = P.max_seq_len(base)
-    assert P._fits(replace(base, seq_len=s)) and not P._fits(replace(base, seq_len=s + 1))
+    assert P.fits(replace(base, seq_len=s)) and not P.fits(replace(base, seq_len=s + 1))
     b = P.max_micro_batch(base)
-    assert P._fits(replace(base, micro_batch=b)) and not P._fits(replace(base, micro_batch=b + 1))
+    assert P.fits(replace(base, micro_batch=b)) and not P.fits(replace(base, micro_batch=b + 1))
     assert P.max_seq_len(replace(base, gpus=[48.0])) > 2 * s
 
 
@@ -133,7 +134,7 @@ def test_suggestions_make_it_fit():
     tight = inp("Llama-3.1-8B", gpus=(24.0,), seq_len=4096, micro_batch=8)
     p = P.plan(tight)
     assert not p.fits and p.suggestion and "micro_batch" in p.suggestion["change"]
-    assert P._fits(replace(tight, **p.suggestion["change"]))
+    assert P.fits(replace(tight, **p.suggestion["change"]))
     assert any("to fit" in n for n in p.notes) and any("card has" in n for n in p.notes)
     no_gc = inp("Llama-3.1-8B", gpus=(24.0,), seq_len=4096, gradient_checkpointing=False)
     assert P.suggest(no_gc)["change"] == {"gradient_checkpointing": True}
@@ -165,7 +166,7 @@ def test_plan_cli_json_and_errors(tiny_model):
     assert res.returncode == 0 and "FITS" in res.stdout
     bad = rigtune("plan", "--model", "nope-model", "--gpus", "1x24")
     assert bad.returncode == 2 and "unknown model 'nope-model'" in bad.stderr
-    assert rigtune("plan", "--model", "Llama-2-7B").returncode == 2  # no GPU here and no --gpus
+    assert rigtune("plan", "--model", "Llama-2-7B", env=machine_env("no-gpu")).returncode == 2  # no GPU, no --gpus
     assert "NxGIB" in rigtune("plan", "--model", "Llama-2-7B", "--gpus", "big").stderr
 
 
@@ -201,7 +202,7 @@ def test_no_nvlink_warns_with_the_estimated_slowdown():
     assert ddp < slow_p2p  # DDP moves only the adapter's gradients
 
 
-def test_plan_on_a_recorded_pcie_machine_names_the_link(tmp_path):
+def test_plan_on_a_hand_made_pcie_machine_names_the_link(tmp_path):
     import os
     env = {**os.environ, "RIGTUNE_FAKE_NVML": str(ROOT / "tests" / "profiles" / "dual3090-pcie.json")}
     res = rigtune("plan", "--model", "Llama-3.1-8B", env=env)
@@ -215,3 +216,14 @@ def test_activation_offload_moves_activations_from_vram_to_ram():
     moved = P.breakdown(long)["activations"] - P.breakdown(off)["activations"]
     assert moved > 1.0 and P.ram_needed(off) == pytest.approx(P.ram_needed(long) + moved)
     assert P.max_seq_len(off) > P.max_seq_len(long)
+
+
+def test_past_runs_name_a_damaged_run_instead_of_skipping_it_silently(tmp_path):
+    good, torn = tmp_path / "good", tmp_path / "torn"
+    for d in (good, torn):
+        d.mkdir()
+        (d / "plan.json").write_text(json.dumps({"model": "Llama-2-7B", "per_gpu_peak_gib": 10.0}))
+    (good / "metrics.jsonl").write_text(json.dumps({"event": "memory", "peak_gib": 11.0}) + "\n{\"event\": \"mem")
+    note = P.past_runs(tmp_path, "Llama-2-7B")  # torn has no metrics.jsonl at all
+    assert note.startswith("past runs of Llama-2-7B here: measured peaks were +10%") and "(1 run)" in note
+    assert "Skipped unreadable run(s): torn." in note

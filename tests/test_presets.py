@@ -1,7 +1,7 @@
 """`rigtune init --preset` writes run files the planner made fit, and they pass `rigtune check`."""
 import pytest
 
-from conftest import rigtune
+from conftest import machine_env, rigtune
 from engine import runfile
 
 
@@ -31,11 +31,19 @@ def test_tier_preset_with_another_model(tmp_path):
 def test_gpu_run_file_is_refused_on_a_machine_without_those_gpus(tmp_path):
     out = tmp_path / "3000.toml"
     rigtune("init", "--preset", "3000", "--out", out)
-    res = rigtune("train", out, "--no-tui")
+    res = rigtune("train", out, "--no-tui", env=machine_env("no-gpu"))
     assert res.returncode == 2 and "gpus = [0, 1]" in res.stderr and "no NVIDIA GPU" in res.stderr
     assert "Traceback" not in res.stderr
 
 
 def test_this_machine_preset_needs_a_gpu(tmp_path):
-    res = rigtune("init", "--preset", "this-machine", "--out", tmp_path / "x.toml")
+    res = rigtune("init", "--preset", "this-machine", "--out", tmp_path / "x.toml", env=machine_env("no-gpu"))
     assert res.returncode == 2 and "no NVIDIA GPU" in res.stderr
+
+
+def test_this_machine_preset_on_a_gpu_box(tmp_path):
+    out = tmp_path / "x.toml"
+    res = rigtune("init", "--preset", "this-machine", "--out", out, env=machine_env("rtx4090"))
+    assert res.returncode == 0, res.stderr
+    cfg = runfile.load(out)
+    assert cfg.hardware.tier == "this-machine" and cfg.hardware.gpus == [0]

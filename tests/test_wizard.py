@@ -84,7 +84,7 @@ async def test_cpu_demo_with_enter_only(home):
     assert written.hardware.tier == "cpu-demo" and written.hardware.gpus == [] and written.model.quantization == "nf4"
     assert written.model.base == str(home / "cache" / "tiny-demo-v2")
     (argv,) = launcher.argvs
-    assert argv[1:3] == ["-m", "engine.trainer"]  # one process: the trainer itself, no launcher in between
+    assert argv[1:3] == ["-m", "engine.torchside.trainer"]  # one process: the trainer itself, no launcher in between
 
 
 async def test_dual_3090_llama2_70b_needs_fsdp_offload(home):
@@ -174,8 +174,11 @@ async def test_preset_and_run_file_skip_ahead(home):
         await settle(pilot, W.SetupStep)
 
 
-async def test_launch_refusal_is_shown(home):
+async def test_launch_refusal_is_shown(home, monkeypatch):
+    """A what-if plan for GPUs this machine lacks (here: a machine whose NVML does not start) is refused at
+    launch, on the launch screen."""
     from tui.app import default_launcher
+    monkeypatch.setenv("RIGTUNE_FAKE_NVML", str(PROFILES / "no-gpu.json"))
     app = RigtuneApp(preset="3000", machine=fixed_machine("dual3090-nvlink"), launcher=default_launcher)
     async with app.run_test(size=(80, 24)) as pilot:
         await settle(pilot, W.SetupStep)

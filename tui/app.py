@@ -45,6 +45,7 @@ class RigtuneApp(App):
 
     def open_wizard(self) -> None:
         from engine import runfile
+        from engine.runvalues import THIS_MACHINE
         from engine.scan import scan
 
         from .screens import wizard as W
@@ -57,8 +58,8 @@ class RigtuneApp(App):
             self.wizard.run_file = self.run_file
             self.wizard.machine = scanned()
             tier = self.wizard.values["hardware"]["tier"]
-            self.wizard.tier_id = tier if tier in W.TIER_ORDER else (
-                "this-machine" if self.wizard.machine.gpus else W.DEMO)
+            self.wizard.tier_id = tier if tier in W.tier_order() else (
+                THIS_MACHINE if self.wizard.machine.gpus else W.DEMO)
             self.add_mode("wizard", W.SetupStep)
             self.switch_mode("wizard")
             self.push_screen(W.ReviewStep())

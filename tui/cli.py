@@ -10,13 +10,14 @@ import time
 from pathlib import Path
 
 from engine.errors import BadInput
+from engine.events import ADAPTER, METRICS, RUN_FILE, STATUS, TRAIN_LOG
 
 USAGE = """\
 rigtune [RUN_FILE] [--preset ID]   the wizard (on a machine without a GPU it offers the CPU demo)
 rigtune demo                  build the tiny demo model and train it on the bundled dataset
 rigtune scan [--json]         GPUs, NVLink, driver, CPU, RAM and disk of this machine
 rigtune plan [RUN_FILE] [--model M] [--gpus NxGIB] ... [--json]   will it fit? (no download)
-rigtune init --preset ID      write a run file (presets: 1500, 3000, this-machine, cpu-demo)
+rigtune init --preset ID      write a run file (a tier from presets/tiers.toml, this-machine, cpu-demo)
 rigtune check RUN_FILE        validate a run file and its dataset without loading the model
 rigtune train RUN_FILE        launch training detached and watch it (--no-tui: plain lines)
 rigtune watch [RUN_DIR]       re-attach the dashboard to a run (no argument: pick a recent one)
@@ -24,29 +25,22 @@ rigtune stop RUN_DIR          stop a run gracefully (it saves a checkpoint and t
 """
 
 
-def _fmt_eta(seconds: float | None) -> str:
-    if seconds is None or seconds != seconds:
-        return "--:--"
-    seconds = int(seconds)
-    h, rem = divmod(seconds, 3600)
-    return f"{h}:{rem // 60:02d}:{rem % 60:02d}" if h else f"{rem // 60:02d}:{rem % 60:02d}"
-
-
 # ---------------------------------------------------------------------------- check
 
 def cmd_check(args) -> int:
     from engine import data as D
     from engine import runfile
-    from engine.model import is_local_model
+    from engine.modelref import check_base, is_local_model
 
     cfg = runfile.load(args.run_file)
+    check_base(cfg)
     examples, fmt, files = D.load_examples(cfg.data.path, cfg.data.format)
     print(f"{args.run_file}: run file OK (run directory {runfile.run_dir(cfg)})")
     print(f"dataset: {cfg.data.path} ({len(files)} file{'s' if len(files) != 1 else ''})")
     print(f"format: {fmt}")
     if is_local_model(cfg.model.base):
-        from engine.model import load_tokenizer
-        tok = load_tokenizer(cfg)
+        from engine.preview import LightTokenizer
+        tok = LightTokenizer(cfg.model.base)
         train, evals, report = D.prepare(cfg, tok, examples, fmt)
         print(report.summary())
     else:
@@ -143,45 +137,11 @@ def cmd_plan(args) -> int:
 # ---------------------------------------------------------------------------- init and demo
 
 def _preset_values(preset: str, model: str | None, dataset: str | None, log=print) -> tuple[dict, str]:
-    """A complete run file's values for a preset, and the header comment saying why."""
-    import presets
-    from engine import runfile
-    from engine import tiers as T
-    header = f"written by rigtune init --preset {preset}"
-    if preset in presets.RUN_PRESETS:
-        values = runfile.defaults(**presets.load_run_preset(preset))
-        if model:
-            values["model"]["base"] = model
-    elif preset in T.tiers() or preset == "this-machine":
-        values, why = _tier_values(preset, model)
-        header += "\n" + why
-    else:
-        raise BadInput(f"unknown preset '{preset}'; presets: {', '.join(presets.preset_ids() + list(T.tiers()))}, "
-                       "this-machine.", key="--preset")
-    if dataset:
-        values["data"]["path"] = dataset
-    if values["model"]["base"] == "rigtune:tiny-demo":
-        from engine.demo import demo_model
-        values["model"]["base"] = str(demo_model(log))
-    if values["data"]["path"] in ("rigtune:demo-data", None):
-        values["data"]["path"] = str(presets.DEMO_DATA)
-    return values, header
-
-
-def _tier_values(preset: str, model: str | None) -> tuple[dict, str]:
-    """Run-file values for a tier: micro-batch, sequence length, strategy and offload chosen by the planner."""
-    from engine import planner as P
-    from engine import tiers as T
-    if preset == "this-machine":
-        from engine.scan import scan
-        tier = T.this_machine(scan())
-        if not tier.gpus:
-            raise BadInput("this machine has no NVIDIA GPU; use --preset cpu-demo, or --preset 1500 / 3000 to write "
-                           "a run file for a tier.", key="--preset")
-    else:
-        tier = T.tiers()[preset]
-    arch = P.resolve_model(model or tier.run["model"])
-    return T.run_values(tier, arch, base=model if model and not arch.hf_id else None)
+    """A complete run file's values for a preset (the demo model built), and the header comment saying why."""
+    from engine import runvalues
+    values, why = runvalues.values_for(preset, model, dataset)
+    runvalues.build_demo_model(values, log)
+    return values, f"written by rigtune init --preset {preset}" + (f"\n{why}" if why else "")
 
 
 def cmd_init(args) -> int:
@@ -231,79 +191,53 @@ def _train(cfg, resume: bool, tui: bool = False, allow_changes: bool = False) ->
     proc, run_dir = launch(cfg, resume=resume, allow_changes=allow_changes, data_files=files)
     if _use_tui(tui):
         return _dashboard(run_dir)
-    print(f"training in {run_dir} (pid {proc.pid}); log: {run_dir / 'train.log'}")
+    print(f"training in {run_dir} (pid {proc.pid}); log: {run_dir / TRAIN_LOG}")
     print("Ctrl-C stops gracefully (checkpoint + adapter); closing the terminal leaves training running.")
     return follow(run_dir, proc)
 
 
 def follow(run_dir: Path, proc=None, out=sys.stdout) -> int:
-    """Print one line per logged step until the run's process group is gone; return its exit status."""
-    from engine.events import group_alive, read_events, read_status_raw
+    """Print a line per logged step (engine.runview.Follower) until the run's process group is gone; Ctrl-C
+    asks the trainer to stop (engine.launch.stop). Returns the run's exit status."""
+    from engine.events import group_alive, read_status_raw
+    from engine.launch import stop
+    from engine.runview import Follower
 
     pgid = read_status_raw(run_dir).get("pgid") or (proc.pid if proc else None)
-    stopping = {"n": 0}
+    view = Follower(run_dir)
 
     def forward(signum, frame):
-        stopping["n"] += 1
-        if pgid:
-            try:
+        try:
+            stop(run_dir)
+        except BadInput:  # status.json not there yet: nothing to signal, the launcher's group still gets it
+            if pgid:
                 os.killpg(pgid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
         print("\nstopping after this step (checkpoint and adapter are saved)...", file=out, flush=True)
 
     old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
-    offset, end, total, first = 0, None, None, None
     try:
         while True:
-            events, offset = read_events(run_dir, offset)
-            for ev in events:
-                kind = ev["event"]
-                if kind == "start":
-                    total = ev.get("total_steps")
-                    first = None
-                    print(f"start: {ev.get('world_size')} process(es), {total} steps, "
-                          f"{ev.get('trainable_params'):,} trainable params"
-                          + (f", resumed from {ev['resumed_from']}" if ev.get("resumed_from") else ""), file=out)
-                elif kind == "step" and ev.get("skipped"):
-                    print(f"step {ev['step']}/{total}  skipped: loss or gradient was NaN/inf", file=out, flush=True)
-                elif kind == "step":
-                    if first is None:
-                        first = (ev["step"] - 1, ev["time"] - 0.0)
-                    done = ev["step"] - first[0]
-                    rate = (ev["time"] - first[1]) / done if done > 0 and ev["time"] > first[1] else None
-                    eta = rate * (total - ev["step"]) if rate and total else None
-                    print(f"step {ev['step']}/{total}  loss {ev['loss']:.4f}  lr {ev['lr']:.2e}  "
-                          f"{ev['tokens_per_s']:.0f} tok/s  ETA {_fmt_eta(eta)}", file=out, flush=True)
-                elif kind == "eval":
-                    s = ev.get("sample") or {}
-                    loss = f"eval_loss {ev['eval_loss']:.4f}" if ev.get("eval_loss") is not None else "eval"
-                    completion = (s.get("completion") or "").replace("\n", " ")[:60]
-                    print(f"  {loss}" + (f"  sample: {completion!r}" if s else ""), file=out, flush=True)
-                elif kind == "checkpoint":
-                    print(f"  checkpoint {ev['path']}", file=out, flush=True)
-                elif kind in ("warning", "oom_fallback"):
-                    detail = ev.get("message") or (f"out of memory: micro-batch {ev['micro_batch_size'][0]} -> "
-                                                   f"{ev['micro_batch_size'][1]}, resuming from step {ev['step']}")
-                    print(f"  {kind}: {detail}", file=out, flush=True)
-                elif kind == "end":
-                    end = ev
+            view.poll()
+            for line in view.take_lines():
+                print(line, file=out, flush=True)
             launcher_done = proc is None or proc.poll() is not None
             if launcher_done and not group_alive(pgid):
-                events, offset = read_events(run_dir, offset)
-                end = next((e for e in reversed(events) if e["event"] == "end"), end)
+                view.poll()
+                for line in view.take_lines():
+                    print(line, file=out, flush=True)
                 break
             time.sleep(0.3)
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+    end = view.end
     if end is None:
-        print(f"the trainer ended without an end event; see {run_dir / 'train.log'}", file=sys.stderr)
+        print(f"the trainer ended without an end event; see {run_dir / TRAIN_LOG}", file=sys.stderr)
         return 1
     if end["reason"] == "error":
-        print(f"rigtune: training failed: {end.get('message')}\n(log: {run_dir / 'train.log'})", file=sys.stderr)
+        print(f"rigtune: training failed: {end.get('message')}\n(log: {run_dir / TRAIN_LOG})", file=sys.stderr)
         return int(end.get("exit_code") or 1)
-    print(f"{end['reason']} at step {end.get('step')}: adapter in {run_dir / 'adapter'}", file=out)
+    print(f"{end['reason']} at step {end.get('step')}: adapter in {run_dir / ADAPTER}", file=out)
     return 0
 
 
@@ -313,14 +247,27 @@ def _dashboard(run_dir=None, pick_from=None) -> int:
     from .app import RigtuneApp
     RigtuneApp(run_dir=run_dir, pick_from=pick_from).run()
     if run_dir is not None:
-        print(f"detached; training goes on. Re-attach with: rigtune watch {run_dir}")
+        print(_left_message(Path(run_dir)))
     return 0
+
+
+def _left_message(run_dir: Path) -> str:
+    """What to say on leaving the dashboard: a live run goes on; a finished one says where its adapter is."""
+    from engine.events import read_status
+    st = read_status(run_dir)
+    state = st.get("state")
+    if state == "finished":
+        return f"the run is finished (step {st.get('step')}); its adapter is in {run_dir / ADAPTER}"
+    if state in ("stopped", "error", "crashed"):
+        return (f"the run is {state} at step {st.get('step')}; continue it with: rigtune train "
+                f"{run_dir / RUN_FILE} --resume")
+    return f"detached; training goes on. Re-attach with: rigtune watch {run_dir}"
 
 
 def cmd_watch(args) -> int:
     if args.run_dir:
         run_dir = Path(args.run_dir)
-        if not (run_dir / "metrics.jsonl").exists() and not (run_dir / "status.json").exists():
+        if not (run_dir / METRICS).exists() and not (run_dir / STATUS).exists():
             raise BadInput("not a run directory (no metrics.jsonl or status.json); `rigtune watch` with no "
                            "argument lists recent runs.", path=str(run_dir))
         if not _use_tui(True):
@@ -334,33 +281,20 @@ def cmd_watch(args) -> int:
 # ---------------------------------------------------------------------------- stop
 
 def cmd_stop(args) -> int:
-    from engine.events import FINAL_STATES, group_alive, read_status
+    from engine.launch import stop
     run_dir = Path(args.run_dir)
-    if not (run_dir / "status.json").exists():
-        raise BadInput("not a run directory (no status.json).", path=str(run_dir))
-    st = read_status(run_dir)
-    if st.get("state") in FINAL_STATES:
+    what, st = stop(run_dir, wait_s=args.timeout)
+    if what == "not-running":
         print(f"{run_dir}: not running (state {st['state']}, step {st.get('step')})")
-        return 0
-    pgid = st.get("pgid")
-    if not pgid:
-        raise BadInput("status.json names no process group; the run may still be starting, try again.",
-                       path=str(run_dir / "status.json"))
-    try:
-        os.killpg(int(pgid), signal.SIGTERM)
-    except ProcessLookupError:
-        print(f"{run_dir}: its processes are gone (state {read_status(run_dir).get('state')})")
-        return 0
-    print(f"asked the trainer (process group {pgid}) to stop after its current step...")
-    deadline = time.time() + args.timeout
-    while group_alive(pgid) and time.time() < deadline:
-        time.sleep(0.3)
-    if group_alive(pgid):
+    elif what == "gone":
+        print(f"{run_dir}: its processes are gone (state {st.get('state')})")
+    elif what == "still-running":
         print(f"still running after {args.timeout:.0f} s (saving can take a while); run `rigtune stop` again to "
               "wait more", file=sys.stderr)
         return 1
-    st = read_status(run_dir)
-    print(f"{run_dir}: {st.get('state')} at step {st.get('step')}")
+    else:
+        print(f"asked the trainer to stop after its current step...\n{run_dir}: {st.get('state')} at step "
+              f"{st.get('step')}")
     return 0
 
 
@@ -425,11 +359,11 @@ def cmd_wizard(args) -> int:
         from engine import runfile
         runfile.load(args.run_file)  # a bad file gets the usual one-paragraph error, not a screen
     from .app import RigtuneApp
-    # RIGTUNE_FAKE_NVML (a profile from tests/profiles) is read by engine.scan: plan on recorded hardware
+    # RIGTUNE_FAKE_NVML (a profile from tests/profiles) is read by engine.scan: plan on hand-made hardware profiles
     app = RigtuneApp(wizard=True, preset=args.preset, run_file=args.run_file)
     app.run()
     if app.run_dir is not None:
-        print(f"left the dashboard; training goes on. Re-attach with: rigtune watch {app.run_dir}")
+        print(_left_message(app.run_dir))
     return 0
 
 
@@ -441,12 +375,14 @@ def main(argv=None) -> int:
     if not argv or argv[0] not in COMMANDS and argv[0] not in ("-h", "--help", "--debug"):
         wiz = argparse.ArgumentParser(prog="rigtune", usage=USAGE)
         wiz.add_argument("run_file", nargs="?")
-        wiz.add_argument("--preset", help="start the wizard at setup for this tier (1500, 3000, this-machine, cpu-demo)")
+        wiz.add_argument("--preset", help="start the wizard at setup for this preset (a tier, this-machine, cpu-demo)")
         wiz.add_argument("--debug", action="store_true")
         args = wiz.parse_args(argv)
-        if args.preset and args.preset not in ("1500", "3000", "this-machine", "cpu-demo"):
-            print(f"rigtune: unknown preset '{args.preset}'; presets: 1500, 3000, this-machine, cpu-demo.", file=sys.stderr)
-            return 2
+        if args.preset:
+            from engine.runvalues import preset_ids
+            if args.preset not in preset_ids():
+                print(f"rigtune: unknown preset '{args.preset}'; presets: {', '.join(preset_ids())}.", file=sys.stderr)
+                return 2
         args.command = "wizard"
     else:
         args = build_parser().parse_args(argv)
@@ -462,6 +398,14 @@ def main(argv=None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except OSError as e:
+        from engine.checkpoint import is_disk_full
+        if not is_disk_full(e) or args.debug:
+            raise
+        where = getattr(e, "filename", None) or "the run directory"  # the run-file copy, status.json, init --out
+        print(f"rigtune: disk full while writing {where}; nothing was started. Free some space and try again.",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -60,7 +60,7 @@ def build(out: Path, shape: str, texts: list, device: str) -> tuple[Path, int]:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from engine.tiny import build_tokenizer
+    from engine.torchside.tiny import build_tokenizer
     tok = build_tokenizer(texts, 2000)
     cfg = LlamaConfig(**SHAPES[shape], max_position_embeddings=8192, tie_word_embeddings=False,
                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)

@@ -76,7 +76,7 @@ def main():
     if not PEER.exists():
         raise SystemExit(f"needs the peer data at {PEER}")
     from engine import runfile
-    from engine.tiny import build_model
+    from engine.torchside.tiny import build_model
 
     tmp = Path(tempfile.mkdtemp(prefix="rigtune-speed-"))
     rows = json.loads(PEER.read_text())

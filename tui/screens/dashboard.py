@@ -3,8 +3,6 @@ engine.runview, incrementally) and a sampler thread's snapshot; it redraws at 2 
 Leaving it never stops training: the trainer runs in its own session."""
 from __future__ import annotations
 
-import os
-import signal
 import time
 from pathlib import Path
 
@@ -16,7 +14,8 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, ProgressBar, Sparkline, TabbedContent, TabPane
 
-from engine.runview import RunView, downsample
+from engine.events import RUN_FILE
+from engine.runview import RunView, downsample, fmt_duration
 from engine.sampler import Sampler
 
 from ..widgets.plot import LinePlot
@@ -26,14 +25,6 @@ from .common import ConfirmScreen, RunFileScreen
 STATE_STYLE = {"training": "bold green", "evaluating": "bold cyan", "checkpointing": "bold cyan",
                "loading": "bold yellow", "starting": "bold yellow", "finished": "bold green",
                "stopped": "bold yellow", "crashed": "bold red"}
-
-
-def fmt_duration(s: float | None) -> str:
-    if s is None:
-        return "--:--"
-    s = int(s)
-    h, rem = divmod(s, 3600)
-    return f"{h}:{rem // 60:02d}:{rem % 60:02d}" if h else f"{rem // 60:02d}:{rem % 60:02d}"
 
 
 def bar(frac: float, width: int) -> str:
@@ -204,9 +195,11 @@ class Dashboard(Screen):
             lines.append(f"CPU {c.cpu_percent:5.1f}% ({c.processes} proc)")
             lines.append(f"{bar(c.ram_used_gib / max(c.ram_total_gib, 1e-9), width)} {c.ram_used_gib:4.1f}/{c.ram_total_gib:.0f}G")
             lines.append(f"run RSS {c.rss_gib:.2f} GiB")
-        if snap.error:
-            lines.append(f"[red]{snap.error}[/]")
-        widget.show(Text.from_markup("\n".join(lines)))
+        text = Text.from_markup("\n".join(lines))
+        for extra, style in ((snap.note, "dim"), (snap.error, "red")):
+            if extra:
+                text.append(("\n" if text.plain else "") + extra, style=style)
+        widget.show(text)
 
     def update_log(self) -> None:
         """The last lines of train.log that fit the panel (the run view keeps at most 200)."""
@@ -258,21 +251,25 @@ class Dashboard(Screen):
         return True
 
     def action_stop(self) -> None:
-        pgid = self.view.status.get("pgid")
-
         def confirmed(yes: bool | None) -> None:
             if not yes:
                 return
+            from engine.errors import BadInput
+            from engine.launch import stop
             try:
-                os.killpg(int(pgid), signal.SIGTERM)
+                what, _ = stop(self.run_dir)
+            except BadInput as e:
+                self.notify(e.bare, severity="warning")
+                return
+            if what == "asked":
                 self.notify("Stopping after this step: checkpoint and adapter are being saved.")
-            except (ProcessLookupError, TypeError, ValueError):
+            else:
                 self.notify("The trainer is not running.", severity="warning")
         self.app.push_screen(ConfirmScreen("Stop training?\nIt finishes the current step, saves a checkpoint "
                                            "and the adapter, then exits."), confirmed)
 
     def action_open_run_file(self) -> None:
-        self.app.push_screen(RunFileScreen(self.run_dir / "run.toml"))
+        self.app.push_screen(RunFileScreen(self.run_dir / RUN_FILE))
 
     def action_resume(self) -> None:
         self.resume_run()
@@ -283,7 +280,7 @@ class Dashboard(Screen):
         from engine.errors import BadInput
         from engine.launch import launch
         try:
-            cfg = runfile.load(self.run_dir / "run.toml")
+            cfg = runfile.load(self.run_dir / RUN_FILE)
             launch(cfg, resume=True)
             self.app.call_from_thread(self.notify, "Resuming from the newest checkpoint...")
         except BadInput as e:

@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import json
 
-from .model import (DTYPES, _hub_kwargs, add_lora, attn_implementation, keep_cpu_weights_as_loaded, load_base,
-                    output_head)
+from .model import Loaded, _hub_kwargs, add_lora, attn_implementation, keep_cpu_weights_as_loaded, load_base
 
 
 def ensure_process_group(device) -> None:
@@ -90,7 +89,7 @@ def _skeleton(cfg, states: dict, device):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     m = cfg.model
-    dtype = getattr(torch, DTYPES[m.compute_dtype])
+    dtype = getattr(torch, m.compute_dtype)
     config = AutoConfig.from_pretrained(m.base, **_hub_kwargs(m))
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn_implementation(cfg),
@@ -118,7 +117,7 @@ def _blocks(model) -> list:
     return [mod for mod in model.modules() if type(mod).__name__ in names]
 
 
-def load(cfg, device, rank: int, world: int):
+def load(cfg, device, rank: int, world: int) -> Loaded:
     """The PeftModel with its base sharded over `world` ranks; every rank holds rank 0's weights and adapters."""
     import bitsandbytes as bnb
     import torch
@@ -137,11 +136,11 @@ def load(cfg, device, rank: int, world: int):
     states = _share_quant_states(states, rank, device)
     if rank != 0:
         model = _skeleton(cfg, states, device)
-    model = add_lora(cfg, model, device)
+    loaded = add_lora(cfg, model, device)
+    model, head = loaded.model, loaded.head
     base = model.get_base_model()
     adapters = {p for p in model.parameters() if p.requires_grad}
     full = {n: p.data for n, p in model.named_parameters()} if rank == 0 else {}
-    head = output_head(model)
 
     offload = CPUOffloadPolicy(pin_memory=device.type == "cuda") if cfg.hardware.cpu_offload else OffloadPolicy()
     for block in _blocks(base):
@@ -175,7 +174,7 @@ def load(cfg, device, rank: int, world: int):
         if isinstance(mod, bnb.nn.Linear4bit):
             mod.quant_state.to(device)
     keep_cpu_weights_as_loaded(model)  # that path would repack weight.data in place: not a shard's
-    return model
+    return loaded
 
 
 def average_gradients(params, world: int, bucket: int = 1 << 24) -> None:

@@ -6,13 +6,13 @@ linear cross-entropy for the loss. `[train] kernels`:
   liger  the same, but a run that cannot have them stops before training, saying why.
   none   plain PyTorch.
 
-Guards (DESIGN.md section 4): the patch goes on the base model before peft-wrapped modules are sharded by
+Guards: the patch goes on the base model before peft-wrapped modules are sharded by
 FSDP (FSDP2 swaps module classes); Liger's own loss patch stays off, because rigtune computes the loss
 itself, only at trained positions, with Liger's fused linear cross-entropy in place of its chunked one.
 """
 from __future__ import annotations
 
-from .errors import BadInput
+from ..errors import BadInput
 
 PATCHES = {"rope": True, "rms_norm": True, "swiglu": True, "cross_entropy": False,
            "fused_linear_cross_entropy": False}

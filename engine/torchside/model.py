@@ -1,11 +1,21 @@
 """Load the base model (NF4 through bitsandbytes, or 16-bit) and attach LoRA with peft."""
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import dataclass
 
-from .errors import BadInput
+from ..errors import BadInput
 
-DTYPES = {"bfloat16": "bfloat16", "float16": "float16", "float32": "float32"}
+
+@dataclass
+class Loaded:
+    """A model ready to train: the PeftModel, and what rigtune keeps beside it rather than on it.
+    head: the frozen lm_head held aside for the chunked loss (None when the model returns logits itself);
+    kernels: which fused kernels run ("liger" or "none: <reason>"); fused_loss: Liger's fused linear
+    cross-entropy, or None."""
+    model: object
+    head: object = None
+    kernels: str = "none"
+    fused_loss: object = None
 
 
 def _hub_kwargs(m) -> dict:
@@ -18,7 +28,7 @@ def _hub_kwargs(m) -> dict:
 def load_tokenizer(cfg):
     from transformers import AutoTokenizer
 
-    from .data import ensure_chat_template
+    from ..data import ensure_chat_template
     m = cfg.model
     try:
         tok = AutoTokenizer.from_pretrained(m.base, **_hub_kwargs(m))
@@ -30,7 +40,7 @@ def load_tokenizer(cfg):
     return ensure_chat_template(tok)
 
 
-def load_model(cfg, device):
+def load_model(cfg, device) -> Loaded:
     """The base model on `device` with LoRA adapters attached; only the adapters are trainable."""
     return add_lora(cfg, load_base(cfg, device), device)
 
@@ -43,7 +53,7 @@ def quantization_config(cfg):
     m = cfg.model
     if m.quantization == "none":
         return None
-    dtype = getattr(torch, DTYPES[m.compute_dtype])
+    dtype = getattr(torch, m.compute_dtype)
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=m.quantization,
                               bnb_4bit_use_double_quant=m.double_quant, bnb_4bit_compute_dtype=dtype,
                               bnb_4bit_quant_storage=dtype)
@@ -65,7 +75,7 @@ def load_base(cfg, device):
     from transformers import AutoModelForCausalLM
 
     m = cfg.model
-    kwargs = dict(_hub_kwargs(m), dtype=getattr(torch, DTYPES[m.compute_dtype]),
+    kwargs = dict(_hub_kwargs(m), dtype=getattr(torch, m.compute_dtype),
                   attn_implementation=attn_implementation(cfg), device_map={"": device}, low_cpu_mem_usage=True,
                   quantization_config=quantization_config(cfg))
     try:
@@ -85,10 +95,9 @@ def keep_cpu_weights_as_loaded(model) -> None:
             mod.support_avx512bf16_for_cpu = False
 
 
-def add_lora(cfg, model, device):
+def add_lora(cfg, model, device) -> Loaded:
     """Fused kernels ([train] kernels), gradient checkpointing and LoRA adapters on a loaded base (on `device`
-    for training); only the adapters are trainable. The model remembers which kernels run (`rigtune_kernels`)
-    and Liger's fused loss when it has one (`rigtune_fused_loss`)."""
+    for training); only the adapters are trainable."""
     import torch
     from peft import LoraConfig, get_peft_model
 
@@ -106,34 +115,28 @@ def add_lora(cfg, model, device):
     except ValueError as e:
         raise BadInput(f"LoRA target_modules {targets!r} do not match this model ({str(e)[:200]}); use "
                        "\"all-linear\" or names such as [\"q_proj\", \"v_proj\"].", key="lora.target_modules") from None
-    if cfg.train.loss_chunk_tokens:
-        detach_head(model)
-    object.__setattr__(model, "rigtune_kernels", running)  # plain attributes: not modules, not saved
-    object.__setattr__(model, "rigtune_fused_loss", fused_loss)
-    return model
+    head = detach_head(model) if cfg.train.loss_chunk_tokens else None
+    return Loaded(model=model, head=head, kernels=running, fused_loss=fused_loss)
 
 
 def detach_head(model):
-    """Make the forward pass return the final hidden states: the (frozen) lm_head is kept aside and applied
-    by the chunked loss only where a token is trained. `full_head(model)` puts it back, e.g. to generate."""
+    """Make the forward pass return the final hidden states: the (frozen) lm_head is taken out and returned,
+    for the chunked loss to apply only where a token is trained (it is then no registered submodule: no
+    DDP bucket, nothing in the adapter file). `full_head(model, head)` puts it back, e.g. to generate."""
     import torch
     base = model.get_base_model()
     head = base.get_output_embeddings()
     if head is None or isinstance(head, torch.nn.Identity):
-        return
+        return None
     base.set_output_embeddings(torch.nn.Identity())
-    object.__setattr__(model, "rigtune_head", head)  # not a registered submodule: no DDP, no adapter file
-
-
-def output_head(model):
-    return getattr(model, "rigtune_head", None)
+    return head
 
 
 class full_head:
     """Context manager: the model with its lm_head in place (generation needs logits)."""
 
-    def __init__(self, model):
-        self.model, self.head = model, output_head(model)
+    def __init__(self, model, head):
+        self.model, self.head = model, head
 
     def __enter__(self):
         if self.head is not None:
@@ -144,7 +147,3 @@ class full_head:
         if self.head is not None:
             import torch
             self.model.get_base_model().set_output_embeddings(torch.nn.Identity())
-
-
-def is_local_model(base: str) -> bool:
-    return Path(base).expanduser().is_dir()

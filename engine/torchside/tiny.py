@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import sys
 from pathlib import Path
+
+from ..demo import BUILT_MARK, demo_records
 
 SPECIALS = ["<|pad|>", "<|begin|>", "<|end|>", "<|im_start|>", "<|im_end|>"]
 
@@ -16,7 +20,7 @@ def build_tokenizer(texts, vocab_size: int = 512):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from .data import DEFAULT_CHAT_TEMPLATE
+    from ..data import DEFAULT_CHAT_TEMPLATE
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -54,18 +58,13 @@ def build_model(out_dir, texts, *, vocab_size=512, hidden=128, layers=4, heads=4
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     model.save_pretrained(tmp, safe_serialization=True)
     tok.save_pretrained(tmp)
-    (tmp / "rigtune-tiny.json").write_text(json.dumps({"built_by": "rigtune", "seed": seed}))
+    (tmp / BUILT_MARK).write_text(json.dumps({"built_by": "rigtune", "seed": seed}))
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.replace(tmp, out)
     except OSError:  # built meanwhile by another process: keep theirs
-        import shutil
         shutil.rmtree(tmp, ignore_errors=True)
     return out
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("RIGTUNE_CACHE", Path.home() / ".cache" / "rigtune"))
 
 
 def pretrain(model_dir, texts, *, steps: int = 300, lr: float = 3e-3, seq_len: int = 256, seed: int = 0):
@@ -104,3 +103,24 @@ def pretrain(model_dir, texts, *, steps: int = 300, lr: float = 3e-3, seq_len: i
         opt.zero_grad()
     model.save_pretrained(model_dir, safe_serialization=True)
     return loss.item()
+
+
+def build_demo(out: Path) -> Path:
+    """The CPU demo's model (engine.demo): built on the demo dataset's words, then pretrained on its records
+    as plain text, written next to `out` and renamed into place."""
+    rows = demo_records()
+    tmp = out.with_name(out.name + f".build{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    build_model(tmp, [r["instruction"] + " " + r["output"] for r in rows])
+    pretrain(tmp, [f"Question: {r['instruction']}\nAnswer: {r['output']}" for r in rows], steps=300)
+    try:
+        tmp.rename(out)
+    except OSError:  # another process finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+if __name__ == "__main__":  # python -m engine.torchside.tiny demo OUT_DIR (what engine.demo runs)
+    if len(sys.argv) != 3 or sys.argv[1] != "demo":
+        sys.exit("usage: python -m engine.torchside.tiny demo OUT_DIR")
+    print(build_demo(Path(sys.argv[2])))

@@ -1,0 +1,78 @@
+"""Run-file values from a preset: the one place that turns a preset id into complete run-file values, and
+resolves the placeholders presets use. `rigtune init --preset`, `rigtune demo` and the wizard all come here.
+
+A preset id is a tier from presets/tiers.toml (its ids are read from there, never written in code), "this
+machine" (the scanned machine as a tier), or a run preset shipped in presets/ (cpu-demo). Two placeholders
+stand for things built or shipped locally:
+  rigtune:tiny-demo  the tiny demo model, built once into the cache (engine.demo)
+  rigtune:demo-data  the bundled demo dataset
+"""
+from __future__ import annotations
+
+import presets
+
+from . import planner as P
+from . import runfile
+from . import tiers as T
+from .errors import BadInput
+from .modelref import DEMO_MODEL
+
+THIS_MACHINE = "this-machine"
+DEMO_DATA = "rigtune:demo-data"
+
+
+def preset_ids() -> list:
+    """Every preset id, in the order the wizard shows them: the tiers, this machine, the run presets."""
+    return [*T.tiers(), THIS_MACHINE, *presets.preset_ids()]
+
+
+def tier_of(preset: str, machine=None):
+    """The Tier a preset id stands for (None for a run preset such as cpu-demo)."""
+    if preset == THIS_MACHINE:
+        return T.this_machine(machine if machine is not None else _scan())
+    return T.tiers().get(preset)
+
+
+def _scan():
+    from .scan import scan
+    return scan()
+
+
+def values_for(preset: str, model: str | None = None, dataset: str | None = None, machine=None) -> tuple[dict, str]:
+    """Complete run-file values for `preset` (model and dataset overridden when given), and the lines that
+    say why (the tier's plan); the demo-data placeholder is resolved, the demo model is not (build_demo_model)."""
+    why = ""
+    if preset in presets.RUN_PRESETS:
+        values = runfile.defaults(**presets.load_run_preset(preset))
+        if model:
+            values["model"]["base"] = model
+    elif preset in T.tiers() or preset == THIS_MACHINE:
+        tier = tier_of(preset, machine)
+        if not tier.gpus:
+            raise BadInput("this machine has no NVIDIA GPU; use --preset cpu-demo, or a tier ("
+                           f"{', '.join(T.tiers())}) to write a run file for hardware you don't own.", key="--preset")
+        arch = P.resolve_model(model or tier.run["model"])
+        values, why = T.run_values(tier, arch, base=model if model and not arch.hf_id else None)
+    else:
+        raise BadInput(f"unknown preset '{preset}'; presets: {', '.join(preset_ids())}.", key="--preset")
+    if dataset:
+        values["data"]["path"] = dataset
+    if values["data"]["path"] in (DEMO_DATA, None):
+        values["data"]["path"] = str(presets.DEMO_DATA)
+    return values, why
+
+
+def model_path(base: str) -> str:
+    """Where the model a run file names is, without building anything (the demo model's cache folder)."""
+    if base == DEMO_MODEL:
+        from .demo import demo_model_dir
+        return str(demo_model_dir())
+    return base
+
+
+def build_demo_model(values: dict, log=print) -> dict:
+    """Replace the demo-model placeholder with the built model's folder (building it once if needed)."""
+    if values["model"]["base"] == DEMO_MODEL:
+        from .demo import demo_model
+        values["model"]["base"] = str(demo_model(log))
+    return values

@@ -1,0 +1,54 @@
+"""Step 5: launch the run in the background and open the dashboard."""
+from __future__ import annotations
+
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.widgets import Footer, Static
+
+from engine import runfile, runvalues
+from engine.errors import BadInput
+
+from . import Step
+
+
+class LaunchStep(Step):
+    BINDINGS = [Binding("enter", "next", "Launch", priority=True), Binding("escape", "back", "Back")]
+
+    def compose(self) -> ComposeResult:
+        v = self.state.values
+        yield self.header(5, "Launch")
+        t = Text()
+        t.append(f"Run file: {self.state.run_file}\n", style="bold")
+        t.append(f"{v['name']}: {v['model']['base']} on {v['data']['path']}\n")
+        hw = v["hardware"]
+        t.append(f"{hw['strategy']} x {hw['num_processes']} process(es)"
+                 f"{' with CPU offload' if hw['cpu_offload'] else ''}; micro-batch {v['train']['micro_batch_size']}"
+                 f" x accumulation {v['train']['gradient_accumulation_steps']}\n\n")
+        t.append("Enter starts training in the background and opens the dashboard. Training keeps going when "
+                 "you leave the dashboard or lose the connection: re-attach with `rigtune watch`.\n", style="green")
+        t.append(f"\nSame thing from a shell: rigtune train {self.state.run_file}\n", style="dim")
+        yield Static(t, id="launch-body")
+        yield Static(id="launch-status")
+        yield Footer()
+
+    def action_next(self) -> None:
+        self.query_one("#launch-status", Static).update(Text("starting...", style="yellow"))
+        self.start()
+
+    @work(thread=True, exclusive=True)
+    def start(self) -> None:
+        values = self.state.values
+        try:
+            if values["model"]["base"] == runvalues.DEMO_MODEL:
+                self.app.call_from_thread(self.query_one("#launch-status", Static).update,
+                                          Text("building the demo model (once, about 30 s)...", style="yellow"))
+                runvalues.build_demo_model(values, log=lambda *a: None)
+                runfile.save(values, self.state.run_file, header=self.state.header)
+            cfg = runfile.load(self.state.run_file)
+            self.app.launcher(cfg)
+        except (BadInput, RuntimeError, OSError) as e:  # a bad file, a failed demo build, an unwritable folder
+            self.app.call_from_thread(self.query_one("#launch-status", Static).update, Text(str(e), style="red"))
+            return
+        self.app.call_from_thread(self.app.show_dashboard, runfile.run_dir(cfg))

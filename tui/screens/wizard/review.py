@@ -1,0 +1,88 @@
+"""Step 4: the run file as it will be written (with its help comments), editable in $EDITOR, and where to save it."""
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+from rich.syntax import Syntax
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, VerticalScroll
+from textual.widgets import Footer, Input, Label, Static
+
+from engine import runfile
+from engine.errors import BadInput
+from engine.events import METRICS, RUN_FILE
+
+from . import Step
+
+
+class ReviewStep(Step):
+    BINDINGS = [Binding("enter", "next", "Save", priority=True), Binding("escape", "back", "Back"),
+                Binding("ctrl+e", "edit", "Edit in $EDITOR")]
+
+    def compose(self) -> ComposeResult:
+        yield self.header(4, "Review the run file")
+        with VerticalScroll(id="review"):
+            yield Static(id="toml")
+        with Horizontal(classes="field"):
+            yield Label("save to", classes="field-label")
+            yield Input(self.default_path(), id="save-path")
+        yield Static(id="review-error", classes="field-error")
+        yield Footer()
+
+    def default_path(self) -> str:
+        return self.state.run_file or str(Path("runs") / self.state.values["name"] / RUN_FILE)
+
+    def text(self) -> str:
+        return runfile.dumps(self.state.values, header=self.state.header)
+
+    def on_mount(self) -> None:
+        self.query_one("#toml", Static).update(Syntax(self.text(), "toml", theme="ansi_dark",
+                                                      background_color="default", word_wrap=True))
+        if self.state.values["model"].get("trust_remote_code"):
+            self.query_one("#review-error", Static).update(Text(
+                "warning: trust_remote_code = true runs Python code shipped with the model.", style="yellow"))
+        self.query_one("#save-path", Input).focus()
+
+    @on(Input.Submitted)
+    def submitted(self, event: Input.Submitted) -> None:
+        self.action_next()
+
+    def action_edit(self) -> None:
+        editor = os.environ.get("EDITOR") or os.environ.get("VISUAL") or "vi"
+        with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
+            f.write(self.text())
+            tmp = f.name
+        with self.app.suspend():
+            subprocess.run([editor, tmp])
+        try:
+            cfg = runfile.load(tmp)
+            self.state.values = cfg.to_dict()
+            self.on_mount()
+            self.query_one("#review-error", Static).update("")
+        except BadInput as e:
+            self.query_one("#review-error", Static).update(Text(f"not taken: {e}", style="red"))
+        finally:
+            os.unlink(tmp)
+
+    def action_next(self) -> None:
+        path = self.query_one("#save-path", Input).value.strip() or self.default_path()
+        taken = runfile.run_dir(runfile.RunConfig(self.state.values))
+        if (taken / METRICS).exists():
+            self.query_one("#review-error", Static).update(Text(
+                f"{taken} already holds a run; go back (Esc) and give this one another name.", style="red"))
+            return
+        try:
+            cfg = runfile.validate(self.state.values, path=path)
+            runfile.save(cfg, path, header=self.state.header)
+        except (BadInput, OSError) as e:
+            self.query_one("#review-error", Static).update(Text(str(e), style="red"))
+            return
+        self.state.run_file = path
+        from .launch import LaunchStep
+        self.app.push_screen(LaunchStep())

@@ -1,0 +1,277 @@
+"""Step 3: model, data and settings, with a live fit meter and a preview of the dataset as training will see
+it. Every change re-plans the run (engine.planner) and the fit meter draws the plan."""
+from __future__ import annotations
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, VerticalScroll
+from textual.widgets import Footer, Input, Label, Select, Static, Switch, TabbedContent, TabPane
+
+from engine import planner as P
+from engine import runfile, runvalues
+from engine.errors import BadInput
+
+from ...widgets.fitmeter import FitMeter
+from . import DEMO, Step
+from .form import BAD, FIELDS, SELECTS, SWITCHES, field_of, get_value, key_of, text_of, toml_value
+
+
+class SetupStep(Step):
+    BINDINGS = [Binding("enter", "next", "Review"), Binding("escape", "back", "Back"),
+                Binding("f", "apply_fix", "Apply fix"), Binding("ctrl+t", "toggle_tab", "Data/Settings")]
+
+    model_edited = False
+
+    def compose(self) -> ComposeResult:
+        v = self.state.values
+        self.opened_with = v["model"]["base"]
+        yield self.header(3, "Model, data and settings")
+        with Horizontal(id="setup"):
+            with TabbedContent(id="setup-tabs", initial="tab-data"):
+                with TabPane("Model & data", id="tab-data"):
+                    with VerticalScroll():
+                        if self.state.tier_id == DEMO:
+                            yield Label("model: the tiny demo model, built on this machine")
+                            yield Input(v["model"]["base"], id="f-model", disabled=True)
+                        else:
+                            names = list(P.load_models())
+                            yield Select([(n, n) for n in names], prompt="pick a model, or type one below",
+                                         id="model-pick", allow_blank=True)
+                            yield Input(v["model"]["base"], placeholder="HF id, local folder", id="f-model")
+                        yield Static(id="e-model", classes="field-error")
+                        yield Label("dataset (file, folder or HF id)")
+                        yield Input(v["data"]["path"], id="f-data")
+                        yield Static(id="e-data", classes="field-error")
+                        yield Static("reading the dataset...", id="data-info")
+                        yield Static(id="data-example")
+                with TabPane("Settings", id="tab-settings"):
+                    with VerticalScroll():
+                        for fid, section, key, kind, label in FIELDS:
+                            with Horizontal(classes="field"):
+                                yield Label(label, classes="field-label")
+                                yield Input(text_of(get_value(v, section, key)), id=f"f-{fid}")
+                            yield Static(id=f"e-{fid}", classes="field-error")
+                        for fid, section, key, options, label in SELECTS:
+                            with Horizontal(classes="field"):
+                                yield Label(label, classes="field-label")
+                                yield Select([(o, o) for o in options], value=v[section][key], allow_blank=False,
+                                             id=f"f-{fid}")
+                            yield Static(id=f"e-{fid}", classes="field-error")
+                        for fid, section, key, label in SWITCHES:
+                            with Horizontal(classes="field"):
+                                yield Label(label, classes="field-label")
+                                yield Switch(v[section][key], id=f"f-{fid}")
+                            yield Static(id=f"e-{fid}", classes="field-error")
+            yield FitMeter(id="fit", classes="fit")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.suggestion = None
+        self.valid = True
+        self.refresh_all()
+        self.load_preview()
+
+    def on_screen_resume(self) -> None:
+        """Coming back (from the tier table or with esc from the review), the cursor is in the first field
+        to edit, so typing edits it instead of setting off the screen's keys."""
+        model = self.query_one("#f-model", Input)
+        (self.query_one("#f-data", Input) if model.disabled else model).focus()
+
+    # -- reading the form
+    def collect(self) -> tuple[dict, dict]:
+        """The run-file values from the form, and {field id: parse error} for text that is not a value."""
+        import copy
+        v = copy.deepcopy(self.state.values)
+        errors = {}
+        v["model"]["base"] = self.query_one("#f-model", Input).value.strip()
+        v["data"]["path"] = self.query_one("#f-data", Input).value.strip()
+        for fid, section, key, kind, _ in FIELDS:
+            text = self.query_one(f"#f-{fid}", Input).value.strip()
+            if kind == "str":
+                value = text
+            elif kind == "targets":
+                value = "all-linear" if text in ("", "all-linear") else [t.strip() for t in text.split(",") if t.strip()]
+            else:
+                value = toml_value(text)
+                if value is BAD:
+                    errors[fid] = f"{text!r} is not a value; expected {key_of(section, key).describe()}."
+                    continue
+            if section:
+                v[section][key] = value
+            else:
+                v[key] = value
+        for fid, section, key, _, _ in SELECTS:
+            v[section][key] = self.query_one(f"#f-{fid}", Select).value
+        for fid, section, key, _ in SWITCHES:
+            v[section][key] = self.query_one(f"#f-{fid}", Switch).value
+        hw = v["hardware"]
+        tier = self.state.tier()
+        if tier is not None and tier.gpus:
+            n = len(tier.gpus) if hw["strategy"] != "single" else 1
+            hw["num_processes"], hw["gpus"] = n, list(range(n))
+        return v, errors
+
+    def refresh_all(self) -> None:
+        values, errors = self.collect()
+        for widget in self.query(".field-error"):
+            widget.update("")
+        for fid, msg in errors.items():
+            self.query_one(f"#e-{fid}", Static).update(Text(msg, style="red"))
+        self.valid = not errors
+        if not errors:
+            try:
+                runfile.validate(values)
+                self.state.values = values
+            except BadInput as e:
+                self.valid = False
+                self.query_one(f"#e-{field_of(e.key)}", Static).update(Text(e.bare, style="red"))
+        self.update_fit(values)
+
+    def update_fit(self, values: dict) -> None:
+        """Plan the form's run for the tier and hand the plan to the fit meter."""
+        fit = self.query_one("#fit", FitMeter)
+        tier = self.state.tier()
+        self.suggestion = None
+        if tier is None or not tier.gpus:
+            fit.show_message("Fit meter", [("CPU run: no GPU memory to plan.", "dim"),
+                                           ("The demo needs about 1 GB of RAM.", "")])
+            return
+        try:
+            arch = P.resolve_model(values["model"]["base"])
+        except BadInput:
+            fit.show_message("Fit meter", [("The planner does not know this model; pick one from the list, or a "
+                                            "local folder with a config.json.", "yellow")])
+            return
+        inp = P.input_from_run(runfile.RunConfig(values), arch, list(tier.gpus), tier.ram_gib, tier.link)
+        plan = P.plan(inp)
+        rows, why = P.strategy_table(inp)
+        self.suggestion = plan.suggestion
+        fit.show_plan(arch.name, plan, rows, why, P.ram_needed(inp), tier.ram_gib, P.link_note(inp))
+
+    @on(Input.Changed)
+    def field_changed(self, event: Input.Changed) -> None:
+        if event.input.id == "f-model":
+            self.pick_strategy()
+        self.refresh_all()
+        if event.input.id in ("f-data", "f-model", "f-seq"):
+            self.load_preview()
+
+    def pick_strategy(self) -> None:
+        """A new model on a multi-GPU tier: take the planner's strategy (ddp when each card holds the model,
+        fsdp when only shards fit, plus CPU offload when even those do not). The user can still change it."""
+        tier = self.state.tier()
+        values, _ = self.collect()
+        self.model_edited = self.model_edited or values["model"]["base"] != self.opened_with
+        if tier is None or len(tier.gpus) < 2 or not self.model_edited:
+            return  # the model the screen opened with keeps the strategy it came with
+        try:
+            arch = P.resolve_model(values["model"]["base"])
+        except BadInput:  # a model the planner does not know: the fit meter says so; keep the user's strategy
+            return
+        inp = P.input_from_run(runfile.RunConfig(values), arch, list(tier.gpus), tier.ram_gib, tier.link)
+        best, _ = P.choose_strategy(inp)
+        self.query_one("#f-strategy", Select).value = best.strategy
+        self.query_one("#f-offload", Switch).value = best.cpu_offload
+
+    @on(Select.Changed)
+    def select_changed(self, event: Select.Changed) -> None:
+        if event.select.id == "model-pick" and event.value is not Select.BLANK:
+            self.query_one("#f-model", Input).value = P.load_models()[event.value].hf_id
+            return
+        self.refresh_all()
+
+    @on(Switch.Changed)
+    def switch_changed(self, event: Switch.Changed) -> None:
+        self.refresh_all()
+
+    @on(Input.Submitted)
+    def submitted(self, event: Input.Submitted) -> None:
+        self.action_next()
+
+    @work(thread=True, exclusive=True, group="preview")
+    def load_preview(self) -> None:
+        import time
+        time.sleep(0.2)  # let typing settle
+        values, _ = self.collect()
+        from engine.preview import preview
+        base = runvalues.model_path(values["model"]["base"])
+        try:
+            p = preview(values["data"]["path"], values["data"]["format"], base, values["data"]["max_seq_len"],
+                        values["data"]["train_on_prompt"])
+        except BadInput as e:
+            self.app.call_from_thread(self.show_preview, None, str(e))
+            return
+        self.app.call_from_thread(self.show_preview, p, None)
+
+    def show_preview(self, p, error) -> None:
+        info = self.query_one("#data-info", Static)
+        example = self.query_one("#data-example", Static)
+        if error:
+            self.query_one("#e-data", Static).update(Text(error, style="red"))
+            info.update("")
+            example.update("")
+            self.valid = False
+            return
+        self.query_one("#e-data", Static).update("")
+        t = Text()
+        t.append(f"{p.records} records, format {p.format}; ", style="bold")
+        t.append(f"{p.truncated} longer than max_seq_len {p.max_seq_len}" + ("" if p.exact else " (estimated: "
+                 "the model's tokenizer is not on this machine)") + "\n")
+        hist = p.histogram(8)
+        top = max(c for _, c in hist) if hist else 1
+        for upper, count in hist:
+            over = upper > p.max_seq_len
+            t.append(f"{'≤' + str(upper):>7} ", style="dim")
+            t.append("▇" * max(1 if count else 0, round(count / top * 20)), style="red" if over else "cyan")
+            t.append(f" {count}\n", style="dim")
+        info.update(t)
+        ex = Text("first example - ", style="bold")
+        ex.append("trained", style="bold green")
+        ex.append(" / masked:\n", style="bold")
+        for piece, trained in p.example:
+            ex.append(piece[:400], style="green" if trained else "dim")
+        example.update(ex)
+
+    def action_apply_fix(self) -> None:
+        if not self.suggestion:
+            self.notify("Nothing to fix: the run fits (or no single change makes it fit).")
+            return
+        change = self.suggestion["change"]
+        mapping = {"micro_batch": ("mbs", None), "seq_len": ("seq", None), "gradient_checkpointing": ("gc", "switch"),
+                   "optimizer": ("optimizer", "select"), "strategy": ("strategy", "select"),
+                   "cpu_offload": ("offload", "switch"), "attn": (None, None)}
+        for key, value in change.items():
+            fid, kind = mapping.get(key, (None, None))
+            if fid is None:
+                continue
+            if kind == "switch":
+                self.query_one(f"#f-{fid}", Switch).value = bool(value)
+            elif kind == "select":
+                self.query_one(f"#f-{fid}", Select).value = value
+            else:
+                if key == "micro_batch":  # keep the effective batch
+                    old = int(self.query_one("#f-mbs", Input).value or 1)
+                    accum = self.query_one("#f-accum", Input)
+                    accum.value = str(P.keep_effective_batch(old, int(accum.value or 1), value))
+                self.query_one(f"#f-{fid}", Input).value = str(value)
+        self.notify(f"Applied: {self.suggestion['why']}")
+        self.refresh_all()
+
+    def action_toggle_tab(self) -> None:
+        tabs = self.query_one("#setup-tabs", TabbedContent)
+        tabs.active = "tab-settings" if tabs.active == "tab-data" else "tab-data"
+        # the cursor follows: a field still focused in the other pane would switch the tabs right back
+        for widget in self.query_one(f"#{tabs.active}").query("Input, Select, Switch"):
+            if widget.focusable:
+                widget.focus()
+                break
+
+    def action_next(self) -> None:
+        self.refresh_all()
+        if not self.valid:
+            self.notify("Fix the fields marked in red first.", severity="error")
+            return
+        from .review import ReviewStep
+        self.app.push_screen(ReviewStep())

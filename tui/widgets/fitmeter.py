@@ -1,0 +1,63 @@
+"""The fit meter: a run's planned memory per GPU as one bar of coloured terms, the RAM it needs, the strategy
+table with the planner's pick, and what to do when it does not fit. It draws what it is given (a Plan and
+the strategy rows from engine.planner); it plans nothing itself."""
+from __future__ import annotations
+
+from rich.text import Text
+from textual.widgets import Static
+
+SEGMENTS = [("weights", "blue"), ("adapters", "green"), ("gradients", "green"), ("optimizer", "cyan"),
+            ("activations", "yellow"), ("logits", "magenta"), ("overhead", "white")]
+SHORT = {"gradients": "grads", "activations": "activs", "optimizer": "optim"}
+BAR_WIDTH = 26
+
+
+class FitMeter(Static):
+    def show_message(self, title: str, lines: list) -> None:
+        """No plan to draw (a CPU run, a model the planner does not know): a title and (text, style) lines."""
+        out = Text()
+        out.append(f"{title}\n", style="bold")
+        for text, style in lines:
+            out.append(text + "\n", style=style)
+        self.update(out)
+
+    def show_plan(self, model: str, plan, strategies: list, why: str, ram_needed_gib: float, ram_gib: float,
+                  link_note: str | None = None) -> None:
+        out = Text()
+        ratio = plan.per_gpu_peak_gib / plan.gpu_gib
+        color = "green" if plan.fits and ratio < 0.9 else ("yellow" if plan.fits else "red")
+        out.append(f"Fit meter: {model}\n", style="bold")
+        out.append(f"per GPU {plan.per_gpu_peak_gib:.1f} / {plan.gpu_gib:g} GiB\n", style=f"bold {color}")
+        self._bar(out, plan)
+        out.append(f"RAM {ram_needed_gib:.0f} / {ram_gib:.0f} GiB\n", style="green" if ram_needed_gib <= ram_gib else "red")
+        out.append("strategies:\n")
+        for row in strategies:
+            out.append(f" {'✓' if row.fits else '✗'} {row.label:<13}{row.peak_gib:5.1f} GiB{' ◀' if row.chosen else ''}\n",
+                       style="green" if row.fits else "red")
+        if len(strategies) > 1:
+            out.append(why + "\n", style="dim")
+        if link_note:
+            out.append(link_note + "\n", style="yellow")
+        if plan.fits:
+            out.append(f"longest seq {plan.max_seq_len}, max micro-batch {plan.max_micro_batch}\n", style="dim")
+        elif plan.suggestion:
+            out.append(f"does not fit. f: {plan.suggestion['why']}\n", style="red")
+        else:
+            out.append("does not fit on this tier.\n", style="red")
+        self.update(out)
+
+    @staticmethod
+    def _bar(out: Text, plan) -> None:
+        """The terms as one bar scaled to the card (or to the need, when it is larger), then a legend."""
+        scale = max(plan.gpu_gib, plan.per_gpu_peak_gib)
+        used = 0
+        for name, style in SEGMENTS:
+            n = round(plan.breakdown_gib[name] / scale * BAR_WIDTH)
+            out.append("█" * n, style=style)
+            used += n
+        out.append("·" * max(0, round(plan.gpu_gib / scale * BAR_WIDTH) - used), style="dim")
+        out.append("\n")
+        for i, (name, style) in enumerate(SEGMENTS):
+            out.append("■", style=style)
+            out.append(f" {SHORT.get(name, name):<8} {plan.breakdown_gib[name]:4.1f}" + ("\n" if i % 2 else " "))
+        out.append("\n" if len(SEGMENTS) % 2 else "")
