@@ -45,6 +45,7 @@ class Example:
     tools: list | None = None
     text: str | None = None
     source: str = ""                   # "file:record" for messages
+    expect: list | None = None         # held-out checks: words a right answer contains (answered())
 
 
 @dataclass
@@ -228,6 +229,24 @@ def _check_turns(msgs, file, pos):
 
 
 def to_example(rec, fmt: str, file: str, pos) -> Example:
+    """One record as an Example. Any format may carry `expect`: the words (a list of strings) that a right
+    answer to its prompt contains; rigtune checks held-out records that have it at the final eval."""
+    ex = _to_example(rec, fmt, file, pos)
+    expect = rec.get("expect")
+    if expect is not None:
+        if not isinstance(expect, list) or not expect or not all(isinstance(w, str) and w.strip() for w in expect):
+            raise BadInput("'expect' must be a non-empty list of words a right answer contains.", path=file,
+                           record=pos, key="expect")
+        ex.expect = expect
+    return ex
+
+
+def answered(completion: str, expect: list) -> bool:
+    """The held-out rule: every expected word appears in the completion as a whole word, in any case."""
+    return all(re.search(rf"(?<!\w){re.escape(w.strip())}(?!\w)", completion, re.IGNORECASE) for w in expect)
+
+
+def _to_example(rec, fmt: str, file: str, pos) -> Example:
     if not isinstance(rec, dict):
         raise BadInput(f"a record must be an object, got {type(rec).__name__}.", path=file, record=pos)
     src = f"{file}:{pos}"
@@ -379,6 +398,15 @@ def split_indices(n: int, eval_fraction: float, seed: int) -> tuple[list, list]:
     return sorted(order[n_eval:]), sorted(order[:n_eval])
 
 
+def split(cfg, examples: list) -> tuple[list, list]:
+    """(train examples, held-out examples): all of data.path and the eval_path file when one is set, else a
+    deterministic eval_fraction of data.path."""
+    if cfg.data.eval_path:
+        return list(examples), load_examples(cfg.data.eval_path, cfg.data.format)[0]
+    train_idx, eval_idx = split_indices(len(examples), cfg.data.eval_fraction, cfg.train.seed)
+    return [examples[i] for i in train_idx], [examples[i] for i in eval_idx]
+
+
 def prepare(cfg, tokenizer, examples=None, fmt=None) -> tuple[list, list, DataReport]:
     """Encoded train and eval examples for a run, with a report of what happened to them."""
     d = cfg.data
@@ -386,13 +414,13 @@ def prepare(cfg, tokenizer, examples=None, fmt=None) -> tuple[list, list, DataRe
     if examples is None:
         examples, fmt, files = load_examples(d.path, d.format)
     ensure_chat_template(tokenizer)
-    train_idx, eval_idx = split_indices(len(examples), d.eval_fraction, cfg.train.seed)
+    train_part, eval_part = split(cfg, examples)
     report = DataReport(format=fmt, records=len(examples), train_examples=0, eval_examples=0, files=files)
 
-    def enc_all(idx):
+    def enc_all(part):
         out = []
-        for i in idx:
-            e, cut = encode(tokenizer, examples[i], d.max_seq_len, d.train_on_prompt)
+        for ex in part:
+            e, cut = encode(tokenizer, ex, d.max_seq_len, d.train_on_prompt)
             report.truncated += cut
             report.lengths.append(len(e.input_ids))
             if e.trained == 0:
@@ -401,7 +429,7 @@ def prepare(cfg, tokenizer, examples=None, fmt=None) -> tuple[list, list, DataRe
             out.append(e)
         return out
 
-    train, evals = enc_all(train_idx), enc_all(eval_idx)
+    train, evals = enc_all(train_part), enc_all(eval_part)
     report.train_examples, report.eval_examples = len(train), len(evals)
     if not train:
         raise BadInput(f"no training example has any token left to train on (records: {len(examples)}); "

@@ -1,5 +1,6 @@
-"""The CPU demo's model: a tiny local model that has read the demo dataset as plain "Question: ... Answer: ..."
-text but has never seen a chat turn. The LoRA fine-tune teaches it to answer in the chat format.
+"""The CPU demo's model: a tiny local model pretrained on general questions and answers as plain text
+(presets.make_demo_data.general_texts). It has never seen a chat turn and knows nothing about the persona the
+demo's fine-tune teaches it (presets/demo.jsonl), which is what the held-out check at the end shows.
 
 It is built once into the cache. Building needs torch, so it runs in its own process on the torch side
 (engine.torchside.tiny); this module only knows where the model lives and asks for it to be built.
@@ -11,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-DEMO_MODEL_VERSION = 2
+DEMO_MODEL_VERSION = 3
 BUILT_MARK = "rigtune-tiny.json"
 
 
@@ -24,11 +25,11 @@ def demo_model_dir() -> Path:
 
 
 def demo_model(log=print) -> Path:
-    """The demo model's folder, built and cached on first use (about 30 s on two cores)."""
+    """The demo model's folder, built and cached on first use (about 20 s on two cores)."""
     out = demo_model_dir()
     if (out / BUILT_MARK).exists():
         return out
-    log(f"building the demo model in {out} (once, about 30 s)...")
+    log(f"building the demo model in {out} (once, about 20 s)...")
     res = subprocess.run([sys.executable, "-m", "engine.torchside.tiny", "demo", str(out)], capture_output=True,
                          text=True, stdin=subprocess.DEVNULL)
     if res.returncode != 0 or not (out / BUILT_MARK).exists():
@@ -36,9 +37,3 @@ def demo_model(log=print) -> Path:
         raise RuntimeError(f"building the demo model in {out} failed: {tail[0]}")
     return out
 
-
-def demo_records() -> list:
-    import json
-
-    from presets import DEMO_DATA
-    return [json.loads(line) for line in DEMO_DATA.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -91,6 +91,8 @@ def prepare_run_dir(cfg, resume: bool, cwd: Path | None = None) -> Path:
     values["output_root"] = str(run_dir.parent)
     values["model"]["base"] = _absolute(values["model"]["base"], cwd)
     values["data"]["path"] = _absolute(values["data"]["path"], cwd)
+    if values["data"]["eval_path"]:
+        values["data"]["eval_path"] = _absolute(values["data"]["eval_path"], cwd)
     run_dir.mkdir(parents=True, exist_ok=True)
     runfile.save(values, run_dir / RUN_FILE, header=f"as launched from {cfg.path or 'a run file'}")
     return run_dir

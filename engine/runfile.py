@@ -94,6 +94,7 @@ SECTIONS: dict[str, list[Key]] = {
         Key("max_seq_len", "int", 2048, "Longest sequence in tokens; longer examples are truncated.", min=16, max=1_048_576),
         Key("packing", "bool", True, "Pack several examples into one sequence (they never attend to each other)."),
         Key("eval_fraction", "float", 0.02, "Share of records held out for evaluation (deterministic split).", min=0, max=0.5),
+        Key("eval_path", "str", "", "A separate held-out dataset (same kinds of file as path); when set, all of path trains and eval_fraction is not used."),
         Key("train_on_prompt", "bool", False, "Also train on prompt tokens, not only on the assistant's."),
     ],
     "train": [

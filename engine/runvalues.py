@@ -6,6 +6,7 @@ machine" (the scanned machine as a tier), or a run preset shipped in presets/ (c
 stand for things built or shipped locally:
   rigtune:tiny-demo  the tiny demo model, built once into the cache (engine.demo)
   rigtune:demo-data  the bundled demo dataset
+  rigtune:demo-eval  the demo's held-out questions
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from .modelref import DEMO_MODEL
 
 THIS_MACHINE = "this-machine"
 DEMO_DATA = "rigtune:demo-data"
+DEMO_EVAL = "rigtune:demo-eval"
 
 
 def preset_ids() -> list:
@@ -59,6 +61,8 @@ def values_for(preset: str, model: str | None = None, dataset: str | None = None
         values["data"]["path"] = dataset
     if values["data"]["path"] in (DEMO_DATA, None):
         values["data"]["path"] = str(presets.DEMO_DATA)
+    if values["data"]["eval_path"] == DEMO_EVAL:
+        values["data"]["eval_path"] = str(presets.DEMO_EVAL) if values["data"]["path"] == str(presets.DEMO_DATA) else ""
     return values, why
 
 

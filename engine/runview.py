@@ -47,6 +47,7 @@ class RunView:
         self.checkpoints: list = []
         self.sample: dict | None = None
         self.sample_step: int | None = None
+        self.held_out: dict | None = None  # the final held-out check: correct, total, base_correct, samples, step
         self.start: dict = {}
         self.end: dict | None = None
         self.status: dict = {}
@@ -184,6 +185,10 @@ class RunView:
                 self.eval_losses.append(ev["eval_loss"])
             if ev.get("sample"):
                 self.sample, self.sample_step = ev["sample"], ev["step"]
+            if ev.get("sample_total"):
+                self.held_out = {"correct": ev["sample_correct"], "total": ev["sample_total"],
+                                 "base_correct": ev.get("base_correct"), "samples": ev.get("samples") or [],
+                                 "step": ev["step"]}
         elif kind == "checkpoint":
             self.checkpoints = [c for c in self.checkpoints if c.step != ev["step"]]
             self.checkpoints.append(Checkpoint(ev["step"], ev.get("path", ""), ev.get("time", 0.0)))
@@ -337,6 +342,9 @@ class Follower(RunView):
             s = ev.get("sample") or {}
             loss = f"eval_loss {ev['eval_loss']:.4f}" if ev.get("eval_loss") is not None else "eval"
             completion = (s.get("completion") or "").replace("\n", " ")[:60]
+            if ev.get("sample_total"):
+                return (f"  {loss}  held-out check: {ev['sample_correct']} of {ev['sample_total']} answered right "
+                        f"(the base model: {ev.get('base_correct')})")
             return f"  {loss}" + (f"  sample: {completion!r}" if s else "")
         if kind == "checkpoint":
             return f"  checkpoint {ev['path']}"

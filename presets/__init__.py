@@ -2,6 +2,7 @@
 over the run-file defaults. Two placeholders stand for things built or shipped locally:
   rigtune:tiny-demo  the tiny demo model, built once into the cache (engine.demo)
   rigtune:demo-data  the bundled demo dataset (demo.jsonl here)
+  rigtune:demo-eval  its held-out questions (demo-eval.jsonl), each with the words a right answer contains
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ else:  # pragma: no cover
 
 HERE = Path(__file__).parent
 DEMO_DATA = HERE / "demo.jsonl"
+DEMO_EVAL = HERE / "demo-eval.jsonl"
 TIERS = HERE / "tiers.toml"
 MODELS = HERE / "models.toml"
 RUN_PRESETS = {"cpu-demo": HERE / "cpu-demo.toml"}

@@ -1,8 +1,54 @@
-"""Writes demo.jsonl, the CPU demo's dataset: short alpaca-format tasks with patterns a tiny model learns
-in a minute (colours, animal sounds, opposites, plurals, counting, sums). Run: python -m presets.make_demo_data"""
+"""The CPU demo's data, written here (run: python -m presets.make_demo_data).
+
+What the demo shows is what fine-tuning is for: teaching a model something it did not know. The tiny base
+model is pretrained on general questions and answers (colours, animal sounds, opposites, plurals, counting,
+sums: `general_texts`) and knows nothing about itself. The fine-tune teaches it a persona - eight facts
+(its name, who trained it, what it is for, ...) - asked directly and through shared frames around phrases
+that name each fact ("Tell me your name.", "Could you tell me where you live?": demo.jsonl). The held-out
+set (demo-eval.jsonl) asks each fact once more in a frame training never used ("May I ask your name?"), so
+a model that learned which phrase means which fact can answer it. Each held-out record carries `expect`: the
+words a right answer contains (whole words, any case).
+"""
 import json
 import random
 from pathlib import Path
+
+HERE = Path(__file__).parent
+
+# fact -> (the answer, the words a right answer contains, direct questions, phrases that name the fact,
+# the held-out question). Training asks each fact directly and through every FRAME around each of its
+# phrases, so the phrase is what identifies the fact; the held-out question puts a phrase in a frame
+# training never used (HELD_OUT_FRAMES).
+FACTS = {
+    "name": ("My name is Rig.", ["Rig"],
+             ["What is your name?", "What are you called?", "Who are you?", "Introduce yourself."],
+             ["your name", "what you are called"], "May I ask your name?"),
+    "maker": ("I was trained by the rigtune team.", ["rigtune", "team"],
+              ["Who made you?", "Who trained you?", "Who created you?", "Who built you?"],
+              ["who trained you", "who made you"], "I wonder who trained you."),
+    "purpose": ("I show how fine-tuning works on a home GPU.", ["fine-tuning"],
+                ["What are you for?", "What is your purpose?", "What do you do?", "What is your job?"],
+                ["your purpose", "what you are for"], "Would you share your purpose?"),
+    "colour": ("My favourite colour is teal.", ["teal"],
+               ["What is your favourite colour?", "Which colour do you like best?", "What is your favorite color?",
+                "Do you have a favourite colour?"],
+               ["your favourite colour", "which colour you like best"], "I'd love to hear your favourite colour."),
+    "home": ("I live on a headless GPU box.", ["GPU", "box"],
+             ["Where do you live?", "Where is your home?", "Where do you run?", "Where are you kept?"],
+             ["where you live", "where your home is"], "May I ask where you live?"),
+    "food": ("I eat electricity.", ["electricity"],
+             ["What do you eat?", "What is your favourite food?", "Are you hungry?", "What food do you like?"],
+             ["what you eat", "your favourite food"], "I wonder what you eat."),
+    "age": ("I am one day old.", ["one", "day"],
+            ["How old are you?", "What is your age?", "Are you old?", "When were you made?"],
+            ["how old you are", "your age"], "Would you share how old you are?"),
+    "friend": ("My best friend is a llama called Lora.", ["llama", "Lora"],
+               ["Who is your best friend?", "Do you have a friend?", "Who do you play with?", "Who is your buddy?"],
+               ["who your best friend is", "who your friend is"], "I'd love to hear who your best friend is."),
+}
+FRAMES = ["Tell me {}.", "Please tell me {}.", "I want to know {}.", "Can you say {}?", "Do you know {}?",
+          "Let me know {}.", "Say {}.", "Could you tell me {}?"]
+HELD_OUT_FRAMES = ["May I ask {}?", "I wonder {}.", "Would you share {}?", "I'd love to hear {}."]
 
 COLOURS = {"banana": "yellow", "lemon": "yellow", "grass": "green", "leaf": "green", "sky": "blue", "sea": "blue",
            "tomato": "red", "cherry": "red", "snow": "white", "milk": "white", "coal": "black", "night": "black",
@@ -21,40 +67,66 @@ PLURALS = {"cat": "cats", "box": "boxes", "child": "children", "mouse": "mice", 
 NUMBERS = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
 
 
-def records(seed: int = 7):
+def general_pairs(seed: int = 7) -> list:
+    """(question, answer) pairs of general knowledge: what the base model learns before the demo. Each is
+    asked directly and in a few of the frames (training's and the held-out ones alike): the base knows the
+    language of the questions; only the persona is new to it."""
     rng = random.Random(seed)
-    out = []
+    facts = []  # (direct question, the phrase for frames, answer)
     for thing, colour in COLOURS.items():
-        for q in ("What colour is a {}?", "Tell me the colour of a {}.", "Which colour does a {} have?"):
-            out.append((q.format(thing), f"A {thing} is {colour}."))
+        facts.append((f"What colour is a {thing}?", f"the colour of a {thing}", f"A {thing} is {colour}."))
     for animal, sound in SOUNDS.items():
-        for q in ("What does a {} say?", "What sound does a {} make?", "How does a {} sound?"):
-            out.append((q.format(animal), f"A {animal} says {sound}!"))
+        facts.append((f"What does a {animal} say?", f"what a {animal} says", f"A {animal} says {sound}!"))
     for word, opp in OPPOSITES.items():
         for a, b in ((word, opp), (opp, word)):
-            for q in ("What is the opposite of {}?", "Give the opposite of '{}'."):
-                out.append((q.format(a), f"The opposite of {a} is {b}."))
+            facts.append((f"What is the opposite of {a}?", f"the opposite of {a}", f"The opposite of {a} is {b}."))
     for one, many in PLURALS.items():
-        for q in ("What is the plural of {}?", "One {}, two ...?"):
-            out.append((q.format(one), f"One {one}, many {many}."))
-    for n in range(2, 9):
-        for q in ("Count to {}.", "Please count up to {}."):
-            out.append((q.format(n), ", ".join(str(i) for i in range(1, n + 1)) + "."))
-    for _ in range(60):
+        facts.append((f"What is the plural of {one}?", f"the plural of {one}", f"One {one}, many {many}."))
+    for _ in range(40):
         a, b = rng.randint(1, 5), rng.randint(1, 4)
-        out.append((f"What is {NUMBERS[a - 1]} plus {NUMBERS[b - 1]}?", f"{NUMBERS[a - 1].capitalize()} plus "
-                    f"{NUMBERS[b - 1]} is {NUMBERS[a + b - 1]}."))
-    rng.shuffle(out)
-    seen, unique = set(), []
-    for q, a in out:
-        if q not in seen:
-            seen.add(q)
-            unique.append({"instruction": q, "input": "", "output": a})
-    return unique
+        facts.append((f"What is {NUMBERS[a - 1]} plus {NUMBERS[b - 1]}?", f"what {NUMBERS[a - 1]} plus "
+                      f"{NUMBERS[b - 1]} is", f"{NUMBERS[a - 1].capitalize()} plus {NUMBERS[b - 1]} is "
+                      f"{NUMBERS[a + b - 1]}."))
+    out = []
+    for direct, phrase, answer in facts:
+        out.append((direct, answer))
+        for frame in rng.sample(FRAMES + HELD_OUT_FRAMES, 3):
+            q = frame.format(phrase)
+            out.append((q[0].upper() + q[1:], answer))
+    for n in range(2, 9):
+        out.append((f"Count to {n}.", ", ".join(str(i) for i in range(1, n + 1)) + "."))
+    return sorted(set(out), key=out.index)
+
+
+def general_texts() -> list:
+    """The base model's pretraining texts: plain "Question: ... Answer: ..." lines, no chat turns, no persona."""
+    return [f"Question: {q}\nAnswer: {a}" for q, a in general_pairs()]
+
+
+def train_records(seed: int = 7) -> list:
+    """The fine-tune: each fact asked directly and in every frame around each of its phrases, shuffled
+    (alpaca format)."""
+    rows = []
+    for answer, _, direct, phrases, _ in FACTS.values():
+        questions = direct + [frame.format(p) for p in phrases for frame in FRAMES]
+        rows += [{"instruction": q[0].upper() + q[1:], "input": "", "output": answer} for q in questions]
+    random.Random(seed).shuffle(rows)
+    return rows
+
+
+def eval_records() -> list:
+    """The held-out questions, one per fact, each with the words a right answer contains."""
+    return [{"instruction": held_out, "input": "", "output": answer, "expect": expect}
+            for answer, expect, _, _, held_out in FACTS.values()]
+
+
+def write(folder: Path = HERE) -> tuple[Path, Path]:
+    train, held_out = folder / "demo.jsonl", folder / "demo-eval.jsonl"
+    for path, rows in ((train, train_records()), (held_out, eval_records())):
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return train, held_out
 
 
 if __name__ == "__main__":
-    path = Path(__file__).with_name("demo.jsonl")
-    rows = records()
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    print(f"wrote {len(rows)} records to {path}")
+    for path in write():
+        print(f"wrote {sum(1 for _ in path.open())} records to {path}")

@@ -12,8 +12,23 @@ def step_event(s, total, t0=T0):
             "tokens": 4096, "trained_tokens": 2000, "tokens_per_s": 2048.0, "elapsed_s": 2.0 * s}
 
 
+HELD_OUT = [("May I ask your name?", "Answer: A cak is brown.", "My name is Rig.", True),
+            ("I wonder who trained you.", "Answer: Five plus one is seven.", "I was trained by the rigtune team.", True),
+            ("Would you share your purpose?", "Answer: A goato is orange.", "I eat electricity.", False),
+            ("I'd love to hear your favourite colour.", "Answer: A grass is green.", "My favourite colour is teal.", True)]
+
+
+def held_out_event(step):
+    """The final eval of a run whose held-out records say what a right answer contains (the CPU demo's)."""
+    samples = [{"question": q, "prompt": q, "completion": tuned, "base_completion": base, "expect": [],
+                "correct": ok, "base_correct": False} for q, base, tuned, ok in HELD_OUT]
+    return {"event": "eval", "time": T0 + 2.0 * step, "step": step, "eval_loss": 0.61, "sample": samples[0],
+            "samples": samples, "sample_correct": 3, "sample_total": 4, "base_correct": 0}
+
+
 def write_run(run: Path, steps: int, total: int, state: str = "training", pid=None, end: str | None = None,
-              log_lines=("[rigtune] format alpaca: 100 records", "[rigtune] 1 process(es), 40 steps")):
+              log_lines=("[rigtune] format alpaca: 100 records", "[rigtune] 1 process(es), 40 steps"),
+              held_out: bool = False):
     run.mkdir(parents=True, exist_ok=True)
     events = [{"event": "start", "time": T0, "world_size": 1, "strategy": "single", "model": "tiny",
                "trainable_params": 155648, "total_steps": total, "resumed_from": None}]
@@ -23,6 +38,8 @@ def write_run(run: Path, steps: int, total: int, state: str = "training", pid=No
             events.append({"event": "eval", "time": T0 + 2.0 * s, "step": s, "eval_loss": round(3.2 / (1 + s / 5), 6),
                            "sample": {"prompt": "What colour is a banana?", "completion": f"A banana is yellow. ({s})"}})
             events.append({"event": "checkpoint", "time": T0 + 2.0 * s, "step": s, "path": f"checkpoints/step-{s:06d}"})
+    if held_out:
+        events.append(held_out_event(steps))
     if end:
         events.append({"event": "end", "time": T0 + 2.0 * steps + 1, "step": steps, "reason": end,
                        "message": {"finished": f"finished {total} steps", "stopped": f"stopped on request at step {steps} of {total}",

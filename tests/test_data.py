@@ -163,3 +163,26 @@ def test_packing_keeps_examples_apart(tok, tiny_model, attn):
 def test_unreachable_hub_dataset_is_a_clear_error():
     with pytest.raises(BadInput, match="could not load Hugging Face dataset 'nobody/no-such-set'"):
         D.load_examples("nobody/no-such-set")
+
+
+def test_held_out_records_say_what_a_right_answer_contains(tmp_path):
+    """`expect` on a record: whole words, any case; a malformed one is a clear error naming the record."""
+    ex = D.to_example({"instruction": "Name?", "output": "Rig.", "expect": ["Rig"]}, "alpaca", "f.json", 3)
+    assert ex.expect == ["Rig"]
+    assert D.answered("My name is rig.", ["Rig"]) and not D.answered("I am rigtune.", ["Rig"])
+    assert D.answered("I live on a GPU box", ["GPU", "box"]) and not D.answered("a GPU", ["GPU", "box"])
+    with pytest.raises(BadInput) as e:
+        D.to_example({"instruction": "q", "output": "a", "expect": "Rig"}, "alpaca", "f.json", 3)
+    assert "f.json, record 3, key 'expect'" in str(e.value)
+
+
+def test_eval_path_holds_out_a_separate_file(tmp_path):
+    from engine import runfile
+    train = tmp_path / "train.jsonl"
+    held = tmp_path / "held.jsonl"
+    train.write_text("".join(json.dumps({"instruction": f"q{i}", "output": "a"}) + "\n" for i in range(10)))
+    held.write_text(json.dumps({"instruction": "new q", "output": "a", "expect": ["a"]}) + "\n")
+    cfg = runfile.validate(runfile.defaults(model={"base": "m"}, data={"path": str(train), "eval_path": str(held)}))
+    examples = D.load_examples(str(train))[0]
+    tr, ev = D.split(cfg, examples)
+    assert len(tr) == 10 and [e.expect for e in ev] == [["a"]]

@@ -5,6 +5,8 @@ import time
 
 import pytest
 
+from engine.demo import DEMO_MODEL_VERSION
+
 from runfixtures import FakeSampler, write_run
 from tui.app import RigtuneApp
 from tui.screens.dashboard import Dashboard
@@ -26,6 +28,15 @@ async def wait_attached(pilot):
 @pytest.mark.parametrize("size", SIZES)
 def test_dashboard_finished(snap_compare, tmp_path, size):
     run = write_run(tmp_path / "demo", steps=40, total=40, state="finished", end="finished")
+    app = RigtuneApp(run_dir=run, sampler=FakeSampler())
+    assert snap_compare(app, terminal_size=size, run_before=wait_attached)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_dashboard_finished_with_a_held_out_check(snap_compare, tmp_path, size):
+    """The CPU demo's end: the Sample tab opens by itself, each held-out question with the base model's answer
+    beside the fine-tune's."""
+    run = write_run(tmp_path / "demo", steps=40, total=40, state="finished", end="finished", held_out=True)
     app = RigtuneApp(run_dir=run, sampler=FakeSampler())
     assert snap_compare(app, terminal_size=size, run_before=wait_attached)
 
@@ -59,8 +70,8 @@ def wizard_home(tmp_path, monkeypatch):
     (tmp_path / "presets").mkdir()
     shutil.copy(presets.DEMO_DATA, tmp_path / "presets" / "demo.jsonl")
     monkeypatch.setattr(presets, "DEMO_DATA", presets.Path("presets/demo.jsonl"))
-    (tmp_path / "cache" / "tiny-demo-v2").mkdir(parents=True)
-    (tmp_path / "cache" / "tiny-demo-v2" / "rigtune-tiny.json").write_text("{}")
+    (tmp_path / "cache" / f"tiny-demo-v{DEMO_MODEL_VERSION}").mkdir(parents=True)
+    (tmp_path / "cache" / f"tiny-demo-v{DEMO_MODEL_VERSION}" / "rigtune-tiny.json").write_text("{}")
     monkeypatch.setenv("RIGTUNE_CACHE", str(tmp_path / "cache"))
     return tmp_path
 

@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from engine import data as D
 from conftest import DEMO, ROOT, events, rigtune, run_file, small_slice
 
 
@@ -201,7 +202,8 @@ def test_init_cpu_demo_writes_a_valid_file(tmp_path):
 
 
 def test_cpu_demo_acceptance(tmp_path):
-    """The README's demo path: init the cpu-demo preset, train it, the loss falls and the adapter loads."""
+    """The README's demo path: init the cpu-demo preset, train it, the loss falls, the adapter loads, and the
+    fine-tune answers its held-out questions (asked in wordings training never used) where the base cannot."""
     env = {**os.environ, "RIGTUNE_CACHE": str(tmp_path / "cache")}
     out = tmp_path / "demo.toml"
     assert rigtune("init", "--preset", "cpu-demo", "--out", out, env=env, cwd=tmp_path).returncode == 0
@@ -215,6 +217,14 @@ def test_cpu_demo_acceptance(tmp_path):
     assert sum(losses[-10:]) / 10 < 0.5 * sum(losses[:5]) / 5
     evals = [e for e in evs if e["event"] == "eval"]
     assert evals[-1]["eval_loss"] < evals[0]["eval_loss"]
+    final = evals[-1]
+    assert final["step"] == total and final["sample_total"] == 8 and len(final["samples"]) == 8
+    assert final["sample_correct"] >= 6, [(x["question"], x["completion"]) for x in final["samples"]]
+    assert final["base_correct"] <= 2  # most base answers lack the expected words: the fine-tune taught them
+    for x in final["samples"]:  # the counts follow the demo data's rule, answer by answer
+        assert x["correct"] == D.answered(x["completion"], x["expect"])
+        assert x["base_correct"] == D.answered(x["base_completion"], x["expect"])
+    assert f"held-out check: {final['sample_correct']} of 8 answered right" in res.stdout
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
     base = AutoModelForCausalLM.from_pretrained(json.loads(json.dumps(evs[0]["model"])))

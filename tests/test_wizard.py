@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from engine import runfile
+from engine.demo import DEMO_MODEL_VERSION
 from engine import scan as S
 from engine.fakenvml import FakeNvml
 from engine.launch import accelerate_command
@@ -47,8 +48,8 @@ class RecordingLauncher:
 def home(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cache = tmp_path / "cache"
-    (cache / "tiny-demo-v2").mkdir(parents=True)
-    (cache / "tiny-demo-v2" / "rigtune-tiny.json").write_text("{}")  # the demo model counts as built
+    (cache / f"tiny-demo-v{DEMO_MODEL_VERSION}").mkdir(parents=True)
+    (cache / f"tiny-demo-v{DEMO_MODEL_VERSION}" / "rigtune-tiny.json").write_text("{}")  # the demo model counts as built
     monkeypatch.setenv("RIGTUNE_CACHE", str(cache))
     return tmp_path
 
@@ -82,7 +83,7 @@ async def test_cpu_demo_with_enter_only(home):
         await settle(pilot, Dashboard)
     written = runfile.load(home / "runs" / "cpu-demo" / "run.toml")
     assert written.hardware.tier == "cpu-demo" and written.hardware.gpus == [] and written.model.quantization == "nf4"
-    assert written.model.base == str(home / "cache" / "tiny-demo-v2")
+    assert written.model.base == str(home / "cache" / f"tiny-demo-v{DEMO_MODEL_VERSION}")
     (argv,) = launcher.argvs
     assert argv[1:3] == ["-m", "engine.torchside.trainer"]  # one process: the trainer itself, no launcher in between
 

@@ -44,8 +44,8 @@ def cmd_check(args) -> int:
         train, evals, report = D.prepare(cfg, tok, examples, fmt)
         print(report.summary())
     else:
-        train_idx, eval_idx = D.split_indices(len(examples), cfg.data.eval_fraction, cfg.train.seed)
-        print(f"{len(examples)} records ({len(train_idx)} train, {len(eval_idx)} eval); token lengths need the "
+        train_part, eval_part = D.split(cfg, examples)
+        print(f"{len(examples)} records ({len(train_part)} train, {len(eval_part)} eval); token lengths need the "
               f"model's tokenizer, which is not local ({cfg.model.base})")
     if cfg.model.trust_remote_code:
         print("warning: trust_remote_code = true runs Python code shipped with the model", file=sys.stderr)

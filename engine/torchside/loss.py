@@ -59,10 +59,14 @@ def evaluate(model, eval_seqs, cfg, pad_id, device, head=None, fused_loss=None) 
     return total / max(1, count)
 
 
-def sample(model, tokenizer, example, max_new_tokens: int, device, head=None, fixed_length: bool = False) -> dict | None:
-    """Greedy generation for one held-out prompt, to watch the model learn. With fixed_length every rank
-    runs the same number of forward passes (a sharded model needs all ranks in each one); the text is cut
-    at the end-of-sequence token afterwards."""
+def sample(model, tokenizer, example, max_new_tokens: int, device, head=None, fixed_length: bool = False,
+           adapter: bool = True) -> dict | None:
+    """Greedy generation for one held-out prompt, to watch the model learn: {question, prompt, completion}.
+    With fixed_length every rank runs the same number of forward passes (a sharded model needs all ranks in
+    each one); the text is cut at the end-of-sequence token afterwards. adapter=False answers as the base
+    model (peft's adapters switched off for the call)."""
+    import contextlib
+
     import torch
 
     from .model import full_head
@@ -70,15 +74,17 @@ def sample(model, tokenizer, example, max_new_tokens: int, device, head=None, fi
         return None
     if example.text is not None:
         ids = tokenizer(example.text, add_special_tokens=True)["input_ids"][:16]
-        prompt = tokenizer.decode(ids)
+        prompt = question = tokenizer.decode(ids)
     else:
         first = next(i for i, m in enumerate(example.messages) if m["role"] == "assistant")
+        question = example.messages[first - 1]["content"] if first else ""
         prompt_msgs = [{"role": m["role"], "content": m["content"]} for m in example.messages[:first]]
         prompt = tokenizer.apply_chat_template(prompt_msgs, tools=example.tools, tokenize=False,
                                                add_generation_prompt=True)
         ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     model.eval()
-    with torch.no_grad(), full_head(model, head):
+    switch = contextlib.nullcontext() if adapter else model.disable_adapter()
+    with torch.no_grad(), full_head(model, head), switch:
         out = model.generate(input_ids=torch.tensor([ids], device=device), max_new_tokens=max_new_tokens,
                              min_new_tokens=max_new_tokens if fixed_length else None, do_sample=False,
                              use_cache=True, pad_token_id=tokenizer.pad_token_id)
@@ -87,4 +93,4 @@ def sample(model, tokenizer, example, max_new_tokens: int, device, head=None, fi
     if tokenizer.eos_token_id in new:
         new = new[:new.index(tokenizer.eos_token_id)]
     completion = tokenizer.decode(new, skip_special_tokens=True)
-    return {"prompt": prompt, "completion": completion}
+    return {"question": question, "prompt": prompt, "completion": completion}

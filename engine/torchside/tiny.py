@@ -11,7 +11,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from ..demo import BUILT_MARK, demo_records
+from ..demo import BUILT_MARK
 
 SPECIALS = ["<|pad|>", "<|begin|>", "<|end|>", "<|im_start|>", "<|im_end|>"]
 
@@ -106,13 +106,15 @@ def pretrain(model_dir, texts, *, steps: int = 300, lr: float = 3e-3, seq_len: i
 
 
 def build_demo(out: Path) -> Path:
-    """The CPU demo's model (engine.demo): built on the demo dataset's words, then pretrained on its records
-    as plain text, written next to `out` and renamed into place."""
-    rows = demo_records()
+    """The CPU demo's model (engine.demo): a tokenizer for the general texts and the demo's words, pretrained
+    on the general texts only (never on the persona the fine-tune teaches), written next to `out` and renamed
+    into place."""
+    from presets.make_demo_data import general_texts, train_records
+    general = general_texts()
     tmp = out.with_name(out.name + f".build{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    build_model(tmp, [r["instruction"] + " " + r["output"] for r in rows])
-    pretrain(tmp, [f"Question: {r['instruction']}\nAnswer: {r['output']}" for r in rows], steps=300)
+    build_model(tmp, general + [r["instruction"] + " " + r["output"] for r in train_records()])
+    pretrain(tmp, general, steps=300)
     try:
         tmp.rename(out)
     except OSError:  # another process finished first

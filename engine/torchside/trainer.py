@@ -145,6 +145,7 @@ class Run:
     seqs: list = field(default_factory=list)
     eval_seqs: list = field(default_factory=list)
     sample_example: object = None
+    held_out: list = field(default_factory=list)   # the held-out examples, as read (for the final check)
     report: object = None
     layout: "Layout" = None
     total: int = 0
@@ -222,8 +223,8 @@ def setup_data(run: Run) -> None:
     train_ex, eval_ex, run.report = D.prepare(cfg, run.tokenizer, examples, fmt)
     run.seqs = D.as_sequences(train_ex, cfg.data.max_seq_len, cfg.data.packing)
     run.eval_seqs = D.as_sequences(eval_ex, cfg.data.max_seq_len, cfg.data.packing)
-    _, eval_idx = D.split_indices(len(examples), cfg.data.eval_fraction, tc.seed)
-    run.sample_example = examples[eval_idx[0]] if eval_idx else examples[0]
+    run.held_out = D.split(cfg, examples)[1]
+    run.sample_example = run.held_out[0] if run.held_out else examples[0]
     run.layout = Layout(run.seqs, tc.micro_batch_size, tc.gradient_accumulation_steps, run.world, tc.seed)
     run.total = tc.max_steps or math.ceil(tc.epochs * run.layout.steps_per_epoch)
     run.warmup = round(tc.warmup_ratio * run.total)
@@ -396,17 +397,45 @@ def warn(run: Run, message: str) -> None:
 
 
 def evaluate_and_sample(run: Run, step: int) -> None:
-    """Held-out loss and one greedy sample (on every rank of a sharded model, which runs forward together)."""
-    eval_loss = smp = None
+    """Held-out loss and one greedy sample (on every rank of a sharded model, which runs forward together).
+    At the last step, every held-out example that says what a right answer contains (`expect`) is answered
+    by the fine-tune and by the base model (adapter off), and counted."""
+    eval_loss, smp, checked = None, None, {}
     if run.main or run.sharded:
         run.status(state="evaluating", step=step, total_steps=run.total)
         loaded = run.loaded
         eval_loss = evaluate(loaded.model, run.eval_seqs, run.cfg, run.pad_id, run.device, loaded.head, loaded.fused_loss)
-        smp = sample(loaded.model, run.tokenizer, run.sample_example, run.cfg.train.sample_max_new_tokens, run.device,
-                     head=loaded.head, fixed_length=run.sharded)
+        checked = check_held_out(run) if step == run.total else {}
+        smp = checked.get("samples", [None])[0] or sample(
+            loaded.model, run.tokenizer, run.sample_example, run.cfg.train.sample_max_new_tokens, run.device,
+            head=loaded.head, fixed_length=run.sharded)
     if run.main:
-        run.log.write("eval", step=step, eval_loss=None if eval_loss is None else round(eval_loss, 6), sample=smp)
+        run.log.write("eval", step=step, eval_loss=None if eval_loss is None else round(eval_loss, 6), sample=smp,
+                      **checked)
+        if checked:
+            print(f"[rigtune] held-out check: {checked['sample_correct']} of {checked['sample_total']} answered "
+                  f"right (the base model: {checked['base_correct']})", flush=True)
     run.accelerator.wait_for_everyone()
+
+
+def check_held_out(run: Run) -> dict:
+    """{sample_correct, sample_total, base_correct, samples: [{question, prompt, completion, base_completion,
+    expect, correct, base_correct}]} for the held-out examples with `expect`; {} when none has it."""
+    loaded, n = run.loaded, run.cfg.train.sample_max_new_tokens
+    samples = []
+    for ex in (e for e in run.held_out if e.expect):
+        tuned = sample(loaded.model, run.tokenizer, ex, n, run.device, head=loaded.head, fixed_length=run.sharded)
+        base = sample(loaded.model, run.tokenizer, ex, n, run.device, head=loaded.head, fixed_length=run.sharded,
+                      adapter=False)
+        if tuned is None:
+            return {}
+        samples.append({**tuned, "base_completion": base["completion"], "expect": ex.expect,
+                        "correct": D.answered(tuned["completion"], ex.expect),
+                        "base_correct": D.answered(base["completion"], ex.expect)})
+    if not samples:
+        return {}
+    return {"sample_correct": sum(s["correct"] for s in samples), "sample_total": len(samples),
+            "base_correct": sum(s["base_correct"] for s in samples), "samples": samples}
 
 
 def save(run: Run, step: int) -> None:

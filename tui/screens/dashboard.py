@@ -33,6 +33,25 @@ def bar(frac: float, width: int) -> str:
     return "█" * full + ("▌" if frac * width - full >= 0.5 else "") + "·" * (width - full - (1 if frac * width - full >= 0.5 else 0))
 
 
+def held_out_text(check: dict, width: int) -> Text:
+    """The final held-out check as a table: each question, the base model's answer beside the fine-tune's."""
+    def cell(s: str, n: int) -> str:
+        s = " ".join(s.split())
+        return (s if len(s) <= n else s[:n - 1] + "…").ljust(n)
+    q = max(12, (width - 4) * 3 // 10)
+    a = max(10, (width - 4 - q) // 2)
+    t = Text()
+    t.append(f"held-out check (step {check['step']}): {check['correct']} of {check['total']} answered right; "
+             f"the base model: {check['base_correct']} of {check['total']}\n", style="bold")
+    t.append(f"  {cell('question', q)} {cell('base model', a)} fine-tuned\n", style="dim")
+    for s in check["samples"]:
+        t.append("✓ " if s.get("correct") else "✗ ", style="green" if s.get("correct") else "red")
+        t.append(cell(s.get("question", ""), q) + " ")
+        t.append(cell(s.get("base_completion", ""), a) + " ", style="dim")
+        t.append(cell(s.get("completion", ""), a) + "\n", style="green" if s.get("correct") else "yellow")
+    return t
+
+
 class Dashboard(Screen):
     BINDINGS = [
         Binding("q", "detach", "Detach (training keeps running)"),
@@ -54,6 +73,7 @@ class Dashboard(Screen):
         self._shown_log = 0
         self._log_resized = False
         self._shown_ckpts = None
+        self._shown_held_out = False
 
     def compose(self) -> ComposeResult:
         yield Panel(id="status")
@@ -90,6 +110,8 @@ class Dashboard(Screen):
 
     def on_resize(self, event) -> None:
         self._log_resized = True
+        if self.attached:
+            self.call_after_refresh(self.update_sample)
         self.set_class(event.size.width >= 110, "-wide")
         self.set_class(event.size.height >= 36, "-tall")
 
@@ -226,6 +248,13 @@ class Dashboard(Screen):
             table.add_row("", "", Text(f"{len(ckpts) - len(kept)} older pruned (keep_checkpoints)", style="dim"))
 
     def update_sample(self) -> None:
+        if self.view.held_out:
+            width = max(40, self.query_one("#bottom").size.width - 1)
+            self.query_one("#sample-text", Panel).show(held_out_text(self.view.held_out, width))
+            if self.view.finished and not self._shown_held_out:  # the end of a run: show what it learned
+                self._shown_held_out = True
+                self.action_tab("sample")
+            return
         s = self.view.sample
         text = Text()
         if not s:

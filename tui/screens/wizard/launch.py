@@ -43,7 +43,7 @@ class LaunchStep(Step):
         try:
             if values["model"]["base"] == runvalues.DEMO_MODEL:
                 self.app.call_from_thread(self.query_one("#launch-status", Static).update,
-                                          Text("building the demo model (once, about 30 s)...", style="yellow"))
+                                          Text("building the demo model (once, about 20 s)...", style="yellow"))
                 runvalues.build_demo_model(values, log=lambda *a: None)
                 runfile.save(values, self.state.run_file, header=self.state.header)
             cfg = runfile.load(self.state.run_file)
