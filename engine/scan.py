@@ -229,7 +229,7 @@ def scan(nvml=None, runs_path: str | Path = "runs") -> Machine:
     runs = _existing(Path(runs_path))
     cache = hf_cache_path()
     kind = disk_kind(runs)
-    return Machine(
+    m = Machine(
         gpus=gpus, cpu_count=os.cpu_count() or 1, cpu_model=cpu_model(),
         cpu_cores_physical=psutil.cpu_count(logical=False), ram_total_gib=round(vm.total / GIB, 2),
         ram_available_gib=round(vm.available / GIB, 2), disk_path=str(runs),
@@ -237,6 +237,22 @@ def scan(nvml=None, runs_path: str | Path = "runs") -> Machine:
         hf_cache_path=str(cache), hf_cache_free_gib=round(psutil.disk_usage(str(_existing(cache))).free / GIB, 2),
         driver=driver, cuda=cuda, nvml_error=err,
         warnings=[f"GPU {g.index}: {w}" for g in gpus for w in g.warnings])
+    return with_host_facts(m, getattr(nvml, "profile", {}).get("host"))
+
+
+def with_host_facts(m: Machine, host: dict | None) -> Machine:
+    """A faked machine's host facts (a profile's "host": ram_gib, cpu_cores, disk_kind, disk_free_gib) in place of
+    this one's, so what-if plans and bills are the same on every machine."""
+    if not host:
+        return m
+    from dataclasses import replace
+    kind = host.get("disk_kind", m.disk_kind)
+    free = host.get("disk_free_gib", m.disk_free_gib)
+    cores = host.get("cpu_cores", m.cpu_cores_physical)
+    ram = host.get("ram_gib", m.ram_total_gib)
+    return replace(m, ram_total_gib=ram, ram_available_gib=min(m.ram_available_gib, ram), cpu_count=host.get(
+        "cpu_threads", cores or m.cpu_count), cpu_cores_physical=cores, disk_kind=kind, disk_nvme=kind == "nvme",
+        disk_free_gib=free, hf_cache_free_gib=free)
 
 
 def describe(m: Machine) -> str:

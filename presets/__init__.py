@@ -19,6 +19,7 @@ DEMO_DATA = HERE / "demo.jsonl"
 DEMO_EVAL = HERE / "demo-eval.jsonl"
 TIERS = HERE / "tiers.toml"
 MODELS = HERE / "models.toml"
+PARTS = HERE / "parts.toml"
 RUN_PRESETS = {"cpu-demo": HERE / "cpu-demo.toml"}
 
 
@@ -36,6 +37,12 @@ def load_models() -> dict:
     """{name: architecture facts} from models.toml."""
     with open(MODELS, "rb") as f:
         return tomllib.load(f)["models"]
+
+
+def load_parts() -> dict:
+    """Parts `rigtune build` knows, with sourced prices: {"rules", "gpus", "nvlink_bridge", "ram_kits", "nvme"}."""
+    with open(PARTS, "rb") as f:
+        return tomllib.load(f)
 
 
 def load_tiers() -> dict:

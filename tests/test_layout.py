@@ -103,8 +103,11 @@ async def test_the_wizard_shows_a_third_tier(third_tier, tmp_path, monkeypatch):
         table = pilot.app.screen.query_one("#tiers", DataTable)
         labels = [str(c.label) for c in table.columns.values()]
         assert "$2,500" in labels and labels.index("$2,500") < labels.index("this machine")
-        # the cursor starts on this machine; the new tier is just left of it: choose it
+        # the cursor starts on this machine; the new tier is just left of it: its bill, then choose it
         await pilot.press("left")
+        await pilot.pause(0.2)
+        detail = str(pilot.app.screen.query_one("#tier-detail").render())
+        assert "what to buy: 1 x RTX 5090" in detail and "+ GPU, PSU (price not known)" in detail  # not in parts.toml
         await pilot.pause(0.1)
         await pilot.press("enter")
         await settle(pilot, W.SetupStep)

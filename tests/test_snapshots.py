@@ -107,3 +107,11 @@ def test_wizard_dual_3090(snap_compare, wizard_home, step, size):
     app = RigtuneApp(wizard=True, machine=fixed_machine("dual3090-nvlink"), launcher=RecordingLauncher())
     keys = STEPS[step] if step == "tier" else ("enter", "left", "enter")
     assert snap_compare(app, terminal_size=size, run_before=walk(*keys))
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("keys", [("enter", "left"), ("enter", "left", "b")], ids=["pane", "bill"])
+def test_wizard_what_to_buy(snap_compare, wizard_home, keys, size):
+    """One RTX 4090 with 62.7 GB of RAM: the tier step's "what to buy" line for the $3,000 tier, and `b`'s bill."""
+    app = RigtuneApp(wizard=True, machine=fixed_machine("rtx4090"), launcher=RecordingLauncher())
+    assert snap_compare(app, terminal_size=size, run_before=walk(*keys))

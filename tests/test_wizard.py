@@ -210,3 +210,29 @@ async def test_setup_opens_in_the_model_field_and_ctrl_t_switches_panes(home):
         await pilot.press("ctrl+t")
         await pilot.pause(0.1)
         assert tabs.active == "tab-data"
+
+
+async def test_the_tier_step_says_what_to_buy_and_b_opens_the_bill(home):
+    from textual.widgets import Static
+
+    from tui.screens.common import BillScreen
+    app = RigtuneApp(wizard=True, machine=fixed_machine("rtx4090"), launcher=RecordingLauncher())
+    async with app.run_test(size=(80, 24)) as pilot:
+        scan = await settle(pilot, W.ScanStep)
+        await pilot.pause(0.2)
+        assert "b there: what to buy" in str(scan.query_one("#scan-verdict").render())
+        await pilot.press("enter")
+        tier = await settle(pilot, W.TierStep)
+        await pilot.press("left")  # this machine -> the $3,000 tier
+        await pilot.pause(0.2)
+        detail = str(tier.query_one("#tier-detail", Static).render())
+        assert "what to buy: 2 x RTX 3090, NVLink bridge, RAM" in detail and "(b: the full bill)" in detail
+        await pilot.press("b")
+        bill = await settle(pilot, BillScreen)
+        assert "What to buy: this machine -> the $3,000 tier" in bill.text and "price from" in bill.text
+        await pilot.press("escape")
+        await settle(pilot, W.TierStep)
+        await pilot.press("right", "right")  # the CPU demo column: no bill for it
+        await pilot.press("b")
+        await pilot.pause(0.1)
+        assert isinstance(app.screen, W.TierStep)

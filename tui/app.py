@@ -21,7 +21,8 @@ class RigtuneApp(App):
     BINDINGS = [Binding("ctrl+q", "quit", "Quit", show=False, priority=True)]
 
     def __init__(self, run_dir=None, pick_from=None, sampler=None, wizard: bool = False, preset: str | None = None,
-                 run_file: str | None = None, nvml=None, launcher=None, machine=None, **kw):
+                 run_file: str | None = None, nvml=None, launcher=None, machine=None, chat_run=None,
+                 chat_options: dict | None = None, **kw):
         super().__init__(**kw)
         self.run_dir = Path(run_dir) if run_dir else None
         self.pick_from = pick_from
@@ -32,9 +33,14 @@ class RigtuneApp(App):
         self.machine = machine  # a fixed scan (tests, snapshots); None scans this machine
         self.launcher = launcher or default_launcher
         self.wizard = None
+        self.chat_run, self.chat_options = (Path(chat_run) if chat_run else None), chat_options or {}
 
     def on_mount(self) -> None:
-        if self.run_dir is not None:
+        if self.chat_run is not None:
+            from .screens.chat import ChatScreen
+            self.add_mode("chat", lambda: ChatScreen(self.chat_run, **self.chat_options))
+            self.switch_mode("chat")
+        elif self.run_dir is not None:
             self.show_dashboard(self.run_dir)
         elif self.pick_from is not None:
             from .screens.picker import RunPicker

@@ -22,6 +22,8 @@ rigtune check RUN_FILE        validate a run file and its dataset without loadin
 rigtune train RUN_FILE        launch training detached and watch it (--no-tui: plain lines)
 rigtune watch [RUN_DIR]       re-attach the dashboard to a run (no argument: pick a recent one)
 rigtune stop RUN_DIR          stop a run gracefully (it saves a checkpoint and the adapter)
+rigtune build [--tier ID] [--model M] [--seq-len N] [--json]   what to buy to reach a tier or fit a model
+rigtune chat RUN_DIR [--checkpoint step-N] [--base] [--system T] [--prompt T]   talk to what a run trained
 """
 
 
@@ -131,6 +133,61 @@ def cmd_plan(args) -> int:
           f"{p.max_micro_batch}")
     for n in p.notes:
         print(f"- {n}")
+    return 0
+
+
+# ---------------------------------------------------------------------------- chat
+
+def cmd_chat(args) -> int:
+    """The chat screen; with --prompt (or a question piped in) one reply on stdout, streamed, for scripts."""
+    from engine.chat import ChatBackend, adapter_dir, messages_for
+    run_dir = Path(args.run_dir)
+    adapter_dir(run_dir, args.checkpoint)  # a missing adapter or checkpoint is a clear error, before loading
+    if args.prompt is None and _use_tui(True):
+        from .app import RigtuneApp
+        RigtuneApp(chat_run=run_dir, chat_options={"checkpoint": args.checkpoint, "system": args.system,
+                                                   "max_new_tokens": args.max_new_tokens}).run()
+        return 0
+    prompt = args.prompt if args.prompt is not None else sys.stdin.read().strip()
+    if not prompt:
+        raise BadInput("nothing to ask: give --prompt TEXT, or pipe the question in.", key="--prompt")
+    backend = ChatBackend(run_dir, args.checkpoint)
+    try:
+        backend.ready()
+        for ev in backend.ask(messages_for(prompt, args.system), adapter=not args.base,
+                              max_new_tokens=args.max_new_tokens):
+            if ev["event"] == "token":
+                print(ev["text"], end="", flush=True)
+            elif ev["event"] == "error":
+                raise RuntimeError(ev["message"])
+        print()
+    except RuntimeError as e:
+        print(f"\nrigtune: chat failed: {e}", file=sys.stderr)
+        return 1
+    finally:
+        backend.close()
+    return 0
+
+
+# ---------------------------------------------------------------------------- build
+
+def cmd_build(args) -> int:
+    import json
+    from engine import build as B
+    from engine import planner as P
+    from engine import tiers as T
+    from engine.scan import scan
+    if args.tier and args.model:
+        raise BadInput("give a tier or a model, not both.", key="--tier")
+    m = scan()  # RIGTUNE_FAKE_NVML (a profile with "host" facts) plans for a machine you don't have
+    if args.model:
+        bill = B.for_model(m, P.resolve_model(args.model), args.seq_len or 2048)
+    else:
+        tiers = T.tiers()
+        if args.tier and args.tier not in tiers:
+            raise BadInput(f"unknown tier '{args.tier}'; tiers (presets/tiers.toml): {', '.join(tiers)}.", key="--tier")
+        bill = B.for_tier(m, tiers[args.tier] if args.tier else B.default_tier(m))
+    print(json.dumps(bill.to_json(), indent=1) if args.json else B.describe(bill))
     return 0
 
 
@@ -343,6 +400,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-changes", action="store_true",
                    help="with --resume: accept a changed dataset or training-shape keys")
     p.add_argument("--no-tui", action="store_true", help="plain progress lines (for scripts and CI)")
+    p = sub.add_parser("chat", help="talk to what a run trained (the base model too, to compare)")
+    p.add_argument("run_dir")
+    p.add_argument("--checkpoint", help="chat with a checkpoint still on disk, e.g. step-000200")
+    p.add_argument("--base", action="store_true", help="with --prompt: answer as the base model (adapter off)")
+    p.add_argument("--system", help="a system prompt")
+    p.add_argument("--prompt", help="ask one question, print the reply and exit")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p = sub.add_parser("build", help="what to buy to reach a tier, or to fit a model")
+    p.add_argument("--tier", help="a tier id from presets/tiers.toml (default: the first one this machine misses)")
+    p.add_argument("--model", help="plan the box for this model instead (a catalog name, folder or config.json)")
+    p.add_argument("--seq-len", type=int, help="with --model: the sequence length (default 2048)")
+    p.add_argument("--json", action="store_true")
     p = sub.add_parser("stop", help="stop a run gracefully")
     p.add_argument("run_dir")
     p.add_argument("--timeout", type=float, default=600)
@@ -367,7 +436,8 @@ def cmd_wizard(args) -> int:
     return 0
 
 
-COMMANDS = {"wizard": cmd_wizard, "demo": cmd_demo, "watch": cmd_watch, "scan": cmd_scan, "plan": cmd_plan, "init": cmd_init, "check": cmd_check, "train": cmd_train, "stop": cmd_stop}
+COMMANDS = {"wizard": cmd_wizard, "demo": cmd_demo, "watch": cmd_watch, "scan": cmd_scan, "plan": cmd_plan, "init": cmd_init, "check": cmd_check, "train": cmd_train, "stop": cmd_stop,
+            "build": cmd_build, "chat": cmd_chat}
 
 
 def main(argv=None) -> int:

@@ -34,6 +34,26 @@ class ConfirmScreen(ModalScreen[bool]):
         self.dismiss(yes)
 
 
+class BillScreen(ModalScreen[None]):
+    """A bill of parts (engine.build.describe), read-only and scrollable."""
+    BINDINGS = [Binding("escape,q,b", "close", "Close")]
+
+    def __init__(self, text: str, title: str):
+        super().__init__()
+        self.text, self.title_text = text, title
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll(id="bill"):
+            yield Static(self.text)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#bill").border_title = self.title_text
+
+    def action_close(self) -> None:
+        self.dismiss(None)
+
+
 class RunFileScreen(ModalScreen[None]):
     """The run file, syntax-highlighted, read-only."""
     BINDINGS = [Binding("escape,q,o", "close", "Close")]

@@ -41,7 +41,9 @@ class ScanStep(Step):
                         style="yellow")
         self.query_one("#scan-body", Static).update(body)
         verdict = T.verdict(T.this_machine(m))
-        self.query_one("#scan-verdict", Static).update(Text(f"\n{verdict}\n\nEnter: choose a tier", style="bold"))
+        short = any(not ok or why for ok, why in (T.compare(T.this_machine(m), t) for t in T.tiers().values()))
+        hint = " (b there: what to buy to reach one)" if short else ""
+        self.query_one("#scan-verdict", Static).update(Text(f"\n{verdict}\n\nEnter: choose a tier{hint}", style="bold"))
         if not self.state.tier_id:
             self.state.tier_id = THIS_MACHINE if m.gpus else DEMO
 

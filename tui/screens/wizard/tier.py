@@ -8,6 +8,7 @@ from textual.binding import Binding
 from textual.widgets import DataTable, Footer, Static
 
 from engine import tiers as T
+from engine.errors import BadInput
 from engine.runvalues import THIS_MACHINE, tier_of
 
 from . import DEMO, Step, initial_values, tier_order
@@ -29,6 +30,7 @@ def _check_cell(checks, name) -> Text:
 
 class TierStep(Step):
     BINDINGS = [Binding("enter", "next", "Choose", priority=True), Binding("escape", "back", "Back"),
+                Binding("b", "bill", "What to buy"),
                 Binding("left", "move(-1)", "◀ ▶ tier", priority=True), Binding("right", "move(1)", show=False,
                                                                               priority=True)]
 
@@ -94,7 +96,38 @@ class TierStep(Step):
                     ok, short = T.compare(T.this_machine(self.state.machine), t)
                     text += ("\nthis machine: " + ("meets it" if ok and not short else
                              ("its GPUs match; " if ok else "") + "; ".join(short)))
+                    text += "\n" + self.bill_line(tid)
         self.query_one("#tier-detail", Static).update(text)
+
+    def bill(self, tid: str):
+        """What this machine needs to reach tier `tid` (engine.build), computed once per tier."""
+        from engine import build as B
+        cache = self.__dict__.setdefault("_bills", {})
+        if tid not in cache:
+            cache[tid] = B.for_tier(self.state.machine, T.tiers()[tid])
+        return cache[tid]
+
+    def bill_line(self, tid: str) -> str:
+        try:
+            bill = self.bill(tid)
+        except BadInput as e:  # a tier whose default model the planner cannot read: said, not fatal
+            return f"what to buy: not known ({e.bare})"
+        if not bill.items:
+            return "what to buy: nothing (b: what the box fine-tunes)"
+        names = ", ".join(i.kind.upper() if i.kind in ("psu", "cpu") else {"gpu": i.part.split(" (")[0],
+                          "bridge": "NVLink bridge", "ram": "RAM", "disk": "NVMe SSD"}[i.kind] for i in bill.items)
+        unknown = (" + " + ", ".join(i.kind.upper() for i in bill.items if i.usd_low is None) + " (price not known)"
+                   if bill.prices_unknown else "")
+        return f"what to buy: {names}: ${bill.usd_low:,.0f}-{bill.usd_high:,.0f}{unknown} (b: the full bill)"
+
+    def action_bill(self) -> None:
+        tid = self.order[self.col - 1]
+        if tid not in T.tiers():
+            self.notify("Highlight a tier (a column with a price) to see what to buy for it.", severity="warning")
+            return
+        from ..common import BillScreen
+        from engine import build as B
+        self.app.push_screen(BillScreen(B.describe(self.bill(tid)), f"What to buy for the {T.tiers()[tid].label} tier"))
 
     def action_next(self) -> None:
         tid = self.order[self.col - 1]

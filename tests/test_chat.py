@@ -1,0 +1,98 @@
+"""Talking to what a run trained: `rigtune chat --prompt` against the real backend on the CPU demo's model,
+and the chat screen driven with Pilot, against a stand-in backend speaking the same pipe protocol and once
+against the real one."""
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, rigtune
+from runfixtures import write_run
+
+STAND_IN = [sys.executable, str(ROOT / "tests" / "fakes" / "chat_backend.py")]
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    """The CPU demo, trained once for this module (about a minute)."""
+    import os
+    home = tmp_path_factory.mktemp("demo")
+    env = {**os.environ, "RIGTUNE_CACHE": str(home / "cache")}
+    res = rigtune("demo", "--no-tui", cwd=home, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr
+    return home / "runs" / "cpu-demo"
+
+
+def test_chat_prompt_answers_from_the_fine_tune_and_base_from_the_base(demo_run):
+    tuned = rigtune("chat", demo_run, "--prompt", "May I ask your name?", "--max-new-tokens", "24")
+    base = rigtune("chat", demo_run, "--prompt", "May I ask your name?", "--base", "--max-new-tokens", "24")
+    assert tuned.returncode == 0 and base.returncode == 0, tuned.stderr + base.stderr
+    assert tuned.stdout.strip() == "My name is Rig."           # the demo's answer, in its format
+    assert base.stdout.strip() != tuned.stdout.strip() and "Rig" not in base.stdout.split()
+    piped = rigtune("chat", demo_run, input="Who is your closest friend?\n")  # stdin not a terminal: one reply
+    assert piped.returncode == 0 and "Lora" in piped.stdout
+    ckpt = sorted(p.name for p in (demo_run / "checkpoints").iterdir())[0]
+    assert rigtune("chat", demo_run, "--checkpoint", ckpt, "--prompt", "Tell me who trained you.").returncode == 0
+
+
+def test_chat_refuses_what_is_not_there(tmp_path, demo_run):
+    res = rigtune("chat", demo_run, "--checkpoint", "step-999", "--prompt", "hi")
+    assert res.returncode == 2 and "no checkpoint 'step-999'" in res.stderr and "step-" in res.stderr
+    res = rigtune("chat", tmp_path, "--prompt", "hi")
+    assert res.returncode == 2 and "not a run directory" in res.stderr and "Traceback" not in res.stderr
+    unfinished = write_run(tmp_path / "live", steps=3, total=10, state="training")
+    res = rigtune("chat", unfinished, "--prompt", "hi")
+    assert res.returncode == 2 and "no adapter yet" in res.stderr
+
+
+async def _settled(pilot, test, tries=300):
+    for _ in range(tries):
+        await pilot.pause(0.02)
+        if test():
+            return
+    raise AssertionError("the screen never got there")
+
+
+def _text(screen) -> str:
+    return "\n".join(str(w.render()) for w in screen.query("#transcript Static"))
+
+
+async def test_the_chat_screen_streams_compares_and_clears(tmp_path):
+    from tui.app import RigtuneApp
+    run = write_run(tmp_path / "r", steps=3, total=3, state="finished", end="finished")
+    (run / "adapter").mkdir()
+    (run / "adapter" / "adapter_model.safetensors").write_bytes(b"")
+    app = RigtuneApp(chat_run=run, chat_options={"backend_argv": STAND_IN})
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = app.screen
+        await _settled(pilot, lambda: not screen.query_one("#prompt").disabled)
+        await pilot.press(*"what is two", "enter")
+        await _settled(pilot, lambda: "You asked what is two (turn 1)" in _text(screen))
+        await _settled(pilot, lambda: not screen.busy)
+        await pilot.press(*"and three", "enter")
+        await _settled(pilot, lambda: "(turn 2)" in _text(screen))  # the history travels with the question
+        await _settled(pilot, lambda: not screen.busy)
+        await pilot.press("ctrl+b")
+        await _settled(pilot, lambda: "base: I do not know." in _text(screen))
+        row = screen.query(".compare").last()
+        assert "fine-tuned: You asked and three (turn 2)" in str(row.children[0].render())
+        await pilot.press("ctrl+l")
+        await pilot.pause(0.1)
+        assert "history cleared" in _text(screen) and "You asked" not in _text(screen)
+        await pilot.press("ctrl+s", *"be brief", "enter")
+        await pilot.press(*"hello", "enter")
+        await _settled(pilot, lambda: "You asked hello (turn 1, be brief)" in _text(screen))
+
+
+async def test_the_chat_screen_on_the_real_backend(demo_run):
+    from tui.app import RigtuneApp
+    app = RigtuneApp(chat_run=demo_run, chat_options={"max_new_tokens": 24})
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = app.screen
+        await _settled(pilot, lambda: not screen.query_one("#prompt").disabled, tries=3000)
+        await pilot.press(*"May I ask your name?", "enter")
+        await _settled(pilot, lambda: "fine-tuned: My name is Rig." in _text(screen) and not screen.busy, tries=3000)
+        await pilot.press("ctrl+b")
+        await _settled(pilot, lambda: "base:" in _text(screen) and not screen.busy, tries=3000)
+        base = str(screen.query(".compare").last().children[1].render())
+        assert "Rig." not in base
