@@ -161,6 +161,18 @@ def launch(cfg, resume: bool = False, cwd: Path | None = None, allow_changes: bo
     return proc, run_dir
 
 
+def export_command(run_dir, to: str, **options) -> list:
+    """The argument list of an export (engine.torchside.export, in its own process): options are its flags
+    without dashes (out, checkpoint, quant, merge_into, system; force and base as booleans)."""
+    argv = [sys.executable, "-m", "engine.torchside.export", str(run_dir), "--to", to]
+    for key, value in options.items():
+        if value is True:
+            argv.append("--" + key.replace("_", "-"))
+        elif value not in (None, False, ""):
+            argv += ["--" + key.replace("_", "-"), str(value)]
+    return argv
+
+
 def stop(run_dir, wait_s: float = 0.0, poll_s: float = 0.3) -> tuple[str, dict]:
     """Ask a run's trainer to stop after its current step (it saves a checkpoint and the adapter): SIGTERM to
     its process group. With wait_s, wait up to that long for the group to be gone. Returns (what happened,

@@ -24,6 +24,7 @@ import tomli_w
 from .errors import BadInput
 
 SCHEMA_VERSION = 1
+TRACKERS = ("tensorboard", "wandb", "mlflow")  # through accelerate's tracker API; each used only when installed
 REQUIRED = object()  # default of a key the user must give
 NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
 
@@ -123,6 +124,7 @@ SECTIONS: dict[str, list[Key]] = {
         Key("oom_fallback", "bool", False, "On CUDA out-of-memory: halve micro_batch_size, double accumulation, resume."),
         Key("kernels", "str", "auto", "Fused GPU kernels: auto uses Liger (RMSNorm, RoPE, SwiGLU, fused loss) on a CUDA "
            "GPU when installed; liger requires them; none is plain PyTorch.", choices=("auto", "liger", "none")),
+        Key("report_to", "list[str]", [], "Experiment trackers: \"tensorboard\" (event files in RUN_DIR/tensorboard), \"wandb\", \"mlflow\"; each needs its package installed and follows its own settings (WANDB_MODE, MLFLOW_TRACKING_URI)."),
         Key("activation_offload", "bool", False, "Keep the activations saved for backward in CPU RAM instead of GPU "
            "memory: less VRAM, slower steps."),
     ],
@@ -316,6 +318,10 @@ def _check_semantics(d: dict, path, text):
         fail("FSDP needs the 4-bit weights stored in the model's dtype, and float16 training would need them "
              "in float32 (silently corrupted otherwise); use compute_dtype = \"bfloat16\" (RTX 30xx and newer) "
              "or \"float32\".", "model", "compute_dtype")
+    for tracker in d["train"]["report_to"]:
+        if tracker not in TRACKERS:
+            fail(f"report_to lists {tracker!r}; trackers are {', '.join(repr(t) for t in TRACKERS)}."
+                 + _suggest(tracker, TRACKERS), "train", "report_to")
     if d["train"]["kernels"] == "liger" and not hw["gpus"]:
         fail("kernels = \"liger\" runs Triton kernels on a CUDA GPU, and this run trains on the CPU (gpus = []); "
              "use kernels = \"auto\" or \"none\".", "train", "kernels")
@@ -389,6 +395,12 @@ def load(path) -> RunConfig:
     except UnicodeDecodeError:
         raise BadInput("is not UTF-8 text; a run file is TOML.", path=str(path)) from None
     return loads(text, str(path))
+
+
+def missing_trackers(names) -> list:
+    """The trackers in `names` whose package is not installed here (training goes on without them)."""
+    import importlib.util
+    return [t for t in names if importlib.util.find_spec(t) is None]
 
 
 def defaults(**overrides) -> dict:

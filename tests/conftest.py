@@ -39,6 +39,16 @@ def tiny_model(tmp_path_factory) -> Path:
                        heads=4, kv_heads=2, intermediate=128)
 
 
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory) -> Path:
+    """The CPU demo, trained once per test session (about a minute): a real adapter to chat with and export."""
+    home = tmp_path_factory.mktemp("demo")
+    env = {**os.environ, "RIGTUNE_CACHE": str(home / "cache")}
+    res = rigtune("demo", "--no-tui", cwd=home, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr
+    return home / "runs" / "cpu-demo"
+
+
 def run_file(tmp_path: Path, base: Path, dataset, name="t", **sections) -> Path:
     """Write a small run file; `sections` maps a section to overrides, e.g. train={"max_steps": 4}."""
     from engine import runfile

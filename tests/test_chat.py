@@ -6,21 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, rigtune
+from conftest import ROOT, demo_run, rigtune  # noqa: F401 - demo_run is a fixture
 from runfixtures import write_run
 
 STAND_IN = [sys.executable, str(ROOT / "tests" / "fakes" / "chat_backend.py")]
-
-
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
-    """The CPU demo, trained once for this module (about a minute)."""
-    import os
-    home = tmp_path_factory.mktemp("demo")
-    env = {**os.environ, "RIGTUNE_CACHE": str(home / "cache")}
-    res = rigtune("demo", "--no-tui", cwd=home, env=env, timeout=600)
-    assert res.returncode == 0, res.stderr
-    return home / "runs" / "cpu-demo"
 
 
 def test_chat_prompt_answers_from_the_fine_tune_and_base_from_the_base(demo_run):

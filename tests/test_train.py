@@ -229,3 +229,32 @@ def test_cpu_demo_acceptance(tmp_path):
     from transformers import AutoModelForCausalLM
     base = AutoModelForCausalLM.from_pretrained(json.loads(json.dumps(evs[0]["model"])))
     PeftModel.from_pretrained(base, run / "adapter")
+
+
+def test_tensorboard_scalars_read_back(tmp_path, tiny_model):
+    """[train] report_to = ["tensorboard"]: event files in RUN_DIR/tensorboard whose scalars are the run's."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    rf = run_file(tmp_path, tiny_model, DEMO, name="tb", train={"max_steps": 4, "eval_every_steps": 2,
+                                                              "report_to": ["tensorboard"]})
+    res = rigtune("train", rf, "--no-tui")
+    assert res.returncode == 0, res.stderr
+    run = tmp_path / "runs" / "tb"
+    acc = EventAccumulator(str(run / "tensorboard"))
+    acc.Reload()
+    assert {"train/loss", "train/lr", "train/grad_norm", "eval/loss"} <= set(acc.Tags()["scalars"])
+    logged = {e["step"]: e["loss"] for e in steps_of(events(run))}
+    board = {s.step: s.value for s in acc.Scalars("train/loss")}
+    assert board.keys() == logged.keys() and all(abs(board[k] - logged[k]) < 1e-4 for k in logged)
+    evals = [e["eval_loss"] for e in events(run) if e["event"] == "eval"]
+    assert [round(s.value, 4) for s in acc.Scalars("eval/loss")] == [round(x, 4) for x in evals]
+
+
+def test_report_to_is_checked(tmp_path, tiny_model):
+    rf = run_file(tmp_path, tiny_model, DEMO, train={"report_to": ["tensorbord"]})
+    res = rigtune("check", rf)
+    assert res.returncode == 2 and "report_to" in res.stderr and "Did you mean 'tensorboard'" in res.stderr
+    rf = run_file(tmp_path, tiny_model, DEMO, train={"report_to": ["mlflow"]})
+    import importlib.util
+    if importlib.util.find_spec("mlflow") is None:  # not installed here: said, and training would go on
+        res = rigtune("check", rf)
+        assert res.returncode == 0 and "'mlflow', which is not installed here" in res.stderr

@@ -24,6 +24,7 @@ rigtune watch [RUN_DIR]       re-attach the dashboard to a run (no argument: pic
 rigtune stop RUN_DIR          stop a run gracefully (it saves a checkpoint and the adapter)
 rigtune build [--tier ID] [--model M] [--seq-len N] [--json]   what to buy to reach a tier or fit a model
 rigtune chat RUN_DIR [--checkpoint step-N] [--base] [--system T] [--prompt T]   talk to what a run trained
+rigtune export RUN_DIR --to merged|gguf|gguf-lora|ollama [--out PATH] [--quant Q]   use it elsewhere
 """
 
 
@@ -51,6 +52,9 @@ def cmd_check(args) -> int:
               f"model's tokenizer, which is not local ({cfg.model.base})")
     if cfg.model.trust_remote_code:
         print("warning: trust_remote_code = true runs Python code shipped with the model", file=sys.stderr)
+    for name in runfile.missing_trackers(cfg.train.report_to):
+        print(f"warning: report_to lists {name!r}, which is not installed here (pip install {name}); training "
+              "will go on without it", file=sys.stderr)
     return 0
 
 
@@ -167,6 +171,20 @@ def cmd_chat(args) -> int:
     finally:
         backend.close()
     return 0
+
+
+# ---------------------------------------------------------------------------- export
+
+def cmd_export(args) -> int:
+    """The export runs on the torch side in its own process (this one never imports torch); its progress
+    lines and its one-paragraph errors come straight through, and so does its exit code."""
+    import subprocess
+    from engine.chat import adapter_dir
+    adapter_dir(args.run_dir, args.checkpoint)  # a run without an adapter is refused here, at once
+    from engine.launch import export_command
+    argv = export_command(args.run_dir, args.to, out=args.out, checkpoint=args.checkpoint, quant=args.quant,
+                          merge_into=args.merge_into, system=args.system, force=args.force, base=args.base)
+    return subprocess.run(argv, stdin=subprocess.DEVNULL).returncode
 
 
 # ---------------------------------------------------------------------------- build
@@ -407,6 +425,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--system", help="a system prompt")
     p.add_argument("--prompt", help="ask one question, print the reply and exit")
     p.add_argument("--max-new-tokens", type=int, default=256)
+    p = sub.add_parser("export", help="the fine-tune as a merged model, GGUF, a GGUF LoRA or an Ollama folder")
+    p.add_argument("run_dir")
+    p.add_argument("--to", required=True, choices=["merged", "gguf", "gguf-lora", "ollama"])
+    p.add_argument("--out", help="where to write (default RUN_DIR/export/FORMAT)")
+    p.add_argument("--quant", choices=["f16", "bf16", "q8_0"], help="GGUF weights (default f16)")
+    p.add_argument("--checkpoint", help="export a checkpoint still on disk instead of the final adapter")
+    p.add_argument("--merge-into", choices=["dequantized", "original"],
+                   help="merge into the base as training saw it (default) or its original 16-bit weights")
+    p.add_argument("--system", help="ollama: the system prompt for the Modelfile")
+    p.add_argument("--base", action="store_true", help="with --to gguf: the base model itself, for a gguf-lora")
+    p.add_argument("--force", action="store_true", help="replace an existing output")
     p = sub.add_parser("build", help="what to buy to reach a tier, or to fit a model")
     p.add_argument("--tier", help="a tier id from presets/tiers.toml (default: the first one this machine misses)")
     p.add_argument("--model", help="plan the box for this model instead (a catalog name, folder or config.json)")
@@ -437,7 +466,7 @@ def cmd_wizard(args) -> int:
 
 
 COMMANDS = {"wizard": cmd_wizard, "demo": cmd_demo, "watch": cmd_watch, "scan": cmd_scan, "plan": cmd_plan, "init": cmd_init, "check": cmd_check, "train": cmd_train, "stop": cmd_stop,
-            "build": cmd_build, "chat": cmd_chat}
+            "build": cmd_build, "chat": cmd_chat, "export": cmd_export}
 
 
 def main(argv=None) -> int:

@@ -164,6 +164,7 @@ class Run:
     elapsed_before: float = 0.0     # training time of the runs this one resumes
     started: float = 0.0            # when this process's loop began
     lock: object = None
+    tracking: bool = False          # report_to trackers are running (rank 0)
 
     @property
     def device(self):
@@ -192,7 +193,8 @@ def setup(run_dir: Path, resume: bool, allow_changes: bool) -> Run:
 
     cfg = runfile.load(run_dir / RUN_FILE)
     hw = cfg.hardware
-    accelerator = Accelerator(cpu=not hw.gpus)
+    trackers = make_trackers(cfg, run_dir)
+    accelerator = Accelerator(cpu=not hw.gpus, log_with=trackers or None)
     world = accelerator.num_processes
     expected = hw.num_processes * hw.num_machines
     if world != expected or (expected > 1 and accelerator.distributed_type == DistributedType.NO):
@@ -207,6 +209,14 @@ def setup(run_dir: Path, resume: bool, allow_changes: bool) -> Run:
     run.status(state="loading", step=0, total_steps=0, message="")
     if main:
         C.clean_temp(run_dir)
+        for name in runfile.missing_trackers(cfg.train.report_to):
+            warn(run, f"report_to lists {name!r}, which is not installed here (pip install {name}); training goes on "
+                      "without it")
+    if trackers:
+        accelerator.init_trackers(cfg.name, config={f"{s}.{k}": v if isinstance(v, (int, float, str, bool)) else str(v)
+                                                    for s, keys in cfg.to_dict().items() if isinstance(keys, dict)
+                                                    for k, v in keys.items()})
+    run.tracking = bool(trackers)
     setup_data(run)
     run.status(state="loading", step=0, total_steps=run.total)
     setup_model(run, resume, allow_changes)
@@ -387,6 +397,22 @@ def log_step(run: Run, step: int, *, loss: float | None = None, lr: float = 0.0,
                   trained_tokens=trained_tokens, tokens_per_s=round(tokens / seconds, 1) if tokens and seconds else 0.0,
                   elapsed_s=run.elapsed(), **extra)
     run.status(state="training", step=step, total_steps=run.total)
+    if run.tracking and not skipped:
+        run.accelerator.log({"train/loss": loss, "train/lr": lr, "train/grad_norm": grad_norm,
+                             "train/tokens_per_s": tokens / seconds if tokens and seconds else 0.0}, step=step)
+
+
+def make_trackers(cfg, run_dir: Path) -> list:
+    """accelerate trackers for [train] report_to, on the job's first process only, for the installed ones:
+    TensorBoard writes RUN_DIR/tensorboard/; wandb and mlflow name the run after the run file and follow their
+    own settings (WANDB_MODE=offline, MLFLOW_TRACKING_URI)."""
+    if os.environ.get("RANK", "0") != "0":
+        return []
+    from accelerate.tracking import MLflowTracker, TensorBoardTracker, WandBTracker
+    make = {"tensorboard": lambda: TensorBoardTracker("tensorboard", str(run_dir)),
+            "wandb": lambda: WandBTracker(cfg.name), "mlflow": lambda: MLflowTracker(cfg.name)}
+    missing = runfile.missing_trackers(cfg.train.report_to)
+    return [make[t]() for t in cfg.train.report_to if t not in missing]
 
 
 def warn(run: Run, message: str) -> None:
@@ -412,6 +438,8 @@ def evaluate_and_sample(run: Run, step: int) -> None:
     if run.main:
         run.log.write("eval", step=step, eval_loss=None if eval_loss is None else round(eval_loss, 6), sample=smp,
                       **checked)
+        if run.tracking and eval_loss is not None:
+            run.accelerator.log({"eval/loss": eval_loss}, step=step)
         if checked:
             print(f"[rigtune] held-out check: {checked['sample_correct']} of {checked['sample_total']} answered "
                   f"right (the base model: {checked['base_correct']})", flush=True)

@@ -37,7 +37,7 @@ class Reply(Static):
 
 class ChatScreen(Screen):
     BINDINGS = [Binding("ctrl+b", "compare", "Ask the base too"), Binding("ctrl+l", "clear", "Clear"),
-                Binding("ctrl+s", "system", "System prompt"), Binding("escape", "app.quit", "Quit")]
+                Binding("ctrl+s", "system", "System prompt"), Binding("escape", "leave", "Back")]
 
     def __init__(self, run_dir, checkpoint: str | None = None, system: str | None = None,
                  max_new_tokens: int = 256, backend_argv: list | None = None):
@@ -132,6 +132,13 @@ class ChatScreen(Screen):
         finally:
             self.busy = False
             self.app.call_from_thread(self.query_one("#transcript").scroll_end, animate=False)
+
+    def action_leave(self) -> None:
+        """Back to the dashboard it was opened from, or out of `rigtune chat`."""
+        if len(self.app.screen_stack) > 1:
+            self.app.pop_screen()
+        else:
+            self.app.exit(0)
 
     # ---------------------------------------------------------------------- history and system prompt
     def action_clear(self) -> None:

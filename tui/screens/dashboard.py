@@ -14,7 +14,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, ProgressBar, Sparkline, TabbedContent, TabPane
 
-from engine.events import RUN_FILE
+from engine.events import ADAPTER, RUN_FILE
 from engine.runview import RunView, downsample, fmt_duration
 from engine.sampler import Sampler
 
@@ -58,8 +58,10 @@ class Dashboard(Screen):
         Binding("s", "stop", "Stop"),
         Binding("o", "open_run_file", "Run file"),
         Binding("r", "resume", "Resume"),
+        Binding("c", "chat", "Chat"),
+        Binding("e", "export", "Export"),
         Binding("l", "tab('log')", "Log", show=False),
-        Binding("c", "tab('checkpoints')", "Checkpoints", show=False),
+        Binding("k", "tab('checkpoints')", "Checkpoints", show=False),
         Binding("g", "tab('sample')", "Sample", show=False),
     ]
 
@@ -277,6 +279,8 @@ class Dashboard(Screen):
             return not self.view.finished
         if action == "resume":
             return self.view.state in ("stopped", "crashed")
+        if action in ("chat", "export"):  # the next steps, once the run wrote its adapter
+            return self.view.finished and (self.run_dir / ADAPTER / "adapter_model.safetensors").exists()
         return True
 
     def action_stop(self) -> None:
@@ -296,6 +300,14 @@ class Dashboard(Screen):
                 self.notify("The trainer is not running.", severity="warning")
         self.app.push_screen(ConfirmScreen("Stop training?\nIt finishes the current step, saves a checkpoint "
                                            "and the adapter, then exits."), confirmed)
+
+    def action_chat(self) -> None:
+        from .chat import ChatScreen
+        self.app.push_screen(ChatScreen(self.run_dir))
+
+    def action_export(self) -> None:
+        from .export import ExportScreen
+        self.app.push_screen(ExportScreen(self.run_dir))
 
     def action_open_run_file(self) -> None:
         self.app.push_screen(RunFileScreen(self.run_dir / RUN_FILE))

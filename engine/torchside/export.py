@@ -1,0 +1,278 @@
+"""Exports of what a run trained, written complete or absent (a temporary folder, then a rename).
+
+merged: the base with the adapter merged in, as safetensors shards plus the tokenizer (with its chat template)
+and a model card. It goes shard by shard and tensor by tensor - each weight that has an adapter gets
+W + scale * B @ A - so the peak memory is about one shard, never the whole model, and no GPU is needed.
+
+Which W: by default the base's weights as training saw them, i.e. quantized to NF4/FP4 and dequantized again
+(merge_into = "dequantized"). The adapter learned to correct those weights, so this merge reproduces the
+model that trained and was evaluated, up to rounding. merge_into = "original" adds the same delta to the
+16-bit weights instead: closer to the untouched base, but the adapter never saw them, so the result can
+drift from what was evaluated by about the quantization error. For a run without quantization both are the
+same.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+from .. import checkpoint as C
+from .. import runfile
+from ..chat import adapter_dir
+from ..errors import BadInput
+from ..events import METRICS, RUN_FILE, read_events
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                   "tokenizer.model", "vocab.json", "merges.txt", "generation_config.json")
+
+
+def base_folder(base: str) -> Path:
+    """The base model's files on this machine: a local folder, or the hub cache's snapshot of an id."""
+    p = Path(base).expanduser()
+    if p.is_dir():
+        return p
+    try:
+        from huggingface_hub import snapshot_download
+        return Path(snapshot_download(base, local_files_only=True))
+    except Exception as e:  # not in the cache (or not an id): say what to do
+        raise BadInput(f"the base model's weights are not on this machine ({type(e).__name__}); they are "
+                       "downloaded when the run trains - export on the machine that trained it.",
+                       key="model.base") from None
+
+
+def shards(folder: Path) -> list:
+    index = folder / "model.safetensors.index.json"
+    if index.exists():
+        return sorted({folder / f for f in json.loads(index.read_text())["weight_map"].values()})
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise BadInput(f"no safetensors weights in {folder}; rigtune exports from safetensors only.", key="model.base")
+    return files
+
+
+def lora_deltas(adapter: Path) -> tuple[dict, float]:
+    """{module name: (A, B)} from a PEFT adapter, and its scale (alpha / r, or alpha / sqrt(r) with rsLoRA)."""
+    from safetensors.torch import load_file
+    cfg = json.loads((adapter / "adapter_config.json").read_text())
+    r, alpha = cfg["r"], cfg["lora_alpha"]
+    scale = alpha / (r ** 0.5) if cfg.get("use_rslora") else alpha / r
+    out = {}
+    for name, t in load_file(str(adapter / "adapter_model.safetensors")).items():
+        for part in ("lora_A", "lora_B"):
+            marker = f".{part}."
+            if marker in name:
+                module = name.split(marker)[0].removeprefix("base_model.model.")
+                out.setdefault(module, {})[part] = t
+    return {m: (ab["lora_A"], ab["lora_B"]) for m, ab in out.items() if len(ab) == 2}, scale
+
+
+def as_trained(w, cfg):
+    """The weight as the 4-bit base held it in training: quantized with the run's settings and dequantized."""
+    import torch
+    from bitsandbytes import functional as F
+    m = cfg.model
+    q, state = F.quantize_4bit(w.to(getattr(torch, m.compute_dtype)).contiguous(), blocksize=64,
+                               compress_statistics=m.double_quant, quant_type=m.quantization)
+    return F.dequantize_4bit(q, state).float()
+
+
+def merge_tensor(w, ab, scale: float, cfg, into: str):
+    import torch
+    a, b = ab
+    base = as_trained(w, cfg) if into == "dequantized" and cfg.model.quantization != "none" else w.float()
+    with torch.no_grad():
+        return (base + scale * (b.float() @ a.float())).to(w.dtype)
+
+
+def merged(run_dir: Path, out: Path, checkpoint: str | None = None, into: str = "dequantized",
+           force: bool = False, progress=print) -> Path:
+    """Write the merged model to `out`; returns it."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    cfg = runfile.load(run_dir / RUN_FILE)
+    adapter = adapter_dir(run_dir, checkpoint)
+    base = base_folder(cfg.model.base)
+    files = shards(base)
+    check_output(out, sum(f.stat().st_size for f in files), force)
+    deltas, scale = lora_deltas(adapter)
+
+    def write(tmp: Path) -> None:
+        done = set()
+        for n, shard in enumerate(files, 1):
+            tensors = {}
+            with safe_open(str(shard), framework="pt") as f:
+                for name in f.keys():
+                    t = f.get_tensor(name)
+                    module = name.removesuffix(".weight")
+                    if name.endswith(".weight") and module in deltas:
+                        t = merge_tensor(t, deltas[module], scale, cfg, into)
+                        done.add(module)
+                    tensors[name] = t.contiguous()
+            save_file(tensors, str(tmp / shard.name), metadata={"format": "pt"})
+            progress(f"merged {shard.name} ({n}/{len(files)})")
+        missing = sorted(set(deltas) - done)
+        if missing:
+            raise BadInput(f"the adapter has layers the base does not ({missing[0]}, ...); is this the run's base?")
+        copy_model_files(base, tmp)
+        (tmp / "README.md").write_text(model_card(run_dir, cfg, adapter, into))
+
+    C.write_complete(out.with_name(f".tmp-{out.name}"), out, write, f"the merged model {out.name}")
+    return out
+
+
+def check_output(out: Path, size: int, force: bool) -> None:
+    """Refuse to overwrite without --force, and to start without room for the result."""
+    if out.exists() and not force:
+        raise BadInput("already exists; choose another --out or add --force to replace it.", path=str(out))
+    parent = out.parent if out.parent.exists() else Path.cwd()
+    free = shutil.disk_usage(parent).free
+    if free < size * 1.05:
+        raise BadInput(f"{free / 2**30:.1f} GiB free in {parent}, the export needs about {size / 2**30:.1f} GiB.",
+                       path=str(out))
+
+
+def copy_model_files(base: Path, tmp: Path) -> None:
+    """config.json (without any quantization settings: the export is plain 16-bit), the index and tokenizer."""
+    config = json.loads((base / "config.json").read_text())
+    config.pop("quantization_config", None)
+    (tmp / "config.json").write_text(json.dumps(config, indent=2))
+    for name in ("model.safetensors.index.json",) + TOKENIZER_FILES:
+        if (base / name).exists():
+            shutil.copy2(base / name, tmp / name)
+
+
+def model_card(run_dir: Path, cfg, adapter: Path, into: str) -> str:
+    evs = read_events(run_dir)[0] if (run_dir / METRICS).exists() else []
+    steps = [e for e in evs if e["event"] == "step" and e.get("loss") is not None]
+    evals = [e for e in evs if e["event"] == "eval" and e.get("eval_loss") is not None]
+    m, lo, t, d = cfg.model, cfg.lora, cfg.train, cfg.data
+    lines = [f"# {cfg.name}: {m.base} fine-tuned with rigtune", "",
+             f"- base: `{m.base}`" + (f" (revision `{m.revision}`)" if m.revision else ""),
+             f"- dataset: `{d.path}` (format {d.format}, max_seq_len {d.max_seq_len})",
+             f"- QLoRA: {m.quantization}, LoRA r {lo.r}, alpha {lo.alpha:g}, targets {lo.target_modules}",
+             f"- training: {t.optimizer}, learning rate {t.learning_rate:g}, micro-batch {t.micro_batch_size} x "
+             f"accumulation {t.gradient_accumulation_steps}, {steps[-1]['step'] if steps else 0} steps",
+             f"- final training loss: {steps[-1]['loss'] if steps else 'n/a'}; final eval loss: "
+             f"{evals[-1]['eval_loss'] if evals else 'n/a'}",
+             f"- adapter: {adapter.relative_to(run_dir)}; merged into the {into} base weights",
+             f"- exported: {time.strftime('%Y-%m-%d')}", "", "The run file:", "", "```toml",
+             (run_dir / RUN_FILE).read_text().strip(), "```", ""]
+    return "\n".join(lines)
+
+
+FORMATS = ("merged", "gguf", "gguf-lora", "ollama")
+DEFAULT_OUT = {"merged": "merged", "gguf": "model-{quant}.gguf", "gguf-lora": "adapter.gguf", "ollama": "ollama"}
+
+
+def gguf_file(run_dir: Path, out: Path, checkpoint, into: str, quant: str, force: bool, progress, base_only=False):
+    """The merged model (or, with base_only, the untouched base) as one GGUF file, written complete or absent."""
+    import tempfile
+
+    from . import gguf_export as G
+    cfg = runfile.load(run_dir / RUN_FILE)
+    base = base_folder(cfg.model.base)
+    G.check_supported(base)
+    check_output(out, sum(f.stat().st_size for f in shards(base)) * 2, force)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".tmp-merge-") as work:
+        folder = base if base_only else merged(run_dir, Path(work) / "merged", checkpoint, into, True, progress)
+        tmp = out.with_name(f".tmp-{out.name}")
+        try:
+            G.write_model(folder, tmp, quant, name=f"{cfg.model.base}" if base_only else f"{cfg.name} (rigtune)",
+                          progress=progress)
+        except BaseException as e:
+            tmp.unlink(missing_ok=True)
+            if C.is_disk_full(e):
+                raise C.DiskFull(C.disk_full_message("the GGUF file", out.parent)) from None
+            raise
+        tmp.replace(out)
+    return out
+
+
+def ollama_folder(run_dir: Path, out: Path, checkpoint, into: str, quant: str, force: bool, progress,
+                  system: str | None) -> Path:
+    """A folder Ollama imports: model.gguf and a Modelfile (FROM, TEMPLATE from the chat template, stops)."""
+    from . import gguf_export as G
+    cfg = runfile.load(run_dir / RUN_FILE)
+    base = base_folder(cfg.model.base)
+    template = G.chat_template(base)
+    if not template:
+        raise BadInput("the model has no chat template, which the Modelfile's TEMPLATE is made from.", key="--to")
+    from ..ollama import modelfile
+    text = modelfile("./model.gguf", template, _special(base), system)
+
+    def write(tmp: Path) -> None:
+        gguf_file(run_dir, tmp / "model.gguf", checkpoint, into, quant, True, progress)
+        (tmp / "Modelfile").write_text(text)
+    check_output(out, 0, force)
+    C.write_complete(out.with_name(f".tmp-{out.name}"), out, write, "the Ollama folder")
+    return out
+
+
+def _special(folder: Path) -> dict:
+    tok = json.loads((folder / "tokenizer.json").read_text())
+    tcfg = json.loads((folder / "tokenizer_config.json").read_text()) if (folder / "tokenizer_config.json").exists() else {}
+    value = tcfg.get("eos_token")
+    return {"specials": [t["content"] for t in tok.get("added_tokens", []) if t.get("special")],
+            "eos": value.get("content") if isinstance(value, dict) else value}
+
+
+def main(argv=None) -> int:
+    """python -m engine.torchside.export RUN_DIR --to FORMAT [...] (what `rigtune export` runs)."""
+    import argparse
+    import sys
+
+    from .trainer import _quiet_libraries
+    _quiet_libraries()
+    ap = argparse.ArgumentParser(prog="rigtune export")
+    ap.add_argument("run_dir")
+    ap.add_argument("--to", required=True, choices=FORMATS)
+    ap.add_argument("--out")
+    ap.add_argument("--checkpoint")
+    ap.add_argument("--quant", choices=("f16", "bf16", "q8_0"), default="f16")
+    ap.add_argument("--merge-into", choices=("dequantized", "original"), default="dequantized")
+    ap.add_argument("--system")
+    ap.add_argument("--base", action="store_true")
+    ap.add_argument("--force", action="store_true")
+    args = ap.parse_args(argv)
+    run_dir = Path(args.run_dir).resolve()
+    out = Path(args.out) if args.out else run_dir / "export" / DEFAULT_OUT[args.to].format(quant=args.quant)
+    say = lambda line: print(line, flush=True)  # noqa: E731
+    try:
+        if args.base and args.to != "gguf":
+            raise BadInput("--base goes with --to gguf (the base model as GGUF, for a gguf-lora adapter).", key="--base")
+        if args.to == "merged":
+            path = merged(run_dir, out, args.checkpoint, args.merge_into, args.force, say)
+        elif args.to == "gguf":
+            path = gguf_file(run_dir, out, args.checkpoint, args.merge_into, args.quant, args.force, say, args.base)
+        elif args.to == "gguf-lora":
+            from . import gguf_export as G
+            cfg = runfile.load(run_dir / RUN_FILE)
+            check_output(out, 0, args.force)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            path = G.write_lora(adapter_dir(run_dir, args.checkpoint), base_folder(cfg.model.base), out)
+        else:
+            path = ollama_folder(run_dir, out, args.checkpoint, args.merge_into, args.quant, args.force, say,
+                                 args.system)
+    except BadInput as e:
+        print(f"rigtune: {e}", file=sys.stderr)
+        return 2
+    except C.DiskFull as e:
+        print(f"rigtune: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {path}")
+    print(NEXT[args.to].format(path=path, name=run_dir.name))
+    return 0
+
+
+NEXT = {"merged": "next: AutoModelForCausalLM.from_pretrained({path!r})",
+        "gguf": "next: llama-cli -m {path} -cnv   (or load it in LM Studio)",
+        "gguf-lora": "next: llama-cli -m BASE.gguf --lora {path}   (BASE.gguf: rigtune export RUN_DIR --to gguf --base)",
+        "ollama": "next: ollama create {name} -f {path}/Modelfile   then   ollama run {name}"}
+
+
+if __name__ == "__main__":
+    import sys
+    sys.exit(main())

@@ -1,0 +1,205 @@
+"""GGUF for llama.cpp, Ollama and LM Studio, written with the `gguf` package: no llama.cpp checkout or build.
+
+gguf: the merged model (engine.torchside.export) as one file, f16, bf16 or q8_0.
+gguf-lora: the adapter alone, for `llama-cli -m base.gguf --lora adapter.gguf` on a GGUF of the base.
+
+Supported: the Llama block (LlamaForCausalLM and MistralForCausalLM - llama.cpp's "llama" architecture) with
+a byte-level BPE tokenizer. llama.cpp's rotary layout differs from transformers': the q and k projections'
+rows are permuted as its own converter does (and so are the LoRA B matrices of q and k). Other architectures
+and tokenizers are refused with the reason, before anything is written.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import BadInput
+
+ARCHS = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "llama"}
+# tokenizer.json pre-tokenizers llama.cpp knows, by how they split text
+PRE_BYTELEVEL_GPT2 = "gpt-2"
+
+
+def check_supported(folder: Path) -> dict:
+    """The model's config.json, if rigtune can write GGUF for it; BadInput saying why not otherwise."""
+    config = json.loads((folder / "config.json").read_text())
+    arch = (config.get("architectures") or ["?"])[0]
+    if arch not in ARCHS:
+        raise BadInput(f"GGUF export covers the Llama block ({', '.join(ARCHS)}); this model is {arch}. Export "
+                       "--to merged and convert it with llama.cpp's convert_hf_to_gguf.py.", key="--to")
+    pre_tokenizer(folder)
+    return config
+
+
+def pre_tokenizer(folder: Path) -> str:
+    """llama.cpp's name for how the tokenizer splits text before BPE."""
+    tok = json.loads((folder / "tokenizer.json").read_text())
+    if tok.get("model", {}).get("type") != "BPE":
+        raise BadInput("GGUF export needs a BPE tokenizer (tokenizer.json); this one is "
+                       f"{tok.get('model', {}).get('type')}.", key="--to")
+    pre = tok.get("pre_tokenizer") or {}
+    if pre.get("type") == "ByteLevel" and pre.get("use_regex", True):
+        return PRE_BYTELEVEL_GPT2
+    raise BadInput("this tokenizer's pre-tokenizer is not one rigtune can name for llama.cpp yet; export --to "
+                   "merged and convert it with llama.cpp's convert_hf_to_gguf.py.", key="--to")
+
+
+def permute(w, n_head: int):
+    """transformers' q/k rows (rotary halves) to llama.cpp's (interleaved pairs), as its converter does."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _heads(config: dict, name: str) -> int | None:
+    if name.endswith("self_attn.q_proj.weight") or ".self_attn.q_proj." in name:
+        return config["num_attention_heads"]
+    if name.endswith("self_attn.k_proj.weight") or ".self_attn.k_proj." in name:
+        return config.get("num_key_value_heads") or config["num_attention_heads"]
+    return None
+
+
+def add_metadata(w, config: dict, name: str) -> None:
+    heads = config["num_attention_heads"]
+    w.add_name(name)
+    w.add_context_length(config.get("max_position_embeddings", 4096))
+    w.add_embedding_length(config["hidden_size"])
+    w.add_block_count(config["num_hidden_layers"])
+    w.add_feed_forward_length(config["intermediate_size"])
+    w.add_head_count(heads)
+    w.add_head_count_kv(config.get("num_key_value_heads") or heads)
+    w.add_rope_dimension_count(config.get("head_dim") or config["hidden_size"] // heads)
+    w.add_layer_norm_rms_eps(config.get("rms_norm_eps", 1e-5))
+    w.add_rope_freq_base(config.get("rope_theta", 10000.0))
+    w.add_vocab_size(config["vocab_size"])
+
+
+def add_tokenizer(w, folder: Path, config: dict) -> None:
+    """Tokens in id order, their types, the merges, special ids and the chat template."""
+    import gguf
+    tok = json.loads((folder / "tokenizer.json").read_text())
+    vocab = tok["model"]["vocab"]
+    specials = {t["id"]: t["content"] for t in tok.get("added_tokens", [])}
+    size = config["vocab_size"]
+    tokens, types = [], []
+    by_id = {i: t for t, i in vocab.items()} | specials
+    for i in range(size):
+        tokens.append(by_id.get(i, f"[PAD{i}]"))
+        types.append(gguf.TokenType.CONTROL if i in specials else
+                     gguf.TokenType.NORMAL if i in by_id else gguf.TokenType.UNUSED)
+    merges = [m if isinstance(m, str) else " ".join(m) for m in tok["model"].get("merges", [])]
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre(pre_tokenizer(folder))
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_merges(merges)
+    tcfg = json.loads((folder / "tokenizer_config.json").read_text()) if (folder / "tokenizer_config.json").exists() else {}
+    ids = {t: i for i, t in by_id.items()}
+    for key, setter in (("bos_token", w.add_bos_token_id), ("eos_token", w.add_eos_token_id),
+                        ("pad_token", w.add_pad_token_id)):
+        value = tcfg.get(key)
+        value = value.get("content") if isinstance(value, dict) else value
+        if value in ids:
+            setter(ids[value])
+    w.add_add_bos_token(False)
+    template = chat_template(folder)
+    if template:
+        w.add_chat_template(template)
+
+
+def chat_template(folder: Path) -> str | None:
+    if (folder / "chat_template.jinja").exists():
+        return (folder / "chat_template.jinja").read_text()
+    tcfg = folder / "tokenizer_config.json"
+    return json.loads(tcfg.read_text()).get("chat_template") if tcfg.exists() else None
+
+
+QUANTS = {"f16": "F16", "bf16": "BF16", "q8_0": "Q8_0"}
+
+
+def write_model(folder: Path, out: Path, quant: str = "f16", name: str = "rigtune fine-tune", progress=print) -> Path:
+    """A merged model folder (safetensors) as one GGUF file, tensor by tensor."""
+    import gguf
+    import numpy as np
+    from safetensors import safe_open
+
+    from .export import shards
+    config = check_supported(folder)
+    qtype = getattr(gguf.GGMLQuantizationType, QUANTS[quant])
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config["num_hidden_layers"])
+    w = gguf.GGUFWriter(str(out), ARCHS[config["architectures"][0]])
+    add_metadata(w, config, name)
+    w.add_file_type({"f16": gguf.LlamaFileType.MOSTLY_F16, "bf16": gguf.LlamaFileType.MOSTLY_BF16,
+                     "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[quant])
+    add_tokenizer(w, folder, config)
+    for shard in shards(folder):
+        with safe_open(str(shard), framework="pt") as f:
+            for hf in f.keys():
+                t = f.get_tensor(hf).float()
+                heads = _heads(config, hf)
+                if heads:
+                    t = permute(t, heads)
+                data = t.numpy().astype(np.float32)
+                target = names.get_name(hf, try_suffixes=(".weight", ".bias"))
+                if target is None:
+                    raise BadInput(f"tensor {hf} has no GGUF name for the llama architecture.", key="--to")
+                block = gguf.GGML_QUANT_SIZES[qtype][0]
+                if data.ndim == 1:  # norms stay f32, as llama.cpp's converter keeps them
+                    w.add_tensor(target, data)
+                elif qtype == gguf.GGMLQuantizationType.F16 or data.shape[-1] % block:  # rows the blocks do not fit
+                    w.add_tensor(target, data.astype(np.float16))
+                else:  # bf16 and q8_0: packed bytes, the logical shape follows from the type
+                    w.add_tensor(target, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
+        progress(f"converted {shard.name}")
+    if config.get("tie_word_embeddings") is False and "lm_head.weight" not in _all_names(folder):
+        raise BadInput("the model has untied output weights but no lm_head.weight tensor.", key="--to")
+    _finish(w)
+    return out
+
+
+def _all_names(folder: Path) -> set:
+    from safetensors import safe_open
+
+    from .export import shards
+    out = set()
+    for shard in shards(folder):
+        with safe_open(str(shard), framework="pt") as f:
+            out |= set(f.keys())
+    return out
+
+
+def _finish(w) -> None:
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def write_lora(adapter: Path, base_folder: Path, out: Path) -> Path:
+    """A PEFT adapter as a GGUF LoRA for the base's GGUF: lora_a [r, in] and lora_b [out, r] per target."""
+    import gguf
+    import numpy as np
+    from safetensors.torch import load_file
+    config = check_supported(base_folder)
+    acfg = json.loads((adapter / "adapter_config.json").read_text())
+    if acfg.get("use_rslora"):
+        raise BadInput("rsLoRA adapters scale by alpha/sqrt(r), which llama.cpp's LoRA loader does not; export "
+                       "--to gguf (merged) instead.", key="--to")
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config["num_hidden_layers"])
+    w = gguf.GGUFWriter(str(out), ARCHS[config["architectures"][0]])
+    w.add_string(gguf.Keys.General.TYPE, gguf.GGUFType.ADAPTER)
+    w.add_string(gguf.Keys.Adapter.TYPE, "lora")
+    w.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(acfg["lora_alpha"]))
+    for name, t in sorted(load_file(str(adapter / "adapter_model.safetensors")).items()):
+        part = "lora_a" if ".lora_A." in name else "lora_b" if ".lora_B." in name else None
+        if part is None:
+            continue
+        module = name.split(".lora_")[0].removeprefix("base_model.model.")
+        target = names.get_name(module + ".weight", try_suffixes=(".weight",))
+        if target is None:
+            raise BadInput(f"adapter tensor {name} has no GGUF name for the llama architecture.", key="--to")
+        t = t.float()
+        heads = _heads(config, module + ".weight")
+        if part == "lora_b" and heads:
+            t = permute(t, heads)  # B's rows are the projection's output rows
+        w.add_tensor(f"{target}.{part}", t.numpy().astype(np.float32))
+    _finish(w)
+    return out

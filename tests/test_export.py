@@ -1,0 +1,167 @@
+"""Exports of the CPU demo's fine-tune: the merged model against base + adapter (transformers), GGUF and the
+GGUF LoRA against a real llama.cpp (node-llama-cpp's prebuilt CPU binaries, installed from the npm registry
+into a cache folder; skipped with the reason where node/npm or the registry are missing), and the Ollama
+Modelfile against the chat template it is made from."""
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT, demo_run, rigtune  # noqa: F401 - demo_run is a fixture
+
+LLAMA_DIR = Path.home() / ".cache" / "rigtune-tests" / "llama"
+PROMPTS = ["May I ask your name?", "I wonder what you eat.", "Would you share how old you are?"]
+
+
+def export(run, *args):
+    return rigtune("export", run, *args, timeout=600)
+
+
+def prompt_ids(tok, text):
+    rendered = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False)
+    return tok(rendered, add_special_tokens=False)["input_ids"]
+
+
+def test_merged_matches_base_plus_adapter(demo_run, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from engine import runfile
+    from engine.torchside.model import load_base
+    cfg = runfile.load(demo_run / "run.toml")
+    for into, quantization in (("dequantized", "nf4"), ("original", "none")):
+        out = tmp_path / into
+        res = export(demo_run, "--to", "merged", "--out", out, "--merge-into", into)
+        assert res.returncode == 0, res.stderr
+        assert {"model.safetensors", "config.json", "tokenizer.json", "README.md"} <= {p.name for p in out.iterdir()}
+        card = (out / "README.md").read_text()
+        assert cfg.model.base in card and "final eval loss" in card and f"merged into the {into}" in card
+        tok = AutoTokenizer.from_pretrained(out)
+        assert tok.chat_template  # the chat template travels with it
+        ids = torch.tensor([prompt_ids(tok, PROMPTS[0])])
+        merged = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+        values = cfg.to_dict()
+        values["model"]["quantization"] = quantization  # the reference: the adapter on the base it merged into
+        ref = PeftModel.from_pretrained(load_base(runfile.RunConfig(values), "cpu"), demo_run / "adapter").eval()
+        with torch.no_grad():
+            a, b = merged(ids).logits, ref(ids).logits
+        assert torch.allclose(a, b, atol=1e-4, rtol=0), (into, (a - b).abs().max())  # fp32 rounding only
+    again = export(demo_run, "--to", "merged", "--out", tmp_path / "original")
+    assert again.returncode == 2 and "already exists" in again.stderr and "--force" in again.stderr
+
+
+def test_ollama_modelfile_renders_like_the_chat_template(demo_run, tmp_path):
+    from engine.ollama import render
+    res = export(demo_run, "--to", "ollama", "--out", tmp_path / "ol", "--system", "Be brief.")
+    assert res.returncode == 0, res.stderr
+    assert "ollama create cpu-demo -f" in res.stdout
+    text = (tmp_path / "ol" / "Modelfile").read_text()
+    assert text.startswith("FROM ./model.gguf\n") and 'PARAMETER stop "<|im_end|>"' in text
+    assert 'SYSTEM """Be brief."""' in text and (tmp_path / "ol" / "model.gguf").stat().st_size > 0
+    go = text.split('TEMPLATE """')[1].split('"""')[0]
+    filled = (go.replace("{{ if .System }}", "").replace("{{ .System }}", "Be brief.").replace("{{ end }}", "")
+              .replace("{{ if .Prompt }}", "").replace("{{ .Prompt }}", "Hi").replace("{{ .Response }}", "Yo"))
+    template = (Path(demo_run).parent.parent / "cache").glob("tiny-demo-v*/chat_template.jinja")
+    jinja = next(template).read_text()
+    assert filled == render(jinja, [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+                                    {"role": "assistant", "content": "Yo"}], False)
+
+
+def llama_cpp() -> Path:
+    """node-llama-cpp installed in a cache folder (once; under a minute), or skip saying why."""
+    if not (shutil.which("node") and shutil.which("npm")):
+        pytest.skip("node and npm are not installed: the real llama.cpp test needs node-llama-cpp")
+    if not (LLAMA_DIR / "node_modules" / "node-llama-cpp").exists():
+        LLAMA_DIR.mkdir(parents=True, exist_ok=True)
+        res = subprocess.run(["npm", "install", "--no-audit", "--no-fund", "node-llama-cpp@3"], cwd=LLAMA_DIR,
+                             capture_output=True, text=True, timeout=600)
+        if res.returncode != 0:
+            pytest.skip(f"npm could not install node-llama-cpp: {res.stderr.strip().splitlines()[-1:]}")
+    shutil.copy(ROOT / "tests" / "llama_greedy.mjs", LLAMA_DIR / "llama_greedy.mjs")
+    return LLAMA_DIR
+
+
+def greedy(model: Path, lora: Path | None, ids: list, n: int = 8) -> list:
+    res = subprocess.run(["node", "llama_greedy.mjs", str(model), str(lora) if lora else "-", str(n)]
+                         + [json.dumps(x) for x in ids], cwd=llama_cpp(), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return [json.loads(line) for line in res.stdout.strip().splitlines()]
+
+
+def test_gguf_and_gguf_lora_run_in_a_real_llama_cpp(demo_run, tmp_path):
+    """llama.cpp's greedy continuation of each held-out prompt equals transformers' on the merged model, token
+    for token up to the end-of-sequence token (at most 8 tokens), for the merged GGUF and for the GGUF LoRA
+    on a GGUF of the base."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    llama_cpp()
+    for args in (("--to", "merged", "--out", tmp_path / "merged", "--merge-into", "original"),
+                 ("--to", "gguf", "--out", tmp_path / "model.gguf", "--merge-into", "original"),
+                 ("--to", "gguf", "--base", "--out", tmp_path / "base.gguf"),
+                 ("--to", "gguf-lora", "--out", tmp_path / "adapter.gguf"),
+                 ("--to", "gguf", "--quant", "q8_0", "--out", tmp_path / "q8.gguf")):
+        res = export(demo_run, *args)
+        assert res.returncode == 0, res.stderr
+    tok = AutoTokenizer.from_pretrained(tmp_path / "merged")
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "merged", dtype=torch.float32).eval()
+    ids = [prompt_ids(tok, p) for p in PROMPTS]
+    expected = []
+    for x in ids:
+        out = model.generate(torch.tensor([x]), max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id)
+        new = out[0][len(x):].tolist()
+        expected.append(new[:new.index(tok.eos_token_id)] if tok.eos_token_id in new else new)
+    assert tok.decode(expected[0]) == "My name is Rig."
+    assert greedy(tmp_path / "model.gguf", None, ids) == expected
+    assert greedy(tmp_path / "base.gguf", tmp_path / "adapter.gguf", ids) == expected
+    assert greedy(tmp_path / "base.gguf", None, ids) != expected  # without the adapter it does not know
+    assert all(len(x) > 0 for x in greedy(tmp_path / "q8.gguf", None, ids))  # the q8_0 file loads and runs
+
+
+def test_export_refuses_what_it_cannot_do(demo_run, tmp_path):
+    from runfixtures import write_run
+    unfinished = write_run(tmp_path / "live", steps=3, total=10, state="training")
+    res = export(unfinished, "--to", "gguf")
+    assert res.returncode == 2 and "no adapter yet" in res.stderr and "Traceback" not in res.stderr
+    res = export(demo_run, "--to", "merged", "--base")
+    assert res.returncode == 2 and "--base goes with --to gguf" in res.stderr
+
+
+async def test_the_dashboard_offers_chat_and_export_on_a_finished_run(demo_run):
+    """c opens the chat over the run's adapter; e picks a format and runs the export, its lines in a log."""
+    from textual.widgets import Log, OptionList
+
+    from runfixtures import FakeSampler
+    from tui.app import RigtuneApp
+    from tui.screens.chat import ChatScreen
+    from tui.screens.dashboard import Dashboard
+    from tui.screens.export import ExportScreen
+    app = RigtuneApp(run_dir=demo_run, sampler=FakeSampler())
+    async with app.run_test(size=(100, 30)) as pilot:
+        for _ in range(300):
+            await pilot.pause(0.02)
+            if isinstance(app.screen, Dashboard) and app.screen.attached:
+                break
+        d = app.screen
+        assert d.check_action("chat", ()) and d.check_action("export", ())
+        await pilot.press("c")
+        await pilot.pause(0.2)
+        assert isinstance(app.screen, ChatScreen)
+        await pilot.press("escape")
+        await pilot.pause(0.2)
+        assert isinstance(app.screen, Dashboard)
+        await pilot.press("e")
+        await pilot.pause(0.2)
+        screen = app.screen
+        assert isinstance(screen, ExportScreen)
+        options = screen.query_one("#formats", OptionList)
+        options.highlighted = 3  # gguf-lora: the quickest
+        await pilot.press("enter")
+        for _ in range(3000):
+            await pilot.pause(0.05)
+            lines = screen.query_one("#export-log", Log).lines
+            if lines and lines[-1].startswith(("done.", "failed")):
+                break
+        assert lines[-1] == "done.", lines
+        assert (demo_run / "export" / "adapter.gguf").stat().st_size > 0
