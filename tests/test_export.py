@@ -165,3 +165,32 @@ async def test_the_dashboard_offers_chat_and_export_on_a_finished_run(demo_run):
                 break
         assert lines[-1] == "done.", lines
         assert (demo_run / "export" / "adapter.gguf").stat().st_size > 0
+
+
+def tokenize(model: Path, texts: list) -> list:
+    res = subprocess.run(["node", "llama_greedy.mjs", str(model), "tokenize", *texts], cwd=llama_cpp(),
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return [json.loads(line) for line in res.stdout.strip().splitlines()]
+
+
+def test_gguf_tokenizes_like_transformers(demo_run, tmp_path):
+    """The GGUF's vocabulary, merges and pre-tokenizer name make llama.cpp split text exactly as transformers
+    does: the demo's GPT-2-style tokenizer, and a Llama 3-style one (a Split regex, then bytes: llama-bpe)."""
+    from transformers import AutoTokenizer
+
+    from engine.torchside import gguf_export as G
+    from engine.torchside.tiny import build_model
+    llama_cpp()
+    texts = ["Hello world, it's 2026!", "  numbers 12345 and\nnew lines\n\n", "May I ask your name?",
+             "I'd love to hear who your best friend is."]
+    corpus = [json.loads(x)["output"] for x in (ROOT / "presets" / "demo.jsonl").read_text().splitlines()] + texts
+    l3 = build_model(tmp_path / "l3", corpus, vocab_size=400, hidden=64, layers=2, heads=4, kv_heads=2,
+                     intermediate=128, split=G.LLAMA3_SPLIT)
+    assert G.pre_tokenizer(l3) == "llama-bpe"
+    G.write_model(l3, tmp_path / "l3.gguf", progress=lambda line: None)
+    assert export(demo_run, "--to", "gguf", "--out", tmp_path / "demo.gguf").returncode == 0
+    demo_folder = next((demo_run.parent.parent / "cache").glob("tiny-demo-v*"))
+    for folder, gguf in ((l3, tmp_path / "l3.gguf"), (demo_folder, tmp_path / "demo.gguf")):
+        tok = AutoTokenizer.from_pretrained(folder)
+        assert tokenize(gguf, texts) == [tok(t, add_special_tokens=False)["input_ids"] for t in texts], folder

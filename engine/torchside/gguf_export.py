@@ -16,8 +16,14 @@ from pathlib import Path
 from ..errors import BadInput
 
 ARCHS = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "llama"}
-# tokenizer.json pre-tokenizers llama.cpp knows, by how they split text
+# tokenizer.json pre-tokenizers llama.cpp knows, by how they split text: GPT-2's byte-level regex, and the
+# Split regexes of Llama 3.x and Qwen2/2.5 (followed by a byte-level step without its own regex)
 PRE_BYTELEVEL_GPT2 = "gpt-2"
+LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+               r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+SPLIT_PATTERNS = {LLAMA3_SPLIT: "llama-bpe", QWEN2_SPLIT: "qwen2"}
 
 
 def check_supported(folder: Path) -> dict:
@@ -40,6 +46,12 @@ def pre_tokenizer(folder: Path) -> str:
     pre = tok.get("pre_tokenizer") or {}
     if pre.get("type") == "ByteLevel" and pre.get("use_regex", True):
         return PRE_BYTELEVEL_GPT2
+    parts = pre.get("pretokenizers") or []
+    if (pre.get("type") == "Sequence" and len(parts) == 2 and parts[0].get("type") == "Split"
+            and parts[1].get("type") == "ByteLevel" and not parts[1].get("use_regex", True)):
+        name = SPLIT_PATTERNS.get(parts[0].get("pattern", {}).get("Regex"))
+        if name:
+            return name
     raise BadInput("this tokenizer's pre-tokenizer is not one rigtune can name for llama.cpp yet; export --to "
                    "merged and convert it with llama.cpp's convert_hf_to_gguf.py.", key="--to")
 

@@ -16,14 +16,22 @@ from ..demo import BUILT_MARK
 SPECIALS = ["<|pad|>", "<|begin|>", "<|end|>", "<|im_start|>", "<|im_end|>"]
 
 
-def build_tokenizer(texts, vocab_size: int = 512):
+def build_tokenizer(texts, vocab_size: int = 512, split: str | None = None):
+    """A byte-level BPE tokenizer trained on `texts`. `split`: a regex to pre-split with first (as Llama 3's
+    and Qwen2's tokenizers do), the byte-level step then without its own regex; default GPT-2's."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     from ..data import DEFAULT_CHAT_TEMPLATE
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if split:
+        from tokenizers import Regex
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(split), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    else:
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
@@ -40,14 +48,14 @@ def _quiet():
 
 
 def build_model(out_dir, texts, *, vocab_size=512, hidden=128, layers=4, heads=4, kv_heads=2,
-                intermediate=384, seed=0) -> Path:
+                intermediate=384, seed=0, split: str | None = None) -> Path:
     """Save a random-init Llama and its tokenizer to out_dir (a complete local model folder)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     _quiet()
     out = Path(out_dir)
-    tok = build_tokenizer(texts, vocab_size)
+    tok = build_tokenizer(texts, vocab_size, split)
     torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=intermediate,
                          num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
