@@ -194,3 +194,38 @@ def test_gguf_tokenizes_like_transformers(demo_run, tmp_path):
     for folder, gguf in ((l3, tmp_path / "l3.gguf"), (demo_folder, tmp_path / "demo.gguf")):
         tok = AutoTokenizer.from_pretrained(folder)
         assert tokenize(gguf, texts) == [tok(t, add_special_tokens=False)["input_ids"] for t in texts], folder
+
+
+@pytest.mark.parametrize("family", ["qwen2", "qwen3"])
+def test_gguf_of_other_families_runs_in_llama_cpp(tmp_path, family):
+    """Tiny random Qwen2 (q/k/v biases, tied embeddings) and Qwen3 (q/k norms, wider heads) models written as
+    GGUF (f32, so rounding cannot flip a near-tie) continue each prompt in llama.cpp exactly as in transformers."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+    from engine.torchside import gguf_export as G
+    from engine.torchside.tiny import build_tokenizer
+    llama_cpp()
+    texts = [json.loads(x)["output"] for x in (ROOT / "presets" / "demo.jsonl").read_text().splitlines()]
+    tok = build_tokenizer(texts, 400)
+    common = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True,
+                  bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                  initializer_range=0.4)  # large weights: the next token depends on the context, not on the init
+    torch.manual_seed(0)
+    if family == "qwen2":
+        model = Qwen2ForCausalLM(Qwen2Config(**common))
+    else:
+        model = Qwen3ForCausalLM(Qwen3Config(**common, head_dim=32))  # 4 heads x 32 > hidden 64, as Qwen3 does
+    folder = tmp_path / family
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    G.write_model(folder, tmp_path / f"{family}.gguf", quant="f32", progress=lambda line: None)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(folder)
+    ids = [tok(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
+    expected = [model.generate(torch.tensor([x]), max_new_tokens=8, min_new_tokens=8, do_sample=False,
+                               pad_token_id=tok.pad_token_id)[0][len(x):].tolist() for x in ids]
+    assert len({tuple(e) for e in expected}) == len(expected)  # each prompt continues differently
+    got = greedy(tmp_path / f"{family}.gguf", None, ids)
+    assert [g[:len(e)] for g, e in zip(got, expected)] == [e[:len(g)] for g, e in zip(got, expected)]
+    assert all(len(g) >= 4 for g in got), got

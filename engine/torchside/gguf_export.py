@@ -3,10 +3,10 @@
 gguf: the merged model (engine.torchside.export) as one file, f16, bf16 or q8_0.
 gguf-lora: the adapter alone, for `llama-cli -m base.gguf --lora adapter.gguf` on a GGUF of the base.
 
-Supported: the Llama block (LlamaForCausalLM and MistralForCausalLM - llama.cpp's "llama" architecture) with
-a byte-level BPE tokenizer. llama.cpp's rotary layout differs from transformers': the q and k projections'
-rows are permuted as its own converter does (and so are the LoRA B matrices of q and k). Other architectures
-and tokenizers are refused with the reason, before anything is written.
+Supported: Llama and Mistral (llama.cpp's "llama" graph), Qwen2/2.5 and Qwen3, with a byte-level BPE
+tokenizer. For the Llama graph the q and k projections' rows are permuted to llama.cpp's rotary layout, as
+its own converter does (and so are the LoRA B matrices of q and k). Other architectures and tokenizers are
+refused with the reason, before anything is written.
 """
 from __future__ import annotations
 
@@ -15,7 +15,10 @@ from pathlib import Path
 
 from ..errors import BadInput
 
-ARCHS = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "llama"}
+# transformers architecture -> (the gguf package's MODEL_ARCH name, whether q/k rows are permuted): llama.cpp's
+# Llama graph wants its own rotary row order; its Qwen graphs take transformers' as it is
+ARCHS = {"LlamaForCausalLM": ("LLAMA", True), "MistralForCausalLM": ("LLAMA", True),
+         "Qwen2ForCausalLM": ("QWEN2", False), "Qwen3ForCausalLM": ("QWEN3", False)}
 # tokenizer.json pre-tokenizers llama.cpp knows, by how they split text: GPT-2's byte-level regex, and the
 # Split regexes of Llama 3.x and Qwen2/2.5 (followed by a byte-level step without its own regex)
 PRE_BYTELEVEL_GPT2 = "gpt-2"
@@ -31,8 +34,8 @@ def check_supported(folder: Path) -> dict:
     config = json.loads((folder / "config.json").read_text())
     arch = (config.get("architectures") or ["?"])[0]
     if arch not in ARCHS:
-        raise BadInput(f"GGUF export covers the Llama block ({', '.join(ARCHS)}); this model is {arch}. Export "
-                       "--to merged and convert it with llama.cpp's convert_hf_to_gguf.py.", key="--to")
+        raise BadInput(f"GGUF export covers {', '.join(ARCHS)}; this model is {arch}. Export --to merged and "
+                       "convert it with llama.cpp's convert_hf_to_gguf.py.", key="--to")
     pre_tokenizer(folder)
     return config
 
@@ -61,7 +64,17 @@ def permute(w, n_head: int):
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+def gguf_arch(config: dict):
+    """(gguf.MODEL_ARCH, llama.cpp's architecture name, whether q/k rows are permuted)."""
+    import gguf
+    name, permuted = ARCHS[config["architectures"][0]]
+    arch = getattr(gguf.MODEL_ARCH, name)
+    return arch, gguf.MODEL_ARCH_NAMES[arch], permuted
+
+
 def _heads(config: dict, name: str) -> int | None:
+    if not gguf_arch(config)[2]:
+        return None
     if name.endswith("self_attn.q_proj.weight") or ".self_attn.q_proj." in name:
         return config["num_attention_heads"]
     if name.endswith("self_attn.k_proj.weight") or ".self_attn.k_proj." in name:
@@ -78,7 +91,11 @@ def add_metadata(w, config: dict, name: str) -> None:
     w.add_feed_forward_length(config["intermediate_size"])
     w.add_head_count(heads)
     w.add_head_count_kv(config.get("num_key_value_heads") or heads)
-    w.add_rope_dimension_count(config.get("head_dim") or config["hidden_size"] // heads)
+    head_dim = config.get("head_dim") or config["hidden_size"] // heads
+    w.add_rope_dimension_count(head_dim)
+    if head_dim != config["hidden_size"] // heads:  # Qwen3 and others: heads wider than hidden/heads
+        w.add_key_length(head_dim)
+        w.add_value_length(head_dim)
     w.add_layer_norm_rms_eps(config.get("rms_norm_eps", 1e-5))
     w.add_rope_freq_base(config.get("rope_theta", 10000.0))
     w.add_vocab_size(config["vocab_size"])
@@ -124,7 +141,7 @@ def chat_template(folder: Path) -> str | None:
     return json.loads(tcfg.read_text()).get("chat_template") if tcfg.exists() else None
 
 
-QUANTS = {"f16": "F16", "bf16": "BF16", "q8_0": "Q8_0"}
+QUANTS = {"f16": "F16", "bf16": "BF16", "q8_0": "Q8_0", "f32": "F32"}  # f32: for exact comparisons in tests
 
 
 def write_model(folder: Path, out: Path, quant: str = "f16", name: str = "rigtune fine-tune", progress=print) -> Path:
@@ -136,11 +153,12 @@ def write_model(folder: Path, out: Path, quant: str = "f16", name: str = "rigtun
     from .export import shards
     config = check_supported(folder)
     qtype = getattr(gguf.GGMLQuantizationType, QUANTS[quant])
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config["num_hidden_layers"])
-    w = gguf.GGUFWriter(str(out), ARCHS[config["architectures"][0]])
+    arch, arch_name, _ = gguf_arch(config)
+    names = gguf.get_tensor_name_map(arch, config["num_hidden_layers"])
+    w = gguf.GGUFWriter(str(out), arch_name)
     add_metadata(w, config, name)
     w.add_file_type({"f16": gguf.LlamaFileType.MOSTLY_F16, "bf16": gguf.LlamaFileType.MOSTLY_BF16,
-                     "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[quant])
+                     "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "f32": gguf.LlamaFileType.ALL_F32}[quant])
     add_tokenizer(w, folder, config)
     for shard in shards(folder):
         with safe_open(str(shard), framework="pt") as f:
@@ -152,9 +170,9 @@ def write_model(folder: Path, out: Path, quant: str = "f16", name: str = "rigtun
                 data = t.numpy().astype(np.float32)
                 target = names.get_name(hf, try_suffixes=(".weight", ".bias"))
                 if target is None:
-                    raise BadInput(f"tensor {hf} has no GGUF name for the llama architecture.", key="--to")
+                    raise BadInput(f"tensor {hf} has no GGUF name for the {arch_name} architecture.", key="--to")
                 block = gguf.GGML_QUANT_SIZES[qtype][0]
-                if data.ndim == 1:  # norms stay f32, as llama.cpp's converter keeps them
+                if data.ndim == 1 or qtype == gguf.GGMLQuantizationType.F32:  # norms stay f32, as llama.cpp keeps them
                     w.add_tensor(target, data)
                 elif qtype == gguf.GGMLQuantizationType.F16 or data.shape[-1] % block:  # rows the blocks do not fit
                     w.add_tensor(target, data.astype(np.float16))
@@ -195,8 +213,9 @@ def write_lora(adapter: Path, base_folder: Path, out: Path) -> Path:
     if acfg.get("use_rslora"):
         raise BadInput("rsLoRA adapters scale by alpha/sqrt(r), which llama.cpp's LoRA loader does not; export "
                        "--to gguf (merged) instead.", key="--to")
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config["num_hidden_layers"])
-    w = gguf.GGUFWriter(str(out), ARCHS[config["architectures"][0]])
+    arch, arch_name, _ = gguf_arch(config)
+    names = gguf.get_tensor_name_map(arch, config["num_hidden_layers"])
+    w = gguf.GGUFWriter(str(out), arch_name)
     w.add_string(gguf.Keys.General.TYPE, gguf.GGUFType.ADAPTER)
     w.add_string(gguf.Keys.Adapter.TYPE, "lora")
     w.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(acfg["lora_alpha"]))
@@ -207,7 +226,7 @@ def write_lora(adapter: Path, base_folder: Path, out: Path) -> Path:
         module = name.split(".lora_")[0].removeprefix("base_model.model.")
         target = names.get_name(module + ".weight", try_suffixes=(".weight",))
         if target is None:
-            raise BadInput(f"adapter tensor {name} has no GGUF name for the llama architecture.", key="--to")
+            raise BadInput(f"adapter tensor {name} has no GGUF name for the {arch_name} architecture.", key="--to")
         t = t.float()
         heads = _heads(config, module + ".weight")
         if part == "lora_b" and heads:
