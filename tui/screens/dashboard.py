@@ -55,6 +55,7 @@ def held_out_text(check: dict, width: int) -> Text:
 class Dashboard(Screen):
     BINDINGS = [
         Binding("q", "detach", "Detach (training keeps running)"),
+        Binding("q", "leave", "Quit"),  # the same key once the run is over: nothing keeps running
         Binding("s", "stop", "Stop"),
         Binding("o", "open_run_file", "Run file"),
         Binding("r", "resume", "Resume"),
@@ -274,7 +275,14 @@ class Dashboard(Screen):
     def action_detach(self) -> None:
         self.app.exit(0)
 
+    def action_leave(self) -> None:
+        self.app.exit(0)
+
     def check_action(self, action: str, parameters) -> bool | None:
+        if action == "detach":
+            return not self.view.finished
+        if action == "leave":
+            return self.view.finished
         if action == "stop":
             return not self.view.finished
         if action == "resume":
