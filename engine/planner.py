@@ -200,11 +200,11 @@ def breakdown(inp: PlanInput) -> dict:
         gathered = 2 * max(layer + 2 * h * cb, a.vocab * h * cb / (1 if inp.cpu_offload else n))
         weights = gathered if inp.cpu_offload else (linear + other) / n + gathered
         if inp.loss == "rigtune" and inp.loss_chunk and not a.tied and not inp.cpu_offload:
-            weights += a.vocab * h * cb * (1 - 1 / n)  # engine.fsdp keeps the lm_head whole for the chunked loss
+            weights += a.vocab * h * cb * (1 - 1 / n)  # engine.torchside.fsdp keeps the lm_head whole for the chunked loss
     else:
         weights, gathered = linear + other, 0
 
-    # adapters, gradients, optimizer: whole on every rank (engine.fsdp shards only the frozen base and
+    # adapters, gradients, optimizer: whole on every rank (engine.torchside.fsdp shards only the frozen base and
     # averages the adapter gradients in place; DDP keeps a bucket copy of them)
     p = adapter_params(inp)
     lb = DTYPE_BYTES[inp.lora_dtype]
