@@ -176,7 +176,7 @@ def tokenize(model: Path, texts: list) -> list:
 
 def test_gguf_tokenizes_like_transformers(demo_run, tmp_path):
     """The GGUF's vocabulary, merges and pre-tokenizer name make llama.cpp split text exactly as transformers
-    does: the demo's GPT-2-style tokenizer, and a Llama 3-style one (a Split regex, then bytes: llama-bpe)."""
+    does: the demo's GPT-2-style tokenizer, and Llama 3- and Qwen2-style ones (a Split regex, then bytes)."""
     from transformers import AutoTokenizer
 
     from engine.torchside import gguf_export as G
@@ -185,13 +185,16 @@ def test_gguf_tokenizes_like_transformers(demo_run, tmp_path):
     texts = ["Hello world, it's 2026!", "  numbers 12345 and\nnew lines\n\n", "May I ask your name?",
              "I'd love to hear who your best friend is."]
     corpus = [json.loads(x)["output"] for x in (ROOT / "presets" / "demo.jsonl").read_text().splitlines()] + texts
-    l3 = build_model(tmp_path / "l3", corpus, vocab_size=400, hidden=64, layers=2, heads=4, kv_heads=2,
-                     intermediate=128, split=G.LLAMA3_SPLIT)
-    assert G.pre_tokenizer(l3) == "llama-bpe"
-    G.write_model(l3, tmp_path / "l3.gguf", progress=lambda line: None)
+    cases = []
+    for split, name in ((G.LLAMA3_SPLIT, "llama-bpe"), (G.QWEN2_SPLIT, "qwen2")):
+        folder = build_model(tmp_path / name, corpus, vocab_size=400, hidden=64, layers=2, heads=4, kv_heads=2,
+                             intermediate=128, split=split)
+        assert G.pre_tokenizer(folder) == name
+        G.write_model(folder, tmp_path / f"{name}.gguf", progress=lambda line: None)
+        cases.append((folder, tmp_path / f"{name}.gguf"))
     assert export(demo_run, "--to", "gguf", "--out", tmp_path / "demo.gguf").returncode == 0
     demo_folder = next((demo_run.parent.parent / "cache").glob("tiny-demo-v*"))
-    for folder, gguf in ((l3, tmp_path / "l3.gguf"), (demo_folder, tmp_path / "demo.gguf")):
+    for folder, gguf in cases + [(demo_folder, tmp_path / "demo.gguf")]:
         tok = AutoTokenizer.from_pretrained(folder)
         assert tokenize(gguf, texts) == [tok(t, add_special_tokens=False)["input_ids"] for t in texts], folder
 
@@ -229,3 +232,46 @@ def test_gguf_of_other_families_runs_in_llama_cpp(tmp_path, family):
     got = greedy(tmp_path / f"{family}.gguf", None, ids)
     assert [g[:len(e)] for g, e in zip(got, expected)] == [e[:len(g)] for g, e in zip(got, expected)]
     assert all(len(g) >= 4 for g in got), got
+
+
+def test_gguf_with_a_sentencepiece_tokenizer(tmp_path):
+    """Llama 2 / CodeLlama / Mistral-style: a SentencePiece model (trained here in a second) on a tiny Llama.
+    llama.cpp tokenizes text as transformers does and continues each prompt the same (f32)."""
+    import sentencepiece
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from engine.torchside import gguf_export as G
+    llama_cpp()
+    texts = ["Hello world, it's 2026!", "numbers 12345 and new lines", "May I ask your name?",
+             "I'd love to hear who your best friend is."]
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join([json.loads(x)["output"] for x in (ROOT / "presets" / "demo.jsonl").read_text()
+                                 .splitlines()] + texts))
+    sentencepiece.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(tmp_path / "sp"), vocab_size=320,
+                                             model_type="bpe", byte_fallback=True, unk_id=0, bos_id=1, eos_id=2,
+                                             pad_id=-1, character_coverage=1.0, minloglevel=2)
+    folder = tmp_path / "llama2ish"  # laid out as Llama 2 checkpoints ship: tokenizer.model + its config
+    folder.mkdir()
+    shutil.copy(tmp_path / "sp.model", folder / "tokenizer.model")
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}))
+    tok = AutoTokenizer.from_pretrained(folder)
+    assert len(tok) == 320
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                                 bos_token_id=1, eos_token_id=2, initializer_range=0.4)).save_pretrained(folder)
+    assert G.pre_tokenizer(folder) == "default"
+    G.write_model(folder, tmp_path / "spm.gguf", quant="f32", progress=lambda line: None)
+    varied = sorted({json.loads(x)["instruction"] for x in (ROOT / "presets" / "demo.jsonl").read_text().splitlines()})
+    varied += [json.loads(x)["instruction"] for x in (ROOT / "presets" / "demo-eval.jsonl").read_text().splitlines()]
+    assert tokenize(tmp_path / "spm.gguf", varied) == [tok(t, add_special_tokens=False)["input_ids"] for t in varied]
+    want = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    assert tokenize(tmp_path / "spm.gguf", texts) == want
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    expected = [model.generate(torch.tensor([x]), max_new_tokens=8, min_new_tokens=8, do_sample=False,
+                               pad_token_id=0)[0][len(x):].tolist() for x in want]
+    assert len({tuple(e) for e in expected}) == len(expected)
+    got = greedy(tmp_path / "spm.gguf", None, want)
+    assert all(len(g) >= 4 for g in got), got
+    assert [g[:len(e)] for g, e in zip(got, expected)] == [e[:len(g)] for g, e in zip(got, expected)]

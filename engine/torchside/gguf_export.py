@@ -4,7 +4,7 @@ gguf: the merged model (engine.torchside.export) as one file, f16, bf16 or q8_0.
 gguf-lora: the adapter alone, for `llama-cli -m base.gguf --lora adapter.gguf` on a GGUF of the base.
 
 Supported: Llama and Mistral (llama.cpp's "llama" graph), Qwen2/2.5 and Qwen3, with a byte-level BPE
-tokenizer. For the Llama graph the q and k projections' rows are permuted to llama.cpp's rotary layout, as
+tokenizer, or a SentencePiece one (Llama 2, CodeLlama, Mistral up to v0.3). For the Llama graph the q and k projections' rows are permuted to llama.cpp's rotary layout, as
 its own converter does (and so are the LoRA B matrices of q and k). Other architectures and tokenizers are
 refused with the reason, before anything is written.
 """
@@ -40,8 +40,15 @@ def check_supported(folder: Path) -> dict:
     return config
 
 
+def is_sentencepiece(folder: Path) -> bool:
+    """Llama 2, CodeLlama and Mistral up to v0.3 ship a SentencePiece model: llama.cpp's "llama" vocabulary."""
+    return (folder / "tokenizer.model").exists()
+
+
 def pre_tokenizer(folder: Path) -> str:
-    """llama.cpp's name for how the tokenizer splits text before BPE."""
+    """llama.cpp's name for how the tokenizer splits text before BPE ("default" for SentencePiece)."""
+    if is_sentencepiece(folder):
+        return "default"
     tok = json.loads((folder / "tokenizer.json").read_text())
     if tok.get("model", {}).get("type") != "BPE":
         raise BadInput("GGUF export needs a BPE tokenizer (tokenizer.json); this one is "
@@ -101,9 +108,48 @@ def add_metadata(w, config: dict, name: str) -> None:
     w.add_vocab_size(config["vocab_size"])
 
 
+def add_sentencepiece(w, folder: Path, config: dict) -> None:
+    """A SentencePiece vocabulary as llama.cpp's "llama" tokenizer: pieces, scores and types, as its converter
+    writes them; tokens added on top of the model (tokenizer.json's added_tokens) follow."""
+    import gguf
+    import sentencepiece
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(folder / "tokenizer.model"))
+    tokens, scores, types = [], [], []
+    for i in range(sp.vocab_size()):
+        tokens.append(sp.id_to_piece(i))
+        scores.append(sp.get_score(i))
+        types.append(gguf.TokenType.UNKNOWN if sp.is_unknown(i) else gguf.TokenType.CONTROL if sp.is_control(i)
+                     else gguf.TokenType.UNUSED if sp.is_unused(i) else gguf.TokenType.BYTE if sp.is_byte(i)
+                     else gguf.TokenType.NORMAL)
+    tok = json.loads((folder / "tokenizer.json").read_text()) if (folder / "tokenizer.json").exists() else {}
+    added = {t["id"]: t for t in tok.get("added_tokens", []) if t["id"] >= len(tokens)}
+    for i in range(len(tokens), config["vocab_size"]):
+        t = added.get(i)
+        tokens.append(t["content"] if t else f"[PAD{i}]")
+        scores.append(-1000.0)
+        types.append(gguf.TokenType.CONTROL if t and t.get("special") else
+                     gguf.TokenType.USER_DEFINED if t else gguf.TokenType.UNUSED)
+    w.add_tokenizer_model("llama")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    for value, setter in ((sp.bos_id(), w.add_bos_token_id), (sp.eos_id(), w.add_eos_token_id),
+                          (sp.unk_id(), w.add_unk_token_id)):
+        if value >= 0:
+            setter(value)
+    w.add_add_bos_token(False)
+    template = chat_template(folder)
+    if template:
+        w.add_chat_template(template)
+
+
 def add_tokenizer(w, folder: Path, config: dict) -> None:
     """Tokens in id order, their types, the merges, special ids and the chat template."""
     import gguf
+    if is_sentencepiece(folder):
+        add_sentencepiece(w, folder, config)
+        return
     tok = json.loads((folder / "tokenizer.json").read_text())
     vocab = tok["model"]["vocab"]
     specials = {t["id"]: t["content"] for t in tok.get("added_tokens", [])}
