@@ -206,9 +206,12 @@ def write_model(folder: Path, out: Path, quant: str = "f16", name: str = "rigtun
     w.add_file_type({"f16": gguf.LlamaFileType.MOSTLY_F16, "bf16": gguf.LlamaFileType.MOSTLY_BF16,
                      "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "f32": gguf.LlamaFileType.ALL_F32}[quant])
     add_tokenizer(w, folder, config)
+    block = gguf.GGML_QUANT_SIZES[qtype][0]
+    seen = set()
     for shard in shards(folder):
         with safe_open(str(shard), framework="pt") as f:
             for hf in f.keys():
+                seen.add(hf)
                 t = f.get_tensor(hf).float()
                 heads = _heads(config, hf)
                 if heads:
@@ -217,7 +220,6 @@ def write_model(folder: Path, out: Path, quant: str = "f16", name: str = "rigtun
                 target = names.get_name(hf, try_suffixes=(".weight", ".bias"))
                 if target is None:
                     raise BadInput(f"tensor {hf} has no GGUF name for the {arch_name} architecture.", key="--to")
-                block = gguf.GGML_QUANT_SIZES[qtype][0]
                 if data.ndim == 1 or qtype == gguf.GGMLQuantizationType.F32:  # norms stay f32, as llama.cpp keeps them
                     w.add_tensor(target, data)
                 elif qtype == gguf.GGMLQuantizationType.F16 or data.shape[-1] % block:  # rows the blocks do not fit
@@ -225,20 +227,9 @@ def write_model(folder: Path, out: Path, quant: str = "f16", name: str = "rigtun
                 else:  # bf16 and q8_0: packed bytes, the logical shape follows from the type
                     w.add_tensor(target, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
         progress(f"converted {shard.name}")
-    if config.get("tie_word_embeddings") is False and "lm_head.weight" not in _all_names(folder):
+    if config.get("tie_word_embeddings") is False and "lm_head.weight" not in seen:
         raise BadInput("the model has untied output weights but no lm_head.weight tensor.", key="--to")
     _finish(w)
-    return out
-
-
-def _all_names(folder: Path) -> set:
-    from safetensors import safe_open
-
-    from .export import shards
-    out = set()
-    for shard in shards(folder):
-        with safe_open(str(shard), framework="pt") as f:
-            out |= set(f.keys())
     return out
 
 

@@ -45,9 +45,8 @@ class ExportScreen(ModalScreen[None]):
             self.notify("An export is running; wait for it to finish.", severity="warning")
             return
         to, options, _ = CHOICES[int(event.option.id)]
-        out = self.run_dir / "export" / (f"model-{options['quant']}.gguf" if to == "gguf" else
-                                         {"merged": "merged", "gguf-lora": "adapter.gguf", "ollama": "ollama"}[to])
-        self.run_export(export_command(self.run_dir, to, out=out, force=True, **options))
+        # no --out: the export's own default under RUN_DIR/export/, as `rigtune export` writes it
+        self.run_export(export_command(self.run_dir, to, force=True, **options))
 
     @work(thread=True, exclusive=True, group="export")
     def run_export(self, argv: list) -> None:

@@ -42,6 +42,7 @@ class TierStep(Step):
 
     def on_mount(self) -> None:
         self.order = tier_order()
+        self._bills = {}  # tier id -> what this machine needs to reach it (engine.build), computed once
         table = self.query_one("#tiers", DataTable)
         m = self.state.machine
         machine = T.this_machine(m)
@@ -102,10 +103,9 @@ class TierStep(Step):
     def bill(self, tid: str):
         """What this machine needs to reach tier `tid` (engine.build), computed once per tier."""
         from engine import build as B
-        cache = self.__dict__.setdefault("_bills", {})
-        if tid not in cache:
-            cache[tid] = B.for_tier(self.state.machine, T.tiers()[tid])
-        return cache[tid]
+        if tid not in self._bills:
+            self._bills[tid] = B.for_tier(self.state.machine, T.tiers()[tid])
+        return self._bills[tid]
 
     def bill_line(self, tid: str) -> str:
         try:
