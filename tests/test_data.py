@@ -186,3 +186,25 @@ def test_eval_path_holds_out_a_separate_file(tmp_path):
     examples = D.load_examples(str(train))[0]
     tr, ev = D.split(cfg, examples)
     assert len(tr) == 10 and [e.expect for e in ev] == [["a"]]
+
+
+def test_packed_attention_one_call_equals_one_call_per_example():
+    """The GPU's one-call path for packed rows (SDPA with the block-diagonal causal mask; varlen_attn is
+    checked on a GPU by bench/planner_accuracy/attn_check.py) gives the per-example loop's output and
+    gradients, with grouped-query heads and rows of several examples."""
+    import torch
+
+    from engine.torchside import attention as A
+    segs = [[5, 9, 2], [16]]
+    outs = []
+    for path in (A._per_example, A._masked):
+        torch.manual_seed(0)
+        q = torch.randn(2, 4, 16, 8, requires_grad=True)
+        k, v = (torch.randn(2, 2, 16, 8, requires_grad=True) for _ in range(2))
+        out = path(q, k, v, segs, 0.0, None)
+        out.square().sum().backward()
+        outs.append((out.detach(), q.grad, k.grad, v.grad))
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    mask = A.block_causal_mask(segs, 16, "cpu")
+    assert mask.shape == (2, 1, 16, 16) and not mask[0, 0, 5, 4] and mask[0, 0, 6, 5] and mask[1, 0, 15, 0]

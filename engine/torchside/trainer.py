@@ -55,6 +55,7 @@ def train(run_dir: Path, resume: bool, allow_changes: bool = False) -> int:
     import torch
     run = setup(run_dir, resume, allow_changes)
     announce(run)
+    mark_load_done(run)
     tc = run.cfg.train
     step, bad_steps, reason, message = run.start_step, 0, "finished", ""
     run.started = time.time()
@@ -165,6 +166,7 @@ class Run:
     started: float = 0.0            # when this process's loop began
     lock: object = None
     tracking: bool = False          # report_to trackers are running (rank 0)
+    load_memory: dict = field(default_factory=dict)  # the load's GPU peak, kept apart from training's
 
     @property
     def device(self):
@@ -292,6 +294,16 @@ def announce(run: Run) -> None:
     print(f"[rigtune] {run.world} process(es), {len(run.seqs)} sequences, {run.layout.steps_per_epoch} steps/epoch, "
           f"{run.total} steps, starting at {run.start_step}", flush=True)
     run.status(state="training", step=run.start_step, total_steps=run.total)
+
+
+def mark_load_done(run: Run) -> None:
+    """Keep the load's GPU peak (quantizing goes through 16-bit temporaries) apart from training's, so the
+    memory event's peak_gib is what the planner predicts: the training steps."""
+    import torch
+    if run.device.type == "cuda":
+        run.load_memory = {"load_peak_gib": round(torch.cuda.max_memory_reserved(run.device) / 2**30, 3)}
+        torch.cuda.empty_cache()  # the quantizing temporaries' free blocks go back; the steps start clean
+        torch.cuda.reset_peak_memory_stats(run.device)
 
 
 # ---------------------------------------------------------------------------- recovery
@@ -485,7 +497,7 @@ def save(run: Run, step: int) -> None:
 def finish(run: Run, step: int, reason: str, message: str) -> None:
     """Measured memory, the adapter, the end event."""
     if run.main:
-        run.log.write("memory", **measured_memory(run.device))
+        run.log.write("memory", **measured_memory(run.device), **run.load_memory)
         save_adapter(run.run_dir, run.loaded.model)
         run.log.write("end", sync=True, step=step, reason=reason, message=message or f"finished {run.total} steps")
         run.status(state=reason, step=step, total_steps=run.total)
@@ -495,7 +507,8 @@ def finish(run: Run, step: int, reason: str, message: str) -> None:
 
 
 def measured_memory(device) -> dict:
-    """This process's peaks: GPU memory reserved by the caching allocator (what the planner predicts) and RSS."""
+    """This process's peaks: GPU memory reserved by the caching allocator (what the planner predicts) and RSS.
+    After announce() they cover training only: the load's own peak is kept apart (load_peak_gib)."""
     import resource
 
     import torch
