@@ -8,9 +8,11 @@ Every term is named in the breakdown (GiB per GPU):
   optimizer    AdamW 32-bit: 8 B per adapter parameter; 8-bit: 2 B
   activations  what backward needs: with gradient checkpointing one hidden state per layer plus one layer
                recomputed in full; without, every layer's saved tensors; eager attention adds the s^2 scores
-  logits       the output logits, their fp32 upcast, log-softmax and its gradient
+  logits       the loss's peak: the output logits, their fp32 upcast, log-softmax and its gradient (one chunk
+               of them with the chunked loss; Liger's fused loss holds a smaller chunk)
   overhead     CUDA context, the dequantized weight of the widest layer, and allocator fragmentation
-The constants below are calibrated against published measurements: bench/planner_accuracy.
+Each constant below is derived, or calibrated on a set of points kept apart from the points its accuracy is
+reported on (bench/planner_accuracy). The time estimate (tokens/s, duration) follows the memory model.
 """
 from __future__ import annotations
 
@@ -25,14 +27,12 @@ from .events import METRICS, PLAN
 
 GIB = 1024 ** 3
 
-# --- calibration (bench/planner_accuracy explains each figure)
-NF4_BITS = {True: 4.127, False: 4.5}     # bits per quantized parameter, with / without double quant
-CUDA_CONTEXT_GIB = 0.55                  # CUDA context, cuBLAS workspace, kernels
-FRAGMENTATION = 0.06                     # caching-allocator slack, as a share of what is allocated per step
-LOAD_FRAGMENTATION = 0.10               # quantizing at load goes through 16-bit temporaries that leave holes
-                                         # in the cache around the resident weights (fitted, single-GPU points)
-FSDP_FRAGMENTATION = 0.75                # FSDP's all-gather and reduce-scatter buffers are freed late and
-                                         # fragment the cache (fitted to the two PEFT FSDP measurements)
+# --- constants (bench/planner_accuracy explains each figure and says which points calibrate it)
+NF4_BITS = {True: 4.127, False: 4.5}     # bits per quantized parameter, with / without double quant (derived:
+                                         # 4 bits + one absmax per 64 weights, itself 8-bit per 256 blocks)
+CUDA_CONTEXT_GIB = 0.5                   # CUDA context, cuBLAS workspace, kernels: outside torch's allocator
+FRAGMENTATION = 0.05                     # caching-allocator slack: reserved over allocated at the peak (0.048
+                                         # on the calibration set of rigtune's own H200 runs, planner_accuracy)
 PROCESS_RAM_GIB = 3.0                    # host RAM per training process (torch, CUDA libraries, buffers)
 # bytes per (token x vocab entry) of the loss at its peak, beyond the lm_head's own output (2 B in bf16,
 # 4 B when prepare_model_for_kbit_training left lm_head in fp32, which also makes the fp32 copy free):
@@ -105,6 +105,9 @@ class PlanInput:
     loss_chunk: int = 0              # rigtune's chunked loss: tokens per chunk (0 = full logits)
     link: str = "nvlink"             # between the cards: nvlink | p2p (PCIe peer-to-peer) | host (through RAM)
     activation_offload: bool = False  # saved activations wait in CPU RAM; one layer's worth on the GPU
+    accum: int = 1                   # gradient accumulation steps (kept with the micro-batch by suggest())
+    kernels: str = "none"            # liger: Liger's fused kernels (what kernels = "auto" runs on a CUDA card)
+    card: str = ""                   # a name from presets/cards.toml: the time estimate's card ("" = unknown)
 
 
 @dataclass
@@ -120,6 +123,10 @@ class Plan:
     suggestion: dict | None = None
     ram_needed_gib: float = 0.0
     gpu_gib: float = 0.0
+    card: str = ""
+    tokens_per_s_estimate: float | None = None
+    duration_s_estimate: float | None = None
+    suggestion_steps: list = field(default_factory=list)  # what each change in `suggestion` does, in words
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -226,19 +233,26 @@ def breakdown(inp: PlanInput) -> dict:
     else:
         activations = tokens * a.layers * per_layer
 
-    if inp.loss == "rigtune" and inp.loss_chunk:  # one chunk's logits at a time, at trained positions only
+    if inp.loss == "rigtune" and inp.kernels == "liger":
+        logits = liger_loss_bytes(a, tokens, cb)
+    elif inp.loss == "rigtune" and inp.loss_chunk:  # one chunk's logits at a time, at trained positions only
         logits = min(tokens, inp.loss_chunk) * a.vocab * (LOSS_BYTES["rigtune"] + cb)
     else:
         logits = tokens * a.vocab * (LOSS_BYTES[inp.loss] + (0 if inp.upcast else cb))
     widest = max(x * y for x, y in a.linears().values()) * cb if inp.quantization != "none" else 0
-    subtotal = weights + adapters + gradients + optimizer + activations + logits
-    slack = FSDP_FRAGMENTATION if inp.strategy == "fsdp" else FRAGMENTATION
-    resident = weights - (gathered if inp.strategy == "fsdp" else 0)  # allocated once, at load time
-    load_slack = LOAD_FRAGMENTATION if inp.strategy != "fsdp" and inp.quantization != "none" else 0.0
-    overhead = CUDA_CONTEXT_GIB * GIB + widest + slack * (subtotal - resident) + load_slack * resident
+    allocated = weights + adapters + gradients + optimizer + activations + logits + widest
+    overhead = CUDA_CONTEXT_GIB * GIB + widest + FRAGMENTATION * allocated
     terms = {"weights": weights, "adapters": adapters, "gradients": gradients, "optimizer": optimizer,
              "activations": activations, "logits": logits, "overhead": overhead}
     return {k: v / GIB for k, v in terms.items()}
+
+
+def liger_loss_bytes(a: Arch, tokens: int, cb: int) -> float:
+    """Liger's fused linear cross-entropy: the logits of one chunk of ceil(tokens / ceil(vocab / hidden)) tokens
+    (rounded up to a power of two) in fp32, with their gradient, plus the input gradient it computes in forward."""
+    import math
+    chunk = 1 << max(0, math.ceil(math.log2(max(1, math.ceil(tokens / math.ceil(a.vocab / a.hidden))))))
+    return 2 * min(chunk, tokens) * a.vocab * 4 + tokens * a.hidden * cb
 
 
 def peak(inp: PlanInput) -> float:
@@ -267,19 +281,19 @@ def keep_effective_batch(micro_batch: int, accum: int, new_micro_batch: int, pro
     return max(1, micro_batch * accum * processes // max(1, new_micro_batch * new_processes))
 
 
-def fits(inp: PlanInput) -> bool:
-    budget = min(inp.gpus)
+def fits(inp: PlanInput, budget_gib: float | None = None) -> bool:
+    budget = min(inp.gpus) if budget_gib is None else budget_gib
     if peak(inp) > budget:
         return False
     return inp.ram_gib is None or ram_needed(inp) <= inp.ram_gib
 
 
-def _largest(inp: PlanInput, field: str, limit: int) -> int:
+def _largest(inp: PlanInput, field: str, limit: int, budget_gib: float | None = None) -> int:
     """The largest value of `field` (at least 1) at which the run fits, by bisection; 0 if none does."""
     lo, hi = 0, limit
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if fits(replace(inp, **{field: mid})):
+        if fits(replace(inp, **{field: mid}), budget_gib):
             lo = mid
         else:
             hi = mid - 1
@@ -363,68 +377,247 @@ def strategy_table(inp: PlanInput) -> tuple[list, str]:
     return rows, why
 
 
-def suggest(inp: PlanInput) -> dict | None:
-    """The cheapest change that makes a run that does not fit, fit: {"change": {...}, "why": str}."""
-    if fits(inp):
-        return None
-    steps = []
-    if not inp.gradient_checkpointing:
-        steps.append(({"gradient_checkpointing": True}, "turn on gradient checkpointing (~30% slower)"))
-    if inp.attn == "eager":
-        steps.append(({"attn": "sdpa"}, "use SDPA attention (no s^2 scores)"))
-    b = inp.micro_batch
+# The run-file key of each PlanInput field that advice may change.
+RUN_KEYS = {"micro_batch": "train.micro_batch_size", "accum": "train.gradient_accumulation_steps",
+            "gradient_checkpointing": "train.gradient_checkpointing", "attn": "model.attn_implementation",
+            "optimizer": "train.optimizer", "loss_chunk": "train.loss_chunk_tokens",
+            "activation_offload": "train.activation_offload", "strategy": "hardware.strategy",
+            "cpu_offload": "hardware.cpu_offload", "seq_len": "data.max_seq_len"}
+SHORTEST_SEQ = 128  # below this, shortening sequences is no advice
+
+
+def _candidates(inp: PlanInput):
+    """Every combination of the changes advice may make, each keeping the effective batch. Only settings the
+    engine accepts for the strategy: 8-bit AdamW (never paged, which FSDP refuses), CPU offload only with FSDP."""
+    from itertools import product
+    mbs, b = [inp.micro_batch], inp.micro_batch
     while b > 1:
         b //= 2
-        steps.append(({"micro_batch": b}, f"micro-batch {b} with {inp.micro_batch // b}x the gradient accumulation "
-                                         "(same effective batch)"))
-    if inp.optimizer == "adamw_torch" and inp.strategy == "fsdp":  # paged state breaks FSDP checkpoints
-        steps.append(({"optimizer": "adamw_8bit"}, "8-bit AdamW"))
-    elif inp.optimizer == "adamw_torch":
-        steps.append(({"optimizer": "paged_adamw_8bit"}, "paged 8-bit AdamW"))
-    for change, why in steps:
-        cand = replace(inp, **change)
-        if fits(cand):
-            return {"change": change, "why": why}
-        inp = cand  # changes accumulate in order of cost
-    if len(inp.gpus) > 1 and inp.strategy != "fsdp":
-        cand = replace(inp, strategy="fsdp", cpu_offload=False)
-        if fits(cand):
-            return {"change": {"strategy": "fsdp"}, "why": "shard the model over the cards with FSDP"}
-    if len(inp.gpus) > 1 and not inp.cpu_offload:
-        cand = replace(inp, strategy="fsdp", cpu_offload=True)
-        if fits(cand):
-            return {"change": {"strategy": "fsdp", "cpu_offload": True},
-                    "why": f"FSDP with CPU offload (needs {ram_needed(cand):.0f} GiB RAM)"}
-    longest = max_seq_len(inp)
-    if longest >= 128:
-        return {"change": {"seq_len": longest}, "why": f"shorten sequences to {longest} tokens"}
-    return None
+        mbs.append(b)
+    layouts = [(inp.strategy, inp.cpu_offload)]
+    if len(inp.gpus) > 1 and inp.strategy in ("ddp", "fsdp"):
+        layouts += [x for x in (("fsdp", False), ("fsdp", True)) if x not in layouts]
+    options = product([inp.gradient_checkpointing] + ([True] if not inp.gradient_checkpointing else []),
+                      [inp.attn] + (["sdpa"] if inp.attn == "eager" else []),
+                      [inp.optimizer] + (["adamw_8bit"] if inp.optimizer == "adamw_torch" else []),
+                      [inp.loss_chunk] + ([c for c in (4096, 1024) if not inp.loss_chunk or c < inp.loss_chunk]
+                                          if inp.loss == "rigtune" and inp.kernels != "liger" else []),
+                      [inp.activation_offload] + ([True] if not inp.activation_offload else []),
+                      mbs, layouts)
+    for gc, attn, opt, chunk, act, mb, (strategy, offload) in options:
+        if strategy == "fsdp" and opt == "paged_adamw_8bit":
+            opt = "adamw_8bit"  # the same 8-bit state; FSDP cannot save paged optimizer state
+        yield replace(inp, gradient_checkpointing=gc, attn=attn, optimizer=opt, loss_chunk=chunk,
+                      activation_offload=act, micro_batch=mb, strategy=strategy, cpu_offload=offload,
+                      accum=keep_effective_batch(inp.micro_batch, inp.accum, mb))
 
+
+def _seconds_per_token(inp: PlanInput, card: Card) -> float:
+    return 1.0 / tokens_per_s(inp, card)
+
+
+def _step_words(field: str, old, new, inp: PlanInput, cand: PlanInput) -> str:
+    if field == "micro_batch":
+        return f"micro-batch {new} with gradient accumulation {cand.accum} (the same effective batch)"
+    if field == "gradient_checkpointing":
+        return "gradient checkpointing on (recomputes activations in backward: ~1.5x the matmul work)"
+    if field == "attn":
+        return "SDPA attention (no s^2 attention scores kept)"
+    if field == "optimizer":
+        return "8-bit AdamW (a quarter of the optimizer state)"
+    if field == "loss_chunk":
+        return f"chunked loss, {new} tokens at a time (the full logits are never held)"
+    if field == "activation_offload":
+        return "activations saved for backward wait in CPU RAM (slower steps)"
+    if field == "cpu_offload":
+        return f"FSDP with CPU offload (needs {ram_needed(cand):.0f} GiB of RAM)"
+    if field == "strategy":
+        return "shard the model over the cards with FSDP"
+    if field == "seq_len":
+        return f"shorten sequences to {new} tokens (longer examples are cut)"
+    return f"{field} {old} -> {new}"
+
+
+def suggest(inp: PlanInput, budget_gib: float | None = None) -> dict | None:
+    """The complete set of changes that makes a run fit (in `budget_gib` per card, default the card), or None
+    when it fits already or nothing does. Of all the combinations of changes that fit, the one with the
+    shortest estimated training time for the same data (fewest changes on a tie); shortening sequences
+    changes the data, so it comes only when nothing else fits. Verified: the result is planned again.
+      {"change": {PlanInput field: value}, "keys": {run-file key: value}, "steps": [words per change],
+       "peak_gib": planned peak after the change, "slowdown": estimated time / time as set}"""
+    if fits(inp, budget_gib):
+        return None
+    card = card_named(inp.card) or load_cards()[DEFAULT_CARD]
+    best = None
+    for cand in _candidates(inp):
+        if fits(cand, budget_gib):
+            changed = sum(getattr(cand, f) != getattr(inp, f) for f in RUN_KEYS)
+            key = (round(_seconds_per_token(cand, card), 12), changed)
+            if best is None or key < best[0]:
+                best = (key, cand)
+    if best is None:  # nothing fits as the data is: the combination that allows the longest sequences
+        for cand in _candidates(inp):
+            longest = _largest(cand, "seq_len", inp.seq_len - 1, budget_gib)
+            if longest >= SHORTEST_SEQ:
+                cand = replace(cand, seq_len=longest)
+                key = (-longest, round(_seconds_per_token(cand, card), 12))
+                if best is None or key < best[0]:
+                    best = (key, cand)
+    if best is None:
+        return None
+    cand = best[1]
+    assert fits(cand, budget_gib)  # planned again: advice that does not fit is a bug, not a suggestion
+    change = {f: getattr(cand, f) for f in RUN_KEYS if getattr(cand, f) != getattr(inp, f)}
+    steps = [_step_words(f, getattr(inp, f), v, inp, cand) for f, v in change.items() if f != "accum"]
+    return {"change": change, "keys": {RUN_KEYS[f]: v for f, v in change.items()}, "steps": steps,
+            "peak_gib": round(peak(cand), 2),
+            "slowdown": round(_seconds_per_token(cand, card) / _seconds_per_token(inp, card), 2)}
+
+
+# ---------------------------------------------------------------------------- time
 
 # Effective GB/s between two cards (round numbers: RTX 3090 NVLink ~56 GB/s one way, PCIe 4.0 x16 peer-to-peer
-# ~20, staged through host RAM ~10; GeForce drivers usually disable PCIe P2P) and the bf16 TFLOP/s a
-# 3090/4090-class card achieves in QLoRA (~35% of its dense peak). Only the ratio below uses them.
+# ~20, staged through host RAM ~10; GeForce drivers usually disable PCIe P2P), and host <-> card over PCIe 4.0
+# x16 for CPU offload (~20 of its 32 GB/s in practice).
 LINK_GBPS = {"nvlink": 50.0, "p2p": 20.0, "host": 10.0}
-ACHIEVED_TFLOPS = 25.0
+PCIE_GBPS = 20.0
+# The share of a card's dense bf16 peak that QLoRA's matmuls reach, by class of card. Calibrated on one
+# published or measured point each, and checked on points kept apart (bench/planner_accuracy/throughput.py):
+#   consumer    torchtune's Llama-3.1-8B QLoRA on one RTX 4090 (2,413 tokens/s)
+#   datacenter  rigtune's own engine, Llama-3.1-8B shape on an H200 (6,814 tokens/s; gpu_points.json)
+# Large cards reach a smaller share: micro-batches of a few thousand tokens do not fill 132 SMs the way they
+# fill a GeForce die, and bitsandbytes' dequantize runs between every matmul.
+ACHIEVED = {"consumer": 0.71, "datacenter": 0.32}
+# Bytes of memory traffic per 4-bit parameter per pass to dequantize it for the matmul: read 0.5 B of NF4,
+# write 2 B of bf16, the matmul reads those 2 B again (derived, not fitted).
+DEQUANT_BYTES = 4.5
+DEFAULT_CARD = "RTX 3090"  # what link_cost compares against when no card is named
 
 
-def link_cost(inp: PlanInput, link: str | None = None) -> tuple[float, float]:
-    """(step time over `link` / step time over NVLink, seconds of card-to-card transfer per micro-batch),
-    assuming no overlap of transfer and compute (an upper bound). FSDP gathers the sharded base in forward
-    and again in backward; DDP and rigtune's FSDP also average the adapter gradients."""
-    link = link or inp.link
+@dataclass(frozen=True)
+class Card:
+    name: str
+    vram_gib: float
+    bf16_tflops: float
+    mem_gbps: float
+    kind: str
+    aliases: tuple = ()
+
+    @property
+    def achieved_tflops(self) -> float:
+        return self.bf16_tflops * ACHIEVED[self.kind]
+
+
+def _norm(text: str) -> str:
+    return "".join(text.lower().replace("nvidia", "").replace("geforce", "").split()).replace("-", "")
+
+
+def load_cards() -> dict:
+    return {name: Card(name, c["vram_gib"], c["bf16_tflops"], c["mem_gbps"], c["class"], tuple(c.get("aliases", ())))
+            for name, c in presets.load_cards().items()}
+
+
+def card_named(text: str) -> Card | None:
+    """A card from its name, an alias or a device name as NVML reports it ("NVIDIA GeForce RTX 4090")."""
+    want = _norm(text)
+    if not want:
+        return None
+    cards = load_cards()
+    for card in cards.values():
+        if want in {_norm(card.name), *(_norm(a) for a in card.aliases)}:
+            return card
+    # a device name: the longest card name inside it ("rtx4090d" is not a 4090, "rtx3090ti" matches its alias)
+    hits = [c for c in cards.values() if _norm(c.name) in want]
+    return max(hits, key=lambda c: len(c.name)) if hits else None
+
+
+def _aliases() -> set:
+    return {_norm(a) for c in load_cards().values() for a in (c.name, *c.aliases)}
+
+
+def card_of_size(gib: float) -> Card | None:
+    """The card of this memory size when only one in the table has it (12 -> RTX 4070 Ti; 24 is ambiguous)."""
+    hits = [c for c in load_cards().values() if abs(c.vram_gib - gib) < 0.5]
+    return hits[0] if len(hits) == 1 else None
+
+
+def flops_per_token(inp: PlanInput) -> float:
+    """Matmul FLOPs per trained token of one optimizer micro-step. The frozen 4-bit base needs no weight
+    gradient, so its backward is one matmul per layer (input gradient), not two: forward 2N + backward 2N,
+    + 2N recomputed with gradient checkpointing. Adapters get both gradients. Attention scores: a token
+    attends to s/2 positions on average (causal). The lm_head runs forward and backward once."""
+    a = inp.arch
+    passes = 3 if inp.gradient_checkpointing else 2
+    base = 2 * a.linear_params * passes
+    adapters = 2 * adapter_params(inp) * (passes + 1)
+    attention = 2 * 2 * (inp.seq_len / 2) * a.hidden * a.layers * passes
+    head = 2 * 2 * a.vocab * a.hidden
+    return base + adapters + attention + head
+
+
+def micro_batch_seconds(inp: PlanInput, card: Card) -> dict:
+    """Seconds per micro-batch on one card, by part: compute, dequantize, link (card to card), offload."""
+    a = inp.arch
+    tokens = inp.seq_len * inp.micro_batch
+    passes = 3 if inp.gradient_checkpointing else 2
+    parts = {"compute": tokens * flops_per_token(inp) / (card.achieved_tflops * 1e12), "dequantize": 0.0,
+             "link": link_seconds(inp), "offload": 0.0}
+    if inp.quantization in ("nf4", "fp4"):
+        parts["dequantize"] = passes * a.linear_params * DEQUANT_BYTES / (card.mem_gbps * 1e9)
+    if inp.cpu_offload:  # the sharded weights come over PCIe for each forward, recompute and backward
+        parts["offload"] += passes * a.linear_params * linear_bytes(inp) / len(inp.gpus) / (PCIE_GBPS * 1e9)
+    if inp.activation_offload:  # saved activations go to RAM and come back
+        saved = breakdown(replace(inp, activation_offload=False))["activations"] * GIB
+        parts["offload"] += 2 * saved / (PCIE_GBPS * 1e9)
+    return parts
+
+
+def tokens_per_s(inp: PlanInput, card: Card) -> float:
+    """Tokens per second of the whole run (every card's micro-batches)."""
+    processes = len(inp.gpus) if inp.strategy in ("ddp", "fsdp") else 1
+    return processes * inp.seq_len * inp.micro_batch / sum(micro_batch_seconds(inp, card).values())
+
+
+def link_seconds(inp: PlanInput, link: str | None = None) -> float:
+    """Card-to-card transfer per micro-batch, assuming no overlap with compute (an upper bound). FSDP gathers
+    the sharded base in forward and again in backward; DDP and rigtune's FSDP also average the adapter
+    gradients."""
     n = len(inp.gpus)
     if n < 2 or inp.strategy == "single":
-        return 1.0, 0.0
+        return 0.0
     a = inp.arch
     cb = DTYPE_BYTES[inp.compute_dtype]
-    tokens = inp.seq_len * inp.micro_batch
-    compute = (6 if inp.gradient_checkpointing else 4) * a.linear_params * tokens / (ACHIEVED_TFLOPS * 1e12)
     moved = 2 * adapter_params(inp) * DTYPE_BYTES[inp.lora_dtype] * (n - 1) / n
     if inp.strategy == "fsdp":
         moved += 2 * (a.linear_params * linear_bytes(inp) + a.embed_params * cb) * (n - 1) / n
-    seconds = moved / (LINK_GBPS[link] * 1e9)
-    return (compute + seconds) / (compute + moved / (LINK_GBPS["nvlink"] * 1e9)), seconds
+    return moved / (LINK_GBPS[link or inp.link] * 1e9)
+
+
+def link_cost(inp: PlanInput, link: str | None = None) -> tuple[float, float]:
+    """(step time over `link` / step time over NVLink, seconds of card-to-card transfer per micro-batch)."""
+    link = link or inp.link
+    if len(inp.gpus) < 2 or inp.strategy == "single":
+        return 1.0, 0.0
+    card = card_named(inp.card) or load_cards()[DEFAULT_CARD]
+    rest = sum(v for k, v in micro_batch_seconds(replace(inp, link="nvlink"), card).items() if k != "link")
+    seconds = link_seconds(inp, link)
+    return (rest + seconds) / (rest + link_seconds(inp, "nvlink")), seconds
+
+
+def fmt_estimate(seconds: float) -> str:
+    """'about 1 h 40 min', 'about 12 min', 'about 3.2 days', 'under a minute' - rounded as an estimate should be."""
+    minutes = seconds / 60
+    if minutes < 1:
+        return "under a minute"
+    if minutes < 60:
+        return f"about {minutes:.0f} min"
+    hours = minutes / 60
+    if hours < 48:
+        h, m = int(hours), int(round(minutes - int(hours) * 60, -1))
+        if m == 60:
+            h, m = h + 1, 0
+        return f"about {h} h" + (f" {m} min" if m else "")
+    return f"about {hours / 24:.1f} days"
 
 
 def link_note(inp: PlanInput) -> str | None:
@@ -438,7 +631,10 @@ def link_note(inp: PlanInput) -> str | None:
             f"estimated {slow:.2f}x the step time with NVLink.")
 
 
-def plan(inp: PlanInput, pick_strategy: bool = False) -> Plan:
+def plan(inp: PlanInput, pick_strategy: bool = False, total_tokens: int | None = None) -> Plan:
+    """The plan of a run: per-card memory by term, whether it fits, the longest sequence and largest
+    micro-batch that do, the advice that makes it fit, and - on a named card - tokens/s and, given the
+    run's total tokens, how long it takes."""
     notes = []
     if pick_strategy:
         inp, why = choose_strategy(inp)
@@ -448,6 +644,9 @@ def plan(inp: PlanInput, pick_strategy: bool = False) -> Plan:
     link = link_note(inp)
     if link:
         notes.append(link)
+    if inp.strategy == "fsdp":
+        notes.append("FSDP plans are the least certain: published FSDP-QLoRA peaks were 15-36% above this model "
+                     "(bench/planner_accuracy); [train] oom_fallback = true halves the micro-batch if it runs out.")
     terms = breakdown(inp)
     total = sum(terms.values())
     card = min(inp.gpus)
@@ -455,32 +654,66 @@ def plan(inp: PlanInput, pick_strategy: bool = False) -> Plan:
     ram = ram_needed(inp)
     if inp.ram_gib is not None and ram > inp.ram_gib:
         notes.append(f"needs {ram:.0f} GiB of system RAM, {inp.ram_gib:.0f} GiB present.")
-    if not ok and total > card:
+    if not ok and total > card and not pick_strategy:
         notes.append(f"needs {total:.1f} GiB per GPU, the card has {card:.1f} GiB.")
     advice = suggest(inp)
     if advice:
-        notes.append("to fit: " + advice["why"] + ".")
+        notes.append("to fit, change all of: " + "; ".join(advice["steps"]) + f" (planned {advice['peak_gib']:.1f} "
+                     f"GiB, about {advice['slowdown']:.2g}x the time).")
+    named = card_named(inp.card)
+    speed = duration = None
+    if named is not None:
+        timed = replace(inp, **advice["change"]) if advice else inp
+        speed = tokens_per_s(timed, named)
+        if total_tokens:
+            duration = total_tokens / speed
+            notes.append(f"time: {fmt_estimate(duration)} on {len(inp.gpus)} x {named.name} "
+                         f"(~{speed:,.0f} tokens/s{' after the changes above' if advice else ''}).")
     return Plan(per_gpu_peak_gib=round(total, 2), breakdown_gib={k: round(v, 3) for k, v in terms.items()},
                 fits=ok, max_seq_len=max_seq_len(inp), max_micro_batch=max_micro_batch(inp),
-                strategy=inp.strategy, cpu_offload=inp.cpu_offload, notes=notes, suggestion=advice,
-                ram_needed_gib=round(ram, 1), gpu_gib=card)
+                strategy=inp.strategy, cpu_offload=inp.cpu_offload, notes=notes,
+                suggestion=advice["keys"] if advice else None, suggestion_steps=advice["steps"] if advice else [],
+                ram_needed_gib=round(ram, 1), gpu_gib=card, card=named.name if named else "",
+                tokens_per_s_estimate=round(speed) if speed else None,
+                duration_s_estimate=round(duration) if duration else None)
 
 
-def parse_gpus(spec: str) -> list:
-    """'2x24' -> [24.0, 24.0]; '24' -> [24.0]; '24,12' -> [24.0, 12.0]."""
+def parse_gpus(spec: str) -> tuple[list, str]:
+    """(GiB of each card, card name or ""): '2x24' -> [24.0, 24.0]; '2x4090' -> two RTX 4090s; '24' -> [24.0];
+    '24,12' -> [24.0, 12.0]; '1xA100-80'. A bare size names a card only when one card has that size."""
+    def one(text: str):
+        named = card_named(text)
+        if named is not None and not text.replace(".", "").isdigit() or _norm(text) in _aliases():
+            return named.vram_gib, named.name
+        try:
+            gib = float(text)
+        except ValueError:
+            card = named
+            if card is None:
+                raise BadInput(f"--gpus {spec!r}: {text!r} is neither a size in GiB nor a card rigtune knows "
+                               f"({', '.join(load_cards())}).", key="--gpus") from None
+            return card.vram_gib, card.name
+        known = card_of_size(gib)
+        return gib, known.name if known else ""
     try:
-        if "x" in spec.lower():
-            count, size = spec.lower().split("x", 1)
-            return [float(size)] * int(count)
-        return [float(x) for x in spec.split(",")]
+        if "x" in spec.lower() and spec.lower().split("x", 1)[0].strip().isdigit():
+            count, what = spec.lower().split("x", 1)
+            gib, name = one(what.strip())
+            return [gib] * int(count), name
+        sizes = [one(x.strip()) for x in spec.split(",")]
     except ValueError:
-        raise BadInput(f"--gpus {spec!r} is not NxGIB (2x24), GIB (24) or a list (24,12).", key="--gpus") from None
+        raise BadInput(f"--gpus {spec!r} is not NxGIB (2x24), NxCARD (2x4090), GIB (24) or a list (24,12).",
+                       key="--gpus") from None
+    names = {n for _, n in sizes}
+    return [g for g, _ in sizes], names.pop() if len(names) == 1 else ""
 
 
-def input_from_run(cfg, arch: Arch, gpus: list, ram_gib: float | None, link: str = "nvlink") -> PlanInput:
+def input_from_run(cfg, arch: Arch, gpus: list, ram_gib: float | None, link: str = "nvlink",
+                   card: str = "") -> PlanInput:
     """Plan inputs from a run file's values."""
+    kernels = "liger" if cfg.train.kernels == "liger" or (cfg.train.kernels == "auto" and cfg.hardware.gpus) else "none"
     return PlanInput(
-        arch=arch, gpus=gpus, link=link, seq_len=cfg.data.max_seq_len, micro_batch=cfg.train.micro_batch_size,
+        arch=arch, gpus=gpus, link=link, card=card, accum=cfg.train.gradient_accumulation_steps, kernels=kernels, seq_len=cfg.data.max_seq_len, micro_batch=cfg.train.micro_batch_size,
         lora_r=cfg.lora.r, lora_targets=cfg.lora.target_modules, lora_dropout=cfg.lora.dropout,
         optimizer=cfg.train.optimizer, gradient_checkpointing=cfg.train.gradient_checkpointing,
         attn=cfg.model.attn_implementation, quantization=cfg.model.quantization, double_quant=cfg.model.double_quant,

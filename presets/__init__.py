@@ -20,6 +20,7 @@ DEMO_EVAL = HERE / "demo-eval.jsonl"
 TIERS = HERE / "tiers.toml"
 MODELS = HERE / "models.toml"
 PARTS = HERE / "parts.toml"
+CARDS = HERE / "cards.toml"
 RUN_PRESETS = {"cpu-demo": HERE / "cpu-demo.toml"}
 
 
@@ -43,6 +44,12 @@ def load_parts() -> dict:
     """Parts `rigtune build` knows, with sourced prices: {"rules", "gpus", "nvlink_bridge", "ram_kits", "nvme"}."""
     with open(PARTS, "rb") as f:
         return tomllib.load(f)
+
+
+def load_cards() -> dict:
+    """{name: {"aliases", "vram_gib", "bf16_tflops", "mem_gbps", "class"}} from cards.toml."""
+    with open(CARDS, "rb") as f:
+        return tomllib.load(f)["cards"]
 
 
 def load_tiers() -> dict:

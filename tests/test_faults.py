@@ -248,7 +248,7 @@ def test_cuda_oom_without_fallback_gives_advice(tmp_path, tiny_model):
     assert res.returncode == 1 and "Traceback" not in res.stderr
     end = events(tmp_path / "runs" / "t")[-1]
     assert "out of memory at step 3" in end["message"]
-    assert "micro_batch_size = 1 with gradient_accumulation_steps = 2" in end["message"]
+    assert "Try all of: train." in end["message"] and "a quarter less than this run's" in end["message"]
 
 
 def test_cuda_oom_fallback_keeps_the_effective_batch_and_the_losses(tmp_path, tiny_model):

@@ -131,15 +131,77 @@ def test_max_seq_len_and_micro_batch_are_the_edge_of_fitting():
 
 
 def test_suggestions_make_it_fit():
-    tight = inp("Llama-3.1-8B", gpus=(24.0,), seq_len=4096, micro_batch=8)
+    """The issue's case: 8B on 12 GB at seq 4096, micro-batch 4, no checkpointing needs >100 GiB. The advice
+    is the whole set of changes (here smaller micro-batches with the same effective batch, checkpointing and
+    a chunked loss), it fits once applied, and plan --json carries it as run-file keys."""
+    tight = inp("Llama-3.1-8B", gpus=(12.0,), seq_len=4096, micro_batch=4, accum=4, gradient_checkpointing=False)
+    assert P.peak(tight) > 100
+    s = P.suggest(tight)
+    assert P.fits(replace(tight, **s["change"])) and len(s["change"]) >= 3
+    assert s["keys"]["train.gradient_checkpointing"] is True
+    mbs = s["keys"]["train.micro_batch_size"]
+    assert mbs * s["keys"]["train.gradient_accumulation_steps"] == 16  # the effective batch is kept
+    assert "data.max_seq_len" not in s["keys"]  # the data stays whole when other changes are enough
     p = P.plan(tight)
-    assert not p.fits and p.suggestion and "micro_batch" in p.suggestion["change"]
-    assert P.fits(replace(tight, **p.suggestion["change"]))
-    assert any("to fit" in n for n in p.notes) and any("card has" in n for n in p.notes)
+    assert not p.fits and p.suggestion == s["keys"] and p.suggestion_steps == s["steps"]
+    assert any(n.startswith("to fit, change all of:") for n in p.notes)
     no_gc = inp("Llama-3.1-8B", gpus=(24.0,), seq_len=4096, gradient_checkpointing=False)
-    assert P.suggest(no_gc)["change"] == {"gradient_checkpointing": True}
+    assert P.suggest(no_gc)["keys"] == {"train.gradient_checkpointing": True}
     ram = P.plan(inp("Llama-2-70B", gpus=(24.0, 24.0), strategy="fsdp", cpu_offload=True, ram_gib=32))
     assert not ram.fits and any("system RAM" in n for n in ram.notes)
+
+
+def _run_values(i):
+    """A run file's values that say what the PlanInput `i` says."""
+    from engine import runfile
+    n = len(i.gpus) if i.strategy != "single" else 1
+    return runfile.defaults(
+        name="p", hardware={"gpus": list(range(n)), "strategy": i.strategy, "num_processes": n,
+                            "cpu_offload": i.cpu_offload},
+        model={"base": "some/model", "attn_implementation": i.attn},
+        data={"path": "d.jsonl", "max_seq_len": i.seq_len},
+        train={"micro_batch_size": i.micro_batch, "gradient_accumulation_steps": i.accum, "optimizer": i.optimizer,
+               "gradient_checkpointing": i.gradient_checkpointing, "loss_chunk_tokens": i.loss_chunk,
+               "activation_offload": i.activation_offload})
+
+
+def test_every_suggestion_fits_and_check_accepts_it():
+    """Property over a grid of models x cards x seq x micro-batch x checkpointing x attention x optimizer x
+    strategy: every suggestion, applied, fits; applied to the run file, `check`'s validation accepts it;
+    and a run that does not fit gets a suggestion whenever any combination of changes could make it fit."""
+    from itertools import product
+
+    from engine import runfile
+    cases = suggested = 0
+    grid = product(("Llama-3.1-8B", "Qwen2.5-14B", "CodeLlama-34B", "Llama-3.1-70B"),
+                   ([12.0], [24.0], [24.0, 24.0], [48.0, 48.0]), (1024, 4096), (1, 8), (True, False),
+                   ("sdpa", "eager"), ("adamw_torch", "paged_adamw_8bit"), ("ddp", "fsdp"))
+    for model, gpus, seq, mbs, gc, attn, opt, strategy in grid:
+        if len(gpus) == 1:
+            strategy = "single"
+        if strategy == "fsdp" and opt == "paged_adamw_8bit":
+            continue  # check refuses this as set; advice starts from valid run files
+        i = inp(model, gpus=gpus, seq_len=seq, micro_batch=mbs, accum=2, gradient_checkpointing=gc, attn=attn,
+                optimizer=opt, strategy=strategy, ram_gib=128)
+        cases += 1
+        s = P.suggest(i)
+        if P.fits(i):
+            assert s is None
+            continue
+        some = P.fits(replace(i, micro_batch=1, gradient_checkpointing=True, attn="sdpa", optimizer="adamw_8bit",
+                              loss_chunk=1024, activation_offload=True, seq_len=128,
+                              **({"strategy": "fsdp", "cpu_offload": True} if len(gpus) > 1 else {})))
+        assert (s is not None) == some, (model, gpus, seq, mbs, gc, attn, opt, strategy)
+        if s is None:
+            continue
+        suggested += 1
+        assert P.fits(replace(i, **s["change"])), (model, gpus, seq, mbs, gc, attn, opt, strategy, s)
+        values = _run_values(i)
+        for dotted, value in s["keys"].items():
+            section, key = dotted.split(".")
+            values[section][key] = value
+        runfile.validate(values)  # raises BadInput for a setting the engine refuses
+    assert cases > 300 and suggested > 100
 
 
 def test_tier_checks_warn_with_numbers():
@@ -167,7 +229,7 @@ def test_plan_cli_json_and_errors(tiny_model):
     bad = rigtune("plan", "--model", "nope-model", "--gpus", "1x24")
     assert bad.returncode == 2 and "unknown model 'nope-model'" in bad.stderr
     assert rigtune("plan", "--model", "Llama-2-7B", env=machine_env("no-gpu")).returncode == 2  # no GPU, no --gpus
-    assert "NxGIB" in rigtune("plan", "--model", "Llama-2-7B", "--gpus", "big").stderr
+    assert "nor a card rigtune knows" in rigtune("plan", "--model", "Llama-2-7B", "--gpus", "big").stderr
 
 
 def test_planner_learns_from_past_runs(tmp_path):
@@ -180,14 +242,18 @@ def test_planner_learns_from_past_runs(tmp_path):
     assert P.past_runs(tmp_path / "runs", "Llama-2-13B") is None
 
 
-def test_calibration_against_published_measurements():
-    """bench/planner_accuracy: mean absolute error under 10% over every cited measurement."""
+def test_accuracy_is_reported_on_points_no_constant_was_fitted_to():
+    """bench/planner_accuracy keeps its calibration points apart; the held-out mean absolute error (published
+    measurements of other stacks and rigtune's own GPU runs) stays within the 15% the planner promises."""
     import importlib.util
-    from conftest import ROOT
     spec = importlib.util.spec_from_file_location("acc", ROOT / "bench" / "planner_accuracy" / "run.py")
     acc = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(acc)
-    assert acc.main(write=False) < 0.10
+    pts = acc.points()
+    held = [p for p in pts if p["set"] == "held-out"]
+    assert len(held) >= 10 and {p["id"] for p in held}.isdisjoint(acc.CALIBRATION)
+    assert any(p["kind"] == "reserved" for p in held)  # rigtune's own engine is among the held-out points
+    assert acc.main(write=False)["held-out"] <= 0.15
 
 
 def test_no_nvlink_warns_with_the_estimated_slowdown():
@@ -227,3 +293,44 @@ def test_past_runs_name_a_damaged_run_instead_of_skipping_it_silently(tmp_path):
     note = P.past_runs(tmp_path, "Llama-2-7B")  # torn has no metrics.jsonl at all
     assert note.startswith("past runs of Llama-2-7B here: measured peaks were +10%") and "(1 run)" in note
     assert "Skipped unreadable run(s): torn." in note
+
+
+def test_plan_estimates_time_on_a_named_card(tmp_path):
+    """--gpus takes card names (VRAM and throughput); NxGIB gives a time only when one card has that size;
+    with --tokens or a run file with a local dataset, plan --json has the duration."""
+    res = rigtune("plan", "--model", "Llama-3.1-8B", "--gpus", "1x4090", "--tokens", "3000000", "--json")
+    data = json.loads(res.stdout)
+    assert data["card"] == "RTX 4090" and data["gpu_gib"] == 24.0 and data["tokens_per_s_estimate"] > 500
+    assert data["duration_s_estimate"] == pytest.approx(3_000_000 / data["tokens_per_s_estimate"], rel=0.01)
+    two = json.loads(rigtune("plan", "--model", "Llama-3.1-8B", "--gpus", "2x4090", "--tokens", "3000000",
+                             "--json").stdout)
+    assert two["strategy"] == "ddp" and 1.5 < two["tokens_per_s_estimate"] / data["tokens_per_s_estimate"] <= 2.0
+    ambiguous = json.loads(rigtune("plan", "--model", "Llama-3.1-8B", "--gpus", "1x24", "--json").stdout)
+    assert ambiguous["tokens_per_s_estimate"] is None and any("name the card" in n for n in ambiguous["notes"])
+    assert P.parse_gpus("1x12") == ([12.0], "RTX 4070 Ti") and P.parse_gpus("1xA100-80") == ([80.0], "A100 80GB")
+    slow = json.loads(rigtune("plan", "--model", "Llama-3.1-8B", "--gpus", "1x3090", "--tokens", "3000000",
+                              "--json").stdout)
+    assert slow["duration_s_estimate"] > data["duration_s_estimate"]  # a 3090 has ~43% of a 4090's bf16 peak
+    from engine import runfile
+    rf = tmp_path / "r.toml"
+    runfile.save(runfile.defaults(name="r", model={"base": "Llama-3.1-8B"}, hardware={"gpus": [0]},
+                                  data={"path": "rigtune:demo-data", "max_seq_len": 512},
+                                  train={"epochs": 2, "micro_batch_size": 4}), rf)
+    run = json.loads(rigtune("plan", str(rf), "--gpus", "1x4090", "--json").stdout)
+    assert run["duration_s_estimate"] and run["duration_s_estimate"] < 3600
+    more = json.loads(rigtune("plan", str(rf), "--gpus", "1x4090", "--json", "--tokens", "10000000").stdout)
+    assert more["duration_s_estimate"] > 10 * run["duration_s_estimate"]
+
+
+def test_time_model_follows_the_work():
+    """Checkpointing adds the recompute (3 passes instead of 2 over the frozen base), a larger model takes longer,
+    CPU offload adds PCIe traffic, and a card with twice the peak is faster."""
+    base = inp("Llama-3.1-8B", gpus=(24.0,), card="RTX 4090")
+    card = P.card_named("RTX 4090")
+    ratio = P.tokens_per_s(replace(base, gradient_checkpointing=False), card) / P.tokens_per_s(base, card)
+    assert 1.3 < ratio < 1.5
+    assert P.tokens_per_s(inp("Llama-2-13B", gpus=(24.0,)), card) < P.tokens_per_s(base, card)
+    seventy = inp("Llama-3.1-70B", gpus=(24.0, 24.0), strategy="fsdp", ram_gib=128)
+    assert P.micro_batch_seconds(replace(seventy, cpu_offload=True), card)["offload"] > 0
+    assert P.tokens_per_s(base, P.card_named("RTX 3090")) < P.tokens_per_s(base, card)
+    assert P.fmt_estimate(6000) == "about 1 h 40 min" and P.fmt_estimate(600) == "about 10 min"

@@ -236,3 +236,46 @@ async def test_the_tier_step_says_what_to_buy_and_b_opens_the_bill(home):
         await pilot.press("b")
         await pilot.pause(0.1)
         assert isinstance(app.screen, W.TierStep)
+
+
+async def test_ctrl_f_applies_every_change_of_the_suggestion_and_says_what_changed(home):
+    """On the $1,500 tier, an 8B at seq 4096, micro-batch 8, no checkpointing does not fit. ctrl+f applies the
+    planner's whole suggestion (several keys), the fit meter then says it fits, the note names each change,
+    and the run file written has them. The fit meter also estimates the run's time on the tier's card."""
+    from textual.widgets import Switch
+    app = RigtuneApp(preset="1500", machine=fixed_machine("rtx4090"), launcher=RecordingLauncher())
+    notes = []
+    app.notify = lambda message, **kw: notes.append(message)
+    async with app.run_test(size=(120, 45)) as pilot:
+        setup = await settle(pilot, W.SetupStep)
+        for _ in range(100):  # the dataset preview gives the duration
+            await pilot.pause(0.02)
+            if "time: " in str(setup.query_one("#fit").render()):
+                break
+        assert "on RTX 4090 (~" in str(setup.query_one("#fit").render())
+        setup.query_one("#f-seq").value = "4096"
+        setup.query_one("#f-mbs").value = "8"
+        setup.query_one("#f-accum").value = "2"
+        setup.query_one("#f-gc", Switch).value = False
+        await pilot.pause(0.2)
+        fit = str(setup.query_one("#fit").render())
+        assert "does not fit. ctrl+f applies all of:" in fit and "gradient checkpointing on" in fit
+        expected = dict(setup.suggestion)
+        assert len(expected) >= 3
+        await pilot.press("ctrl+f")
+        await pilot.pause(0.3)
+        fit = str(setup.query_one("#fit").render())
+        assert "does not fit" not in fit and setup.query_one("#f-gc", Switch).value is True
+        note = next(n for n in notes if n.startswith("Applied: "))
+        for dotted in expected:
+            assert dotted.split(".")[1] in note
+        mbs, accum = expected["train.micro_batch_size"], expected["train.gradient_accumulation_steps"]
+        assert mbs * accum == 16 and setup.query_one("#f-mbs").value == str(mbs)
+        await pilot.press("enter")
+        review = await settle(pilot, W.ReviewStep)
+        path = review.query_one("#save-path").value
+        await pilot.press("enter")
+        await settle(pilot, W.LaunchStep)
+    cfg = runfile.load(home / path)
+    assert cfg.train.micro_batch_size == mbs and cfg.train.gradient_accumulation_steps == accum
+    assert cfg.train.gradient_checkpointing is True and cfg.data.max_seq_len == expected.get("data.max_seq_len", 4096)

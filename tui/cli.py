@@ -85,22 +85,24 @@ def _plan_input(args):
     arch = P.resolve_model(model)
     ram, link = None, "nvlink"
     if args.gpus:
-        gpus = P.parse_gpus(args.gpus)
+        gpus, card = P.parse_gpus(args.gpus)
         note = f"planning for --gpus {args.gpus}"
     elif cfg and cfg.hardware.tier in T.tiers():
         tier = T.tiers()[cfg.hardware.tier]
         gpus, ram, link, note = list(tier.gpus), tier.ram_gib, tier.link, f"planning for the {tier.label} tier"
+        card = _card_name(tier.gpu_name)
     else:
         from engine.scan import scan
         m = scan()
         if not m.gpus:
-            raise BadInput("this machine has no NVIDIA GPU; say what to plan for with --gpus NxGIB (e.g. 1x24 or "
-                           "2x24).", key="--gpus")
+            raise BadInput("this machine has no NVIDIA GPU; say what to plan for with --gpus NxGIB or NxCARD (e.g. "
+                           "1x24, 2x4090 or 1xA100-80).", key="--gpus")
         gpus, ram, link, note = [g.memory_total_gib for g in m.gpus], m.ram_total_gib, m.link, "planning for this machine"
+        card = _card_name(m.gpus[0].name) if len({g.name for g in m.gpus}) == 1 else ""
         if cfg and cfg.hardware.gpus:
             gpus = [gpus[i] for i in cfg.hardware.gpus if i < len(gpus)] or gpus
-    inp = (P.input_from_run(cfg, arch, gpus, ram, link) if cfg else
-           P.PlanInput(arch=arch, gpus=gpus, ram_gib=ram, link=link))
+    inp = (P.input_from_run(cfg, arch, gpus, ram, link, card) if cfg else
+           P.PlanInput(arch=arch, gpus=gpus, ram_gib=ram, link=link, card=card, kernels="liger"))
     flags = {"seq_len": args.seq_len, "micro_batch": args.micro_batch, "lora_r": args.lora_r,
              "optimizer": args.optimizer, "gradient_checkpointing": args.gradient_checkpointing,
              "attn": args.attn, "quantization": args.quantization, "strategy": args.strategy}
@@ -110,21 +112,56 @@ def _plan_input(args):
         flags["cpu_offload"] = True
     inp = P.replace(inp, **{k: v for k, v in flags.items() if v is not None})
     pick = args.strategy is None and cfg is None
-    return inp, pick, note
+    return inp, pick, note, cfg
+
+
+def _card_name(name: str) -> str:
+    from engine import planner as P
+    card = P.card_named(name) if name else None
+    return card.name if card else ""
+
+
+def _run_tokens(cfg, inp) -> tuple[int | None, str]:
+    """The tokens a run file's training covers (its dataset x epochs, or max_steps), read from a local dataset;
+    (None, why not) when it cannot be known without a download."""
+    import presets
+    from engine.preview import preview
+    from engine.runvalues import DEMO_DATA, model_path
+    path = str(presets.DEMO_DATA) if cfg.data.path == DEMO_DATA else cfg.data.path
+    if not Path(path).expanduser().exists():
+        return None, f"no duration: the dataset {path!r} is not on this machine yet."
+    try:
+        p = preview(path, cfg.data.format, model_path(cfg.model.base), cfg.data.max_seq_len, cfg.data.train_on_prompt)
+    except BadInput as e:
+        return None, f"no duration: {e.bare}"
+    processes = len(inp.gpus) if inp.strategy in ("ddp", "fsdp") else 1
+    return p.run_tokens(cfg.train.epochs, cfg.train.max_steps, cfg.data.eval_fraction, cfg.data.packing,
+                        inp.micro_batch * inp.accum * processes), ""
 
 
 def cmd_plan(args) -> int:
     import json
     from engine import planner as P
-    inp, pick, note = _plan_input(args)
-    p = P.plan(inp, pick_strategy=pick)
+    inp, pick, note, cfg = _plan_input(args)
+    tokens, why_not = args.tokens, ""
+    if tokens is None and cfg is not None and inp.card:
+        tokens, why_not = _run_tokens(cfg, inp)
+    p = P.plan(inp, pick_strategy=pick, total_tokens=tokens)
+    if why_not:
+        p.notes.append(why_not)
+    elif not inp.card:
+        p.notes.append("no time estimate: name the card (--gpus 2x4090, 1xA100-80); "
+                       f"cards rigtune knows: {', '.join(P.load_cards())}.")
+    elif tokens is None:
+        p.notes.append(f"~{p.tokens_per_s_estimate:,} tokens/s on {p.card}; give --tokens N (or a run file) for "
+                       "the duration.")
     past = P.past_runs(Path(args.runs), inp.arch.name)
     if past:
         p.notes.append(past)
     if args.json:
         print(json.dumps(p.to_json(), indent=1))
         return 0
-    cards = f"{len(inp.gpus)} x {min(inp.gpus):g} GiB"
+    cards = f"{len(inp.gpus)} x {inp.card or f'{min(inp.gpus):g} GiB'}"
     print(f"{inp.arch.name}: seq {inp.seq_len}, micro-batch {inp.micro_batch}, LoRA r{inp.lora_r}, "
           f"{inp.quantization}, {inp.optimizer}, gradient checkpointing {'on' if inp.gradient_checkpointing else 'off'}")
     print(f"{note}: {cards}, strategy {p.strategy}{' + CPU offload' if p.cpu_offload else ''}")
@@ -135,6 +172,10 @@ def cmd_plan(args) -> int:
           f"{'FITS' if p.fits else 'DOES NOT FIT'}")
     print(f"longest sequence at this micro-batch: {p.max_seq_len}; largest micro-batch at this length: "
           f"{p.max_micro_batch}")
+    if p.suggestion:
+        print("to fit, set all of:")
+        for key, value in p.suggestion.items():
+            print(f"  {key} = {json.dumps(value)}")
     for n in p.notes:
         print(f"- {n}")
     return 0
@@ -398,9 +439,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--attn", choices=["sdpa", "flash_attention_2", "eager"])
     p.add_argument("--quantization", choices=["nf4", "fp4", "none"])
-    p.add_argument("--gpus", help="NxGIB, e.g. 1x24 or 2x24 (default: this machine's GPUs)")
+    p.add_argument("--gpus", help="NxGIB or NxCARD, e.g. 2x24, 2x4090, 1xA100-80 (default: this machine's GPUs); "
+                                  "a card name also gives the time estimate")
     p.add_argument("--strategy", choices=["single", "ddp", "fsdp"])
     p.add_argument("--cpu-offload", action="store_true")
+    p.add_argument("--tokens", type=int, help="tokens to train in all (for the duration, without a run file)")
     p.add_argument("--runs", default="runs", help="where past runs are, to compare plans with measurements")
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("init", help="write a run file from a preset")

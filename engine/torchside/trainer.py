@@ -325,7 +325,7 @@ def recover_from_oom(run: Run, step: int) -> int:
         torch.cuda.empty_cache()
     if not (cfg.train.oom_fallback and layout.mbs > 1):
         raise TrainingFailed(f"out of memory at step {step + 1} (micro-batch {layout.mbs}, max_seq_len "
-                             f"{cfg.data.max_seq_len}). Try: {oom_advice(cfg)}") from None
+                             f"{cfg.data.max_seq_len}). {oom_advice(run)}") from None
     old = (layout.mbs, layout.accum)
     mbs = layout.mbs // 2
     run.layout = Layout(run.seqs, mbs, P.keep_effective_batch(layout.mbs, layout.accum, mbs), run.world, cfg.train.seed)
@@ -351,26 +351,33 @@ def recover_from_oom(run: Run, step: int) -> int:
     return step
 
 
-def oom_advice(cfg) -> str:
-    """What to change after an out-of-memory, cheapest first; only settings the engine accepts for this strategy."""
-    t, d = cfg.train, cfg.data
-    tips = []
-    if t.micro_batch_size > 1:
-        half = t.micro_batch_size // 2
-        tips.append(f"micro_batch_size = {half} with gradient_accumulation_steps = "
-                    f"{P.keep_effective_batch(t.micro_batch_size, t.gradient_accumulation_steps, half)} "
-                    "(same effective batch)")
-    if not t.gradient_checkpointing:
-        tips.append("gradient_checkpointing = true")
-    if cfg.hardware.strategy == "fsdp":  # paged optimizer state cannot be sharded: check refuses it there
-        if t.optimizer == "adamw_torch":
-            tips.append('optimizer = "adamw_8bit"')
-    elif t.optimizer != "paged_adamw_8bit":
-        tips.append('optimizer = "paged_adamw_8bit"')
-    tips.append(f"a shorter max_seq_len than {d.max_seq_len}")
-    if cfg.hardware.strategy == "fsdp" and not cfg.hardware.cpu_offload:
-        tips.append("cpu_offload = true")
-    return "; ".join(tips) + ". `rigtune plan RUN_FILE` shows what fits; [train] oom_fallback = true applies the first one by itself."
+def oom_advice(run: Run) -> str:
+    """What to change after an out-of-memory: the planner's suggestion (engine.planner.suggest, the function
+    behind `rigtune plan` and the wizard's f) for a budget that takes a quarter off what the settings decide
+    (everything but the weights and the CUDA context) - so only settings the engine accepts for this strategy,
+    all of them, verified against that budget."""
+    import json
+
+    import torch
+    cfg = run.cfg
+    tail = " `rigtune plan RUN_FILE` shows what fits; [train] oom_fallback = true halves the micro-batch by itself."
+    config = run.loaded.model.config.to_dict()
+    try:
+        arch = P.arch_from_config(config.get("text_config") or config, cfg.model.base)
+    except BadInput:
+        return (f"Try: a smaller micro_batch_size or max_seq_len than {cfg.train.micro_batch_size} and "
+                f"{cfg.data.max_seq_len}; the planner cannot read this model's shape." + tail)
+    card = (torch.cuda.get_device_properties(run.device).total_memory / 2**30 if run.device.type == "cuda" else None)
+    inp = P.input_from_run(cfg, arch, [card or 1e9] * run.world, None)
+    planned, terms = P.peak(inp), P.breakdown(inp)
+    settled = terms["weights"] + P.CUDA_CONTEXT_GIB
+    budget = min(card or planned, planned) - 0.25 * (planned - settled)
+    advice = P.suggest(inp, budget)
+    if advice is None:
+        return "Nothing rigtune can change makes this run lighter on this card; a smaller model or a larger card." + tail
+    keys = ", ".join(f"{k} = {json.dumps(v)}" for k, v in advice["keys"].items())
+    return (f"Try all of: {keys} ({'; '.join(advice['steps'])}; planned {advice['peak_gib']:.2f} GiB, a quarter "
+            f"less than this run's {planned:.2f} GiB for what the settings decide)." + tail)
 
 
 def clip_gradients(run: Run) -> float:

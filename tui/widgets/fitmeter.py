@@ -6,6 +6,8 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
+from engine.planner import fmt_estimate
+
 SEGMENTS = [("weights", "blue"), ("adapters", "green"), ("gradients", "green"), ("optimizer", "cyan"),
             ("activations", "yellow"), ("logits", "magenta"), ("overhead", "white")]
 SHORT = {"gradients": "grads", "activations": "activs", "optimizer": "optim"}
@@ -41,9 +43,16 @@ class FitMeter(Static):
         if plan.fits:
             out.append(f"longest seq {plan.max_seq_len}, max micro-batch {plan.max_micro_batch}\n", style="dim")
         elif plan.suggestion:
-            out.append(f"does not fit. f: {plan.suggestion['why']}\n", style="red")
+            out.append("does not fit. ctrl+f applies all of:\n", style="red")
+            for step in plan.suggestion_steps:
+                out.append(f" · {step}\n", style="red")
         else:
             out.append("does not fit on this tier.\n", style="red")
+        if plan.duration_s_estimate:
+            out.append(f"time: {fmt_estimate(plan.duration_s_estimate)} on {plan.card} "
+                       f"(~{plan.tokens_per_s_estimate:,} tokens/s)\n", style="bold")
+        elif plan.tokens_per_s_estimate:
+            out.append(f"~{plan.tokens_per_s_estimate:,} tokens/s on {plan.card}\n", style="dim")
         self.update(out)
 
     @staticmethod

@@ -20,7 +20,7 @@ from .form import BAD, FIELDS, SELECTS, SWITCHES, field_of, get_value, key_of, t
 
 class SetupStep(Step):
     BINDINGS = [Binding("enter", "next", "Review"), Binding("escape", "back", "Back"),
-                Binding("f", "apply_fix", "Apply fix"), Binding("ctrl+t", "toggle_tab", "Data/Settings")]
+                Binding("ctrl+f", "apply_fix", "Apply fix"), Binding("ctrl+t", "toggle_tab", "Data/Settings")]
 
     model_edited = False
 
@@ -69,6 +69,7 @@ class SetupStep(Step):
 
     def on_mount(self) -> None:
         self.suggestion = None
+        self.preview = None
         self.valid = True
         self.refresh_all()
         self.load_preview()
@@ -144,8 +145,15 @@ class SetupStep(Step):
             fit.show_message("Fit meter", [("The planner does not know this model; pick one from the list, or a "
                                             "local folder with a config.json.", "yellow")])
             return
-        inp = P.input_from_run(runfile.RunConfig(values), arch, list(tier.gpus), tier.ram_gib, tier.link)
-        plan = P.plan(inp)
+        card = P.card_named(tier.gpu_name) if tier.gpu_name else None
+        cfg = runfile.RunConfig(values)
+        inp = P.input_from_run(cfg, arch, list(tier.gpus), tier.ram_gib, tier.link, card.name if card else "")
+        tokens = None
+        if self.preview is not None and card is not None:
+            processes = len(inp.gpus) if inp.strategy in ("ddp", "fsdp") else 1
+            tokens = self.preview.run_tokens(cfg.train.epochs, cfg.train.max_steps, cfg.data.eval_fraction,
+                                             cfg.data.packing, inp.micro_batch * inp.accum * processes)
+        plan = P.plan(inp, total_tokens=tokens)
         rows, why = P.strategy_table(inp)
         self.suggestion = plan.suggestion
         fit.show_plan(arch.name, plan, rows, why, P.ram_needed(inp), tier.ram_gib, P.link_note(inp))
@@ -206,6 +214,9 @@ class SetupStep(Step):
         self.app.call_from_thread(self.show_preview, p, None)
 
     def show_preview(self, p, error) -> None:
+        self.preview = p
+        if p is not None:
+            self.update_fit(self.collect()[0])  # the duration needs the dataset's size
         info = self.query_one("#data-info", Static)
         example = self.query_one("#data-example", Static)
         if error:
@@ -235,28 +246,23 @@ class SetupStep(Step):
         example.update(ex)
 
     def action_apply_fix(self) -> None:
+        """Apply every change of the planner's suggestion (run-file key -> value) and say what changed."""
         if not self.suggestion:
-            self.notify("Nothing to fix: the run fits (or no single change makes it fit).")
+            self.notify("Nothing to fix: the run fits (or nothing the planner can change makes it fit).")
             return
-        change = self.suggestion["change"]
-        mapping = {"micro_batch": ("mbs", None), "seq_len": ("seq", None), "gradient_checkpointing": ("gc", "switch"),
-                   "optimizer": ("optimizer", "select"), "strategy": ("strategy", "select"),
-                   "cpu_offload": ("offload", "switch"), "attn": (None, None)}
-        for key, value in change.items():
-            fid, kind = mapping.get(key, (None, None))
-            if fid is None:
-                continue
-            if kind == "switch":
-                self.query_one(f"#f-{fid}", Switch).value = bool(value)
-            elif kind == "select":
-                self.query_one(f"#f-{fid}", Select).value = value
-            else:
-                if key == "micro_batch":  # keep the effective batch
-                    old = int(self.query_one("#f-mbs", Input).value or 1)
-                    accum = self.query_one("#f-accum", Input)
-                    accum.value = str(P.keep_effective_batch(old, int(accum.value or 1), value))
-                self.query_one(f"#f-{fid}", Input).value = str(value)
-        self.notify(f"Applied: {self.suggestion['why']}")
+        widgets = {(sec, key): (f"#f-{fid}", Input) for fid, sec, key, _, _ in FIELDS}
+        widgets.update({(sec, key): (f"#f-{fid}", Select) for fid, sec, key, _, _ in SELECTS})
+        widgets.update({(sec, key): (f"#f-{fid}", Switch) for fid, sec, key, _ in SWITCHES})
+        values = self.state.values
+        done = []
+        for dotted, value in self.suggestion.items():
+            section, key = dotted.split(".", 1)
+            done.append(f"{key} {text_of(values[section][key])} → {text_of(value)}")
+            values[section][key] = value  # keys without a field on this screen keep the value from here
+            if (section, key) in widgets:
+                wid, kind = widgets[(section, key)]
+                self.query_one(wid, kind).value = text_of(value) if kind is Input else value
+        self.notify("Applied: " + "; ".join(done), timeout=8)
         self.refresh_all()
 
     def action_toggle_tab(self) -> None:
