@@ -34,8 +34,9 @@ CUDA_CONTEXT_GIB = 0.5                   # CUDA context, cuBLAS workspace, kerne
 FRAGMENTATION = 0.05                     # caching-allocator slack: reserved over allocated at the peak (0.048
                                          # on the calibration set of rigtune's own H200 runs, planner_accuracy)
 PROCESS_RAM_GIB = 3.0                    # host RAM per training process (torch, CUDA libraries, buffers)
-# bytes per (token x vocab entry) of the loss at its peak, beyond the lm_head's own output (2 B in bf16,
-# 4 B when prepare_model_for_kbit_training left lm_head in fp32, which also makes the fp32 copy free):
+# bytes per (token x vocab entry) of the loss at its peak, beyond the lm_head's own output (2 B in bf16; in
+# fp32 - compute_dtype float32, or lm_head upcast by prepare_model_for_kbit_training - the output is the fp32
+# copy; bench/planner_selfcheck measures 12 B there):
 #   rigtune: fp32 copy 4 + log-softmax 4 + its gradient 4
 #   hf: the same plus the shifted contiguous fp32 copy transformers' loss made before 4.46
 #   chunked: the fp32 work happens one chunk (1/8) at a time
@@ -57,15 +58,26 @@ class Arch:
     hf_id: str = ""
     size: str = ""
     params_b: float = 0.0
+    head_dim: int = 0                # when the config sets it apart from hidden / heads (Qwen3, Gemma 3)
+    extra_norms: int = 0             # RMSNorms per layer beyond Llama's two (Gemma 2/3: two more around the MLP)
+    qk_norm: bool = False            # RMSNorm on each head's queries and keys (Qwen3, Gemma 3)
+
+    @property
+    def head_size(self) -> int:
+        return self.head_dim or self.hidden // self.heads
+
+    @property
+    def q_dim(self) -> int:
+        return self.head_size * self.heads
 
     @property
     def kv_dim(self) -> int:
-        return self.hidden // self.heads * self.kv_heads
+        return self.head_size * self.kv_heads
 
     def linears(self) -> dict:
         """(in, out) of each linear layer in one decoder block."""
-        h, i, kv = self.hidden, self.intermediate, self.kv_dim
-        return {"q_proj": (h, h), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (h, h),
+        h, i, q, kv = self.hidden, self.intermediate, self.q_dim, self.kv_dim
+        return {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
                 "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
 
     @property
@@ -105,6 +117,7 @@ class PlanInput:
     loss_chunk: int = 0              # rigtune's chunked loss: tokens per chunk (0 = full logits)
     link: str = "nvlink"             # between the cards: nvlink | p2p (PCIe peer-to-peer) | host (through RAM)
     activation_offload: bool = False  # saved activations wait in CPU RAM; one layer's worth on the GPU
+    shard_adapters: bool = True      # under FSDP with AdamW 32-bit: adapters, gradients, state sharded too
     accum: int = 1                   # gradient accumulation steps (kept with the micro-batch by suggest())
     kernels: str = "none"            # liger: Liger's fused kernels (what kernels = "auto" runs on a CUDA card)
     card: str = ""                   # a name from presets/cards.toml: the time estimate's card ("" = unknown)
@@ -144,7 +157,9 @@ def arch_from_config(config: dict, name: str) -> Arch:
         return Arch(name=name, layers=config["num_hidden_layers"], hidden=config["hidden_size"],
                     intermediate=config["intermediate_size"], heads=heads,
                     kv_heads=config.get("num_key_value_heads") or heads, vocab=config["vocab_size"],
-                    tied=bool(config.get("tie_word_embeddings", False)))
+                    tied=bool(config.get("tie_word_embeddings", False)), head_dim=int(config.get("head_dim") or 0),
+                    extra_norms=2 if str(config.get("model_type", "")).startswith("gemma") else 0,
+                    qk_norm=str(config.get("model_type", "")).startswith(("qwen3", "gemma3")))
     except KeyError as e:
         raise BadInput(f"config.json lacks {e.args[0]!r}; rigtune plans decoder-only models with Llama-style "
                        "config keys.", path=name) from None
@@ -197,7 +212,7 @@ def breakdown(inp: PlanInput) -> dict:
     n = len(inp.gpus) if inp.strategy == "fsdp" else 1
     s, b = inp.seq_len, inp.micro_batch
     tokens = s * b
-    h, i, kv = a.hidden, a.intermediate, a.kv_dim
+    h, i, q, kv = a.hidden, a.intermediate, a.q_dim, a.kv_dim
 
     # weights
     linear = a.linear_params * linear_bytes(inp)
@@ -211,40 +226,54 @@ def breakdown(inp: PlanInput) -> dict:
     else:
         weights, gathered = linear + other, 0
 
-    # adapters, gradients, optimizer: whole on every rank (engine.torchside.fsdp shards only the frozen base and
-    # averages the adapter gradients in place; DDP keeps a bucket copy of them)
+    # adapters, gradients, optimizer: engine.torchside.fsdp shards them over the ranks (AdamW 32-bit), with two
+    # layers' adapters gathered at a time and a layer's gradients whole until they are reduce-scattered; with
+    # CPU offload the shards and the optimizer step live in RAM. 8-bit optimizers keep them whole on every
+    # rank (and DDP keeps a bucket copy of the gradients).
     p = adapter_params(inp)
     lb = DTYPE_BYTES[inp.lora_dtype]
-    adapters = p * lb
-    gradients = p * lb * (2 if inp.strategy == "ddp" else 1)
-    optimizer = p * (2 * lb if inp.optimizer == "adamw_torch" else 2)  # AdamW keeps 2 states in the param dtype
+    if adapters_sharded(inp):
+        in_flight = 2 * p / a.layers * lb
+        own = 0 if inp.cpu_offload else p * lb / n
+        adapters, gradients = own + in_flight, own + in_flight
+        optimizer = 0 if inp.cpu_offload else 2 * p * lb / n
+    else:
+        adapters = p * lb
+        gradients = p * lb * (2 if inp.strategy == "ddp" else 1)
+        optimizer = p * (2 * lb if inp.optimizer == "adamw_torch" else 2)  # AdamW keeps 2 states in the param dtype
 
     # activations, per token: saved tensors of one decoder layer
-    per_layer = cb * (7 * h + 3 * kv + 4 * i)
+    per_layer = cb * (4 * h + 3 * q + 3 * kv + 4 * i + a.extra_norms * h + (q + kv if a.qk_norm else 0))
     if inp.lora_dropout > 0:
-        per_layer += cb * (6 * h + i)  # each adapter keeps its own dropped-out input
+        per_layer += cb * (5 * h + q + i)  # each adapter keeps its own dropped-out input
     per_layer += 4 * inp.lora_r * len(_targets(inp))
     if inp.attn == "eager":
         per_layer += 2 * cb * a.heads * s  # scores and probabilities: s^2 per head
+    final_norm = tokens * h * cb  # the last RMSNorm keeps its input, outside every layer
     if inp.activation_offload:
-        activations = tokens * per_layer
+        activations = tokens * per_layer + final_norm
     elif inp.gradient_checkpointing:
-        activations = tokens * (a.layers * h * cb + per_layer)
+        activations = tokens * (a.layers * h * cb + per_layer) + final_norm
     else:
-        activations = tokens * a.layers * per_layer
+        activations = tokens * a.layers * per_layer + final_norm
 
     if inp.loss == "rigtune" and inp.kernels == "liger":
         logits = liger_loss_bytes(a, tokens, cb)
     elif inp.loss == "rigtune" and inp.loss_chunk:  # one chunk's logits at a time, at trained positions only
-        logits = min(tokens, inp.loss_chunk) * a.vocab * (LOSS_BYTES["rigtune"] + cb)
+        logits = min(tokens, inp.loss_chunk) * a.vocab * (LOSS_BYTES["rigtune"] + (cb if cb < 4 else 0))
     else:
-        logits = tokens * a.vocab * (LOSS_BYTES[inp.loss] + (0 if inp.upcast else cb))
+        logits = tokens * a.vocab * (LOSS_BYTES[inp.loss] + (0 if inp.upcast or cb == 4 else cb))
     widest = max(x * y for x, y in a.linears().values()) * cb if inp.quantization != "none" else 0
     allocated = weights + adapters + gradients + optimizer + activations + logits + widest
     overhead = CUDA_CONTEXT_GIB * GIB + widest + FRAGMENTATION * allocated
     terms = {"weights": weights, "adapters": adapters, "gradients": gradients, "optimizer": optimizer,
              "activations": activations, "logits": logits, "overhead": overhead}
     return {k: v / GIB for k, v in terms.items()}
+
+
+def adapters_sharded(inp: PlanInput) -> bool:
+    """What engine.torchside.fsdp.shards_adapters decides for the run."""
+    return inp.strategy == "fsdp" and inp.shard_adapters and inp.optimizer == "adamw_torch"
 
 
 def liger_loss_bytes(a: Arch, tokens: int, cb: int) -> float:
@@ -550,7 +579,7 @@ def flops_per_token(inp: PlanInput) -> float:
     passes = 3 if inp.gradient_checkpointing else 2
     base = 2 * a.linear_params * passes
     adapters = 2 * adapter_params(inp) * (passes + 1)
-    attention = 2 * 2 * (inp.seq_len / 2) * a.hidden * a.layers * passes
+    attention = 2 * 2 * (inp.seq_len / 2) * a.q_dim * a.layers * passes
     head = 2 * 2 * a.vocab * a.hidden
     return base + adapters + attention + head
 
@@ -645,7 +674,7 @@ def plan(inp: PlanInput, pick_strategy: bool = False, total_tokens: int | None =
     if link:
         notes.append(link)
     if inp.strategy == "fsdp":
-        notes.append("FSDP plans are the least certain: published FSDP-QLoRA peaks were 15-36% above this model "
+        notes.append("FSDP plans are the least certain: published FSDP-QLoRA peaks were 17-41% above this model "
                      "(bench/planner_accuracy); [train] oom_fallback = true halves the micro-batch if it runs out.")
     terms = breakdown(inp)
     total = sum(terms.values())
@@ -713,7 +742,8 @@ def input_from_run(cfg, arch: Arch, gpus: list, ram_gib: float | None, link: str
     """Plan inputs from a run file's values."""
     kernels = "liger" if cfg.train.kernels == "liger" or (cfg.train.kernels == "auto" and cfg.hardware.gpus) else "none"
     return PlanInput(
-        arch=arch, gpus=gpus, link=link, card=card, accum=cfg.train.gradient_accumulation_steps, kernels=kernels, seq_len=cfg.data.max_seq_len, micro_batch=cfg.train.micro_batch_size,
+        arch=arch, gpus=gpus, link=link, card=card, accum=cfg.train.gradient_accumulation_steps, kernels=kernels,
+        shard_adapters=cfg.hardware.shard_adapters, seq_len=cfg.data.max_seq_len, micro_batch=cfg.train.micro_batch_size,
         lora_r=cfg.lora.r, lora_targets=cfg.lora.target_modules, lora_dropout=cfg.lora.dropout,
         optimizer=cfg.train.optimizer, gradient_checkpointing=cfg.train.gradient_checkpointing,
         attn=cfg.model.attn_implementation, quantization=cfg.model.quantization, double_quant=cfg.model.double_quant,

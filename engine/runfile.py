@@ -67,6 +67,8 @@ SECTIONS: dict[str, list[Key]] = {
            choices=("single", "ddp", "fsdp")),
         Key("num_processes", "int", 1, "Training processes on this machine (one per GPU; on CPU, gloo ranks).", min=1, max=64),
         Key("cpu_offload", "bool", False, "Offload parameters to CPU RAM (FSDP only)."),
+        Key("shard_adapters", "bool", True, "FSDP only: shard the LoRA adapters, their gradients and AdamW state over "
+            "the ranks too (8-bit optimizers keep them whole)."),
         Key("num_machines", "int", 1, "Machines taking part in one job.", min=1, max=1024),
         Key("machine_rank", "int", 0, "This machine's rank, 0 for the main one.", min=0, max=1023),
         Key("main_process_ip", "str", "", "Address of machine rank 0 (multi-machine only)."),

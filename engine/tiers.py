@@ -178,8 +178,9 @@ def run_values(tier: Tier, arch: P.Arch, base: str | None = None) -> tuple[dict,
     strategy and offload chosen by the planner, the effective batch kept; and the lines saying why."""
     from . import runfile
     run = tier.run
+    rank = run.get("lora_r", 16)
     inp, why = plan_for(tier, arch, seq_len=run["max_seq_len"], micro_batch=run["micro_batch_size"],
-                        optimizer=run.get("optimizer", "adamw_torch"))
+                        optimizer=run.get("optimizer", "adamw_torch"), lora_r=rank)
     if not P.fits(inp):
         longest = P.max_seq_len(inp)
         if longest >= 256:
@@ -193,6 +194,7 @@ def run_values(tier: Tier, arch: P.Arch, base: str | None = None) -> tuple[dict,
         hardware={"tier": tier.id, "gpus": list(range(n)), "strategy": inp.strategy, "num_processes": n,
                   "cpu_offload": inp.cpu_offload},
         model={"base": base or arch.hf_id, "compute_dtype": "bfloat16"},
+        lora={"r": rank, "alpha": 2 * rank},
         data={"path": None, "max_seq_len": inp.seq_len},
         train={"micro_batch_size": inp.micro_batch, "gradient_accumulation_steps": accum, "optimizer": inp.optimizer})
     p = P.plan(inp)

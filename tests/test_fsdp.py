@@ -79,6 +79,61 @@ def test_fsdp_offload_8bit_checkpointing_resumes_after_a_kill(tmp_path, tiny_mod
     assert [e["resumed_from"] for e in events(run_dir) if e["event"] == "start"][1].endswith("step-000002")
 
 
+def test_sharded_adapters_split_their_state_match_whole_ones_and_resume_anywhere(tmp_path, tiny_model):
+    """Sharded adapters (the default with AdamW) against whole ones on every rank (shard_adapters = false, what
+    FSDP did before): the same losses; each rank holds half the adapter + gradient + optimizer bytes; a
+    SIGKILL halfway through saving step 4 resumes from step 2 to the same losses; and the 2-rank checkpoint
+    resumes in one process (--allow-changes), each rank count taking its slice of the same whole files."""
+    hw = {"strategy": "fsdp", "num_processes": 2}
+    train = {"gradient_accumulation_steps": 2, "max_grad_norm": 0.5}
+    res, whole_dir = trained(tmp_path, tiny_model, "whole", {**hw, "shard_adapters": False}, train)
+    assert res.returncode == 0, res.stdout + res.stderr
+    res, run_dir = trained(tmp_path, tiny_model, "sharded", hw, train, env={"RIGTUNE_FAULT": "killsave@4"})
+    assert res.returncode != 0
+    first, whole = losses(run_dir), losses(whole_dir)
+    assert sorted(first) == [1, 2, 3, 4]
+    for step in first:
+        assert first[step] == pytest.approx(whole[step], rel=1e-4), (step, first, whole)
+    res = rigtune("train", tmp_path / "sharded.toml", "--no-tui", "--resume", timeout=400)
+    assert res.returncode == 0, res.stdout + res.stderr
+    steps = [e for e in events(run_dir) if e["event"] == "step"]
+    assert [e["step"] for e in steps] == [1, 2, 3, 4, 3, 4, 5, 6]
+    for e in steps[4:]:
+        assert e["loss"] == pytest.approx(whole[e["step"]], rel=1e-4)
+    (mem,) = [e for e in events(run_dir) if e["event"] == "memory"]
+    (mem_whole,) = [e for e in events(whole_dir) if e["event"] == "memory"]
+    full = mem_whole["adapter_state_bytes"][0]
+    assert mem_whole["adapter_state_bytes"] == [full, full] and full > 0
+    assert all(b == pytest.approx(full / 2, rel=0.05) for b in mem["adapter_state_bytes"]), mem
+    # the adapter the sharded run wrote is the same kind of file the whole run wrote
+    from safetensors.torch import load_file
+    a = load_file(str(run_dir / "adapter" / "adapter_model.safetensors"))
+    b = load_file(str(whole_dir / "adapter" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and all(a[k].shape == b[k].shape for k in a)
+    # a different number of ranks: one process resumes the 2-rank checkpoint of step 6
+    one = run_file(tmp_path, tiny_model, DEMO, name="sharded",
+                   hardware={"strategy": "fsdp", "num_processes": 1}, train={**STEPS, **train, "max_steps": 8})
+    res = rigtune("train", one, "--no-tui", "--resume", "--allow-changes", timeout=400)
+    assert res.returncode == 0, res.stdout + res.stderr
+    starts = [e for e in events(run_dir) if e["event"] == "start"]
+    assert starts[-1]["world_size"] == 1 and starts[-1]["resumed_from"].endswith("step-000006")
+    assert [e["step"] for e in events(run_dir) if e["event"] == "step"][-2:] == [7, 8]
+
+
+def test_sharded_adapters_survive_an_out_of_memory_fallback(tmp_path, tiny_model):
+    """oom_fallback under FSDP with sharded adapters: every rank goes back to the step-2 checkpoint (each taking
+    its slice of it), halves the micro-batch, doubles accumulation, and finishes."""
+    hw = {"strategy": "fsdp", "num_processes": 2}
+    train = {"save_every_steps": 2, "eval_every_steps": 0, "oom_fallback": True, "micro_batch_size": 2}
+    res, run_dir = trained(tmp_path, tiny_model, "oom", hw, train, env={"RIGTUNE_FAULT": "oom@4"})
+    assert res.returncode == 0, res.stdout + res.stderr
+    evs = events(run_dir)
+    (fb,) = [e for e in evs if e["event"] == "oom_fallback"]
+    assert fb["micro_batch_size"] == [2, 1] and fb["step"] == 2 and fb["resumed_from"].endswith("step-000002")
+    assert [e["step"] for e in evs if e["event"] == "step"][-1] == 6
+    assert [e["reason"] for e in evs if e["event"] == "end"] == ["finished"]
+
+
 def test_two_machines_on_localhost_train_one_job(tmp_path, tiny_model):
     """machine_rank 0 and 1, one process each, each with its own run directory (as on two hosts)."""
     port = 29000 + os.getpid() % 2000

@@ -334,3 +334,23 @@ def test_time_model_follows_the_work():
     assert P.micro_batch_seconds(replace(seventy, cpu_offload=True), card)["offload"] > 0
     assert P.tokens_per_s(base, P.card_named("RTX 3090")) < P.tokens_per_s(base, card)
     assert P.fmt_estimate(6000) == "about 1 h 40 min" and P.fmt_estimate(600) == "about 10 min"
+
+
+def test_sharded_adapters_take_a_70b_at_rank_64_onto_two_24gb_cards():
+    """Issue 18's run: with the adapters, their gradients and AdamW state sharded (and offloaded with the
+    weights), a 70B at r64 fits 2 x 24 GB; kept whole on each card (8-bit optimizers, or shard_adapters =
+    false) it does not, because 830M adapter parameters' state alone is ~12 GiB a card."""
+    run = inp("Llama-2-70B", gpus=(24.0, 24.0), strategy="fsdp", cpu_offload=True, lora_r=64, micro_batch=2,
+              ram_gib=128, kernels="liger")
+    assert 800e6 < P.adapter_params(run) < 860e6
+    assert P.fits(run) and P.breakdown(run)["optimizer"] == 0
+    whole = replace(run, shard_adapters=False)
+    terms = P.breakdown(whole)
+    assert terms["adapters"] + terms["gradients"] + terms["optimizer"] > 12
+    assert P.peak(run) < 10 and P.peak(whole) - P.peak(run) > 11
+    assert not P.adapters_sharded(replace(run, optimizer="adamw_8bit"))
+    no_offload = replace(run, cpu_offload=False)  # sharded on the cards: half the whole state on each
+    assert P.breakdown(no_offload)["optimizer"] == pytest.approx(terms["optimizer"] / 2)
+    res = rigtune("plan", "--model", "Llama-2-70B", "--gpus", "2x24", "--strategy", "fsdp", "--cpu-offload",
+                  "--lora-r", "64", "--micro-batch", "2")
+    assert res.returncode == 0 and "FITS" in res.stdout

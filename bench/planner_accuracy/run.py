@@ -30,7 +30,7 @@ FIELDS = {"gpus", "seq_len", "micro_batch", "lora_r", "lora_targets", "lora_drop
           "cpu_offload", "loss", "upcast", "loss_chunk", "kernels"}
 CALIBRATION = {"llama8b-s2048-b1-gc", "llama8b-s1024-b1-nogc"}
 # architectures of gpu_points.py's shapes that presets/models.toml does not list
-EXTRA = {"Qwen3-8B": P.Arch("Qwen3-8B", 36, 4096, 12288, 32, 8, 151936),
+EXTRA = {"Qwen3-8B": P.Arch("Qwen3-8B", 36, 4096, 12288, 32, 8, 151936, head_dim=128, qk_norm=True),
          "Llama-3.2-1B": P.Arch("Llama-3.2-1B", 16, 2048, 8192, 32, 8, 128256, tied=True)}
 
 

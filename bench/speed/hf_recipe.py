@@ -7,30 +7,21 @@ BENCH_DEVICE=cuda (bench/gpu/run.py) trains on the GPU in bfloat16 and reports m
 """
 import json
 import os
-import sys
 import time
 
 t_start = time.time()
 
 import torch  # noqa: E402
 from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training  # noqa: E402
-from transformers import (AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, DataCollatorForSeq2Seq,  # noqa: E402
+from transformers import (AutoModelForCausalLM, BitsAndBytesConfig, DataCollatorForSeq2Seq,  # noqa: E402
                           Trainer, TrainingArguments)
 
-sys.path.insert(0, sys.argv[7] if len(sys.argv) > 7 else ".")
-from engine import data as D  # noqa: E402
+from baseline_args import D, read  # noqa: E402  (puts rigtune's root on the path)
 
 
 def main():
-    model_dir, train_json, out_dir, seq, mbs, lr = sys.argv[1:7]
-    seq, mbs, lr = int(seq), int(mbs), float(lr)
-    tok = D.ensure_chat_template(AutoTokenizer.from_pretrained(model_dir))
-    examples, fmt, _ = D.load_examples(train_json)
-    rows = []
-    for ex in examples:
-        enc, _ = D.encode(tok, ex, seq, False)
-        if enc.trained:
-            rows.append({"input_ids": enc.input_ids, "labels": enc.labels, "attention_mask": [1] * len(enc.input_ids)})
+    model_dir, out_dir, seq, mbs, lr, tok, encs = read()
+    rows = [{"input_ids": e.input_ids, "labels": e.labels, "attention_mask": [1] * len(e.input_ids)} for e in encs]
     torch.manual_seed(42)
     device = os.environ.get("BENCH_DEVICE", "cpu")
     dtype = torch.bfloat16 if device == "cuda" else torch.float32

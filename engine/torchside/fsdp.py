@@ -1,11 +1,17 @@
-"""FSDP-QLoRA: the frozen base model (4-bit or 16-bit) is sharded over the ranks with FSDP2 `fully_shard`; the
-LoRA adapters (about 1% of the weights) stay whole on every rank and their gradients are averaged, as in DDP.
+"""FSDP-QLoRA: the frozen base model (4-bit or 16-bit) is sharded over the ranks with FSDP2 `fully_shard`, and
+so are the LoRA adapters with their gradients and AdamW state ([hardware] shard_adapters, default true).
 
-Why this split: the base is what does not fit one card, and it is frozen, so sharding it costs one all-gather
-per layer and pass and nothing more. Keeping the adapters whole keeps them in fp32 while every sharded layer
-holds a single dtype (FSDP's rule for QLoRA: 4-bit storage dtype = model dtype = FSDP parameter dtype), and
-saving the adapter, checkpoints and resume stay the code of one process: nothing to gather, no sharded
-optimizer state, an adapter file any single GPU can load.
+Each decoder layer is two FSDP units: its LoRA A/B matrices (fp32) and its frozen base (the 4-bit storage
+dtype = model dtype = FSDP parameter dtype, FSDP's rule for QLoRA). One dtype per unit holds, and each rank
+keeps 1/N of the adapters, their gradients and their optimizer state - which is what takes a 70B at r64 onto
+two 24 GB cards (about 830M adapter parameters: 12 GiB of them, their gradients and AdamW state per card
+whole, 6 GiB sharded over two). FSDP reduce-scatters the gradients (averaged, as DDP does).
+
+Checkpoints and the adapter are gathered to the same single-process files as always: every rank gathers
+each tensor whole, rank 0 writes (engine.torchside.saving), so an adapter loads on one GPU and a checkpoint
+resumes on any number of ranks, each taking its own slice. bitsandbytes' 8-bit optimizers keep their state
+in blocks that cannot be sliced across ranks: with them (or shard_adapters = false) the adapters stay whole on
+every rank and their gradients are averaged in place (average_gradients), as before.
 
 Loading needs little host RAM: rank 0 loads (and quantizes) the weights; the other ranks build the model on
 the meta device (no memory), shard it like rank 0, and receive their shards from rank 0. With cpu_offload the
@@ -111,6 +117,18 @@ def _skeleton(cfg, states: dict, device):
     return model
 
 
+def shards_adapters(cfg) -> bool:
+    """Whether the adapters, their gradients and optimizer state are sharded (see the module docstring)."""
+    return bool(cfg.hardware.shard_adapters) and cfg.train.optimizer == "adamw_torch"
+
+
+def _lora_modules(block) -> list:
+    """The LoRA A and B linears inside one decoder layer (peft names them ...lora_A.<adapter>)."""
+    import torch
+    return [m for n, m in block.named_modules()
+            if isinstance(m, torch.nn.Linear) and any(f".{k}." in f".{n}." for k in ("lora_A", "lora_B"))]
+
+
 def _blocks(model) -> list:
     """The decoder layers: the modules the model itself says must not be split across devices."""
     names = set(getattr(model, "_no_split_modules", None) or [])
@@ -143,11 +161,18 @@ def load(cfg, device, rank: int, world: int) -> Loaded:
     full = {n: p.data for n, p in model.named_parameters()} if rank == 0 else {}
 
     offload = CPUOffloadPolicy(pin_memory=device.type == "cuda") if cfg.hardware.cpu_offload else OffloadPolicy()
+    shard = shards_adapters(cfg)
     for block in _blocks(base):
-        fully_shard(block, mesh=mesh, offload_policy=offload, ignored_params=adapters)
+        lora = _lora_modules(block) if shard else []
+        if lora:  # the layer's adapters: one fp32 unit of their own
+            fully_shard(lora, mesh=mesh, offload_policy=offload)
+        fully_shard(block, mesh=mesh, offload_policy=offload, ignored_params=None if lora else adapters)
+    # adapters outside the decoder layers (if any) stay whole
+    whole = {p for p in base.parameters() if p.requires_grad and not isinstance(p, DTensor)}
     # the root reshards too: rank 0 alone saving checkpoints (a state_dict reshards) must not leave the
     # ranks disagreeing on what is gathered
-    fully_shard(base, mesh=mesh, offload_policy=offload, ignored_params=adapters, reshard_after_forward=True)
+    fully_shard(base, mesh=mesh, offload_policy=offload, ignored_params=whole or None, reshard_after_forward=True)
+    loaded.sharded_adapters = shard
     if rank != 0:
         model.to_empty(device="cpu" if cfg.hardware.cpu_offload else device)
         if head is not None:
@@ -175,6 +200,69 @@ def load(cfg, device, rank: int, world: int) -> Loaded:
             mod.quant_state.to(device)
     keep_cpu_weights_as_loaded(model)  # that path would repack weight.data in place: not a shard's
     return loaded
+
+
+def full_adapter_state(model) -> dict:
+    """{name: whole tensor on the CPU} of the trainable parameters. A collective: every rank calls it."""
+    from torch.distributed.tensor import DTensor
+    return {n: (p.full_tensor() if isinstance(p, DTensor) else p).detach().to("cpu", copy=True)
+            for n, p in model.named_parameters() if p.requires_grad}
+
+
+def full_optimizer_state(optimizer) -> dict:
+    """optimizer.state_dict() with every sharded tensor gathered whole: one process's format. A collective."""
+    from torch.distributed.tensor import DTensor
+    sd = optimizer.state_dict()
+    sd["state"] = {i: {k: (v.full_tensor() if isinstance(v, DTensor) else v).detach().to("cpu", copy=True)
+                       for k, v in sd["state"][i].items()} for i in sorted(sd["state"])}
+    return sd
+
+
+def _my_slice(full, p):
+    """This rank's part of a whole tensor, as FSDP2 shards `p` (dim 0, torch.chunk order)."""
+    import torch
+    import torch.distributed as dist
+    chunks = torch.chunk(full, dist.get_world_size(), dim=0)
+    rank = dist.get_rank()
+    part = chunks[rank] if rank < len(chunks) else full[:0]
+    return part.to(device=p.to_local().device, dtype=p.dtype)
+
+
+def load_full_adapter_state(model, tensors: dict) -> None:
+    """Put whole adapter tensors (a checkpoint's) into sharded parameters: each rank takes its slice."""
+    import torch
+    from torch.distributed.tensor import DTensor
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n in tensors:
+                src = tensors[n]
+                (p.to_local() if isinstance(p, DTensor) else p).copy_(_my_slice(src, p) if isinstance(p, DTensor)
+                                                                      else src.to(p.device, p.dtype))
+
+
+def shard_optimizer_state(sd: dict, params: list) -> dict:
+    """A whole optimizer state (one process's format) cut to this rank's slices of sharded parameters."""
+    from torch.distributed.tensor import DTensor
+    out = {"param_groups": sd["param_groups"], "state": {}}
+    for i, st in sd["state"].items():
+        p = params[int(i)]
+        out["state"][i] = {k: (DTensor.from_local(_my_slice(v, p), p.device_mesh, p.placements, run_check=False,
+                                                  shape=v.shape, stride=v.stride())
+                               if isinstance(p, DTensor) and v.dim() > 0 else v) for k, v in st.items()}
+    return out
+
+
+def local_state_bytes(params, optimizer) -> int:
+    """Bytes this rank holds of the adapters, their gradients and optimizer state."""
+    from torch.distributed.tensor import DTensor
+
+    def local(t):
+        return t.to_local() if isinstance(t, DTensor) else t
+    total = sum(local(p).numel() * p.element_size() for p in params)
+    total += sum(local(p.grad).numel() * p.grad.element_size() for p in params if p.grad is not None)
+    for st in optimizer.state.values():
+        total += sum(local(v).numel() * v.element_size() for v in st.values() if hasattr(v, "dim") and v.dim() > 0)
+    return total
 
 
 def average_gradients(params, world: int, bucket: int = 1 << 24) -> None:

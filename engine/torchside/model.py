@@ -16,6 +16,7 @@ class Loaded:
     head: object = None
     kernels: str = "none"
     fused_loss: object = None
+    sharded_adapters: bool = False  # FSDP shards the adapters too (engine.torchside.fsdp)
 
 
 def _hub_kwargs(m) -> dict:

@@ -47,9 +47,12 @@ def unflatten_state(tensors: dict, meta):
 # ---------------------------------------------------------------------------- save and load
 
 def save_checkpoint(run_dir: Path, step: int, model, optimizer, trainer_state: dict, keep: int, shape: dict,
-                    data_fingerprint: str, faults=None) -> Path:
+                    data_fingerprint: str, faults=None, adapter_state: dict | None = None,
+                    optimizer_state: dict | None = None) -> Path:
     """Write checkpoints/step-NNNNNN complete or not at all, then prune to the newest `keep`. Raises
-    checkpoint.DiskFull (after cleaning up) when the disk fills, however the library reports it."""
+    checkpoint.DiskFull (after cleaning up) when the disk fills, however the library reports it. With sharded
+    adapters the caller passes them and the optimizer state gathered whole (engine.torchside.fsdp): the files
+    are the same as one process writes."""
     from safetensors.torch import save_file
     root = run_dir / CHECKPOINTS
     root.mkdir(exist_ok=True)
@@ -57,8 +60,8 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, trainer_state: d
     tmp = root / f".tmp-step-{step:06d}"
 
     def write(tmp: Path) -> None:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tensors, meta = flatten_state(optimizer.state_dict())
+        model.save_pretrained(tmp, safe_serialization=True, **({"state_dict": adapter_state} if adapter_state else {}))
+        tensors, meta = flatten_state(optimizer_state if optimizer_state is not None else optimizer.state_dict())
         save_file(tensors, str(tmp / "optimizer.safetensors"))
         (tmp / "optimizer.json").write_text(json.dumps(meta))
         if faults is not None:
@@ -72,19 +75,42 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, trainer_state: d
     return final
 
 
-def load_checkpoint(path: Path, model, optimizer) -> dict:
-    """Put a checkpoint's adapter and optimizer state into `model` and `optimizer`; its trainer state."""
+def load_checkpoint(path: Path, model, optimizer, sharded_params: list | None = None) -> dict:
+    """Put a checkpoint's adapter and optimizer state into `model` and `optimizer`; its trainer state. With
+    sharded adapters (`sharded_params`, the optimizer's parameters) each rank takes its slice of the whole
+    tensors, so a checkpoint written by any number of ranks resumes on any other."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
-    set_peft_model_state_dict(model, load_file(str(path / "adapter_model.safetensors")))
+    adapter = load_file(str(path / "adapter_model.safetensors"))
     meta = json.loads((path / "optimizer.json").read_text())
-    optimizer.load_state_dict(unflatten_state(load_file(str(path / "optimizer.safetensors")), meta))
+    state = unflatten_state(load_file(str(path / "optimizer.safetensors")), meta)
+    if sharded_params is None:
+        set_peft_model_state_dict(model, adapter)
+    else:
+        from . import fsdp
+        names = _peft_names(model)  # the file's names are peft's (no adapter name): the model's names for them
+        fsdp.load_full_adapter_state(model, {names[k]: v for k, v in adapter.items() if k in names})
+        state = fsdp.shard_optimizer_state(state, sharded_params)
+    optimizer.load_state_dict(state)
     return json.loads((path / "trainer_state.json").read_text())
 
 
-def save_adapter(run_dir: Path, model) -> Path:
-    """adapter/, replaced atomically: written next to it, then renamed over the old one."""
+def _peft_names(model) -> dict:
+    """{name in peft's adapter file: the model's parameter name} for the trainable parameters."""
+    from peft.utils import get_peft_model_state_dict
+    out = {}
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            (k,) = get_peft_model_state_dict(model, state_dict={n: p}).keys()
+            out[k] = n
+    return out
+
+
+def save_adapter(run_dir: Path, model, adapter_state: dict | None = None) -> Path:
+    """adapter/, replaced atomically: written next to it, then renamed over the old one. `adapter_state`: the
+    adapter gathered whole when it is sharded."""
     final = run_dir / ADAPTER
-    C.write_complete(run_dir / ".tmp-adapter", final, lambda tmp: model.save_pretrained(tmp, safe_serialization=True),
-                     "the adapter")
+    extra = {"state_dict": adapter_state} if adapter_state else {}
+    C.write_complete(run_dir / ".tmp-adapter", final,
+                     lambda tmp: model.save_pretrained(tmp, safe_serialization=True, **extra), "the adapter")
     return final

@@ -120,7 +120,7 @@ def forward_backward(run, group: list, step: int, trained_tokens: int) -> float:
             # mean over the step's trained tokens on all ranks (DDP averages gradients over ranks)
             run.accelerator.backward(loss * run.world / max(1, trained_tokens))
         step_loss += float(loss.detach())
-    if run.sharded:
+    if run.sharded and not run.loaded.sharded_adapters:  # sharded adapters: FSDP reduce-scattered the gradients
         from . import fsdp
         fsdp.average_gradients(run.params, run.world)
     return step_loss
@@ -257,16 +257,22 @@ def setup_model(run: Run, resume: bool, allow_changes: bool) -> None:
         run.loaded = load_model(cfg, run.device)
     model = run.loaded.model
     run.params = [p for p in model.parameters() if p.requires_grad]
-    run.initial_adapter = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
+    run.initial_adapter = {n: local(p).detach().to("cpu", copy=True)  # this rank's shard when sharded
+                           for n, p in model.named_parameters() if p.requires_grad}
     run.optimizer = make_optimizer(tc.optimizer, run.params, tc.learning_rate, tc.weight_decay)
     if resume:
         path, run.skipped = C.check_resume(run.run_dir, cfg, run.data_files, allow_changes)
         if path is not None:
-            state = load_checkpoint(path, model, run.optimizer)
+            state = load_checkpoint(path, model, run.optimizer, run.params if run.loaded.sharded_adapters else None)
             run.start_step, run.elapsed_before, run.resumed_from = state["step"], state.get("elapsed_s", 0.0), str(path)
     run.model = model
     if not run.sharded:  # DDP (or nothing) wraps the model; FSDP shards were made by engine.torchside.fsdp
         run.model, run.optimizer = run.accelerator.prepare(model, run.optimizer)
+
+
+def local(p):
+    """A parameter as this rank holds it: its shard when FSDP shards it, else itself."""
+    return p.to_local() if hasattr(p, "to_local") else p
 
 
 def announce(run: Run) -> None:
@@ -331,12 +337,13 @@ def recover_from_oom(run: Run, step: int) -> int:
     run.layout = Layout(run.seqs, mbs, P.keep_effective_batch(layout.mbs, layout.accum, mbs), run.world, cfg.train.seed)
     path, _ = C.newest_verified(run.run_dir)
     if path is not None:
-        step = load_checkpoint(path, run.loaded.model, run.optimizer)["step"]
+        step = load_checkpoint(path, run.loaded.model, run.optimizer,
+                               run.params if run.loaded.sharded_adapters else None)["step"]
     else:
         with torch.no_grad():
             for n, p in run.loaded.model.named_parameters():
                 if n in run.initial_adapter:
-                    p.copy_(run.initial_adapter[n].to(p.device))
+                    local(p).copy_(run.initial_adapter[n].to(local(p).device))
         run.optimizer.state.clear()
         step = 0
     if run.main:
@@ -383,6 +390,9 @@ def oom_advice(run: Run) -> str:
 def clip_gradients(run: Run) -> float:
     """Clip to max_grad_norm (when set); the norm before clipping."""
     import torch
+    if run.loaded.sharded_adapters:  # gradients are shards: the norm over all ranks, then clip each shard
+        norm = torch.nn.utils.clip_grad_norm_(run.params, run.cfg.train.max_grad_norm or float("inf"))
+        return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
     if run.cfg.train.max_grad_norm > 0:
         return float(run.accelerator.clip_grad_norm_(run.params, run.cfg.train.max_grad_norm))
     return float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in run.params if p.grad is not None])))
@@ -485,8 +495,18 @@ def check_held_out(run: Run) -> dict:
             "base_correct": sum(s["base_correct"] for s in samples), "samples": samples}
 
 
+def gathered(run: Run) -> tuple:
+    """(adapter tensors, optimizer state) gathered whole when the adapters are sharded - every rank takes part -,
+    else (None, None): rank 0 reads them from its own whole copy."""
+    if not run.loaded.sharded_adapters:
+        return None, None
+    from . import fsdp
+    return fsdp.full_adapter_state(run.loaded.model), fsdp.full_optimizer_state(run.optimizer)
+
+
 def save(run: Run, step: int) -> None:
     """A checkpoint of `step` (rank 0 writes it; the others wait)."""
+    adapter_state, optimizer_state = gathered(run)
     if run.main:
         run.status(state="checkpointing", step=step, total_steps=run.total)
         layout = run.layout
@@ -496,21 +516,38 @@ def save(run: Run, step: int) -> None:
                  "seed": run.cfg.train.seed, "world_size": run.world, "rng": "reseeded from (seed, step, rank) each step",
                  "elapsed_s": run.elapsed()}
         path = save_checkpoint(run.run_dir, step, run.loaded.model, run.optimizer, state,
-                               run.cfg.train.keep_checkpoints, run.shape, run.data_print, run.faults)
+                               run.cfg.train.keep_checkpoints, run.shape, run.data_print, run.faults,
+                               adapter_state=adapter_state, optimizer_state=optimizer_state)
         run.log.write("checkpoint", step=step, path=str(path.relative_to(run.run_dir)))
     run.accelerator.wait_for_everyone()
 
 
 def finish(run: Run, step: int, reason: str, message: str) -> None:
     """Measured memory, the adapter, the end event."""
+    adapter_state, _ = gathered(run)
+    shards = shard_sizes(run)
     if run.main:
-        run.log.write("memory", **measured_memory(run.device), **run.load_memory)
-        save_adapter(run.run_dir, run.loaded.model)
+        run.log.write("memory", **measured_memory(run.device), **run.load_memory, **shards)
+        save_adapter(run.run_dir, run.loaded.model, adapter_state)
         run.log.write("end", sync=True, step=step, reason=reason, message=message or f"finished {run.total} steps")
         run.status(state=reason, step=step, total_steps=run.total)
         print(f"[rigtune] {reason} at step {step}; adapter in {run.run_dir / ADAPTER}", flush=True)
     run.accelerator.wait_for_everyone()
     run.accelerator.end_training()
+
+
+def shard_sizes(run: Run) -> dict:
+    """Under FSDP: the bytes each rank holds of the adapters, their gradients and optimizer state, and the
+    whole of them (a collective), so the event stream shows how they are split."""
+    if not run.sharded:
+        return {}
+    import torch.distributed as dist
+
+    from . import fsdp
+    mine = fsdp.local_state_bytes(run.params, run.optimizer)
+    every = [0] * run.world
+    dist.all_gather_object(every, mine)
+    return {"adapter_state_bytes": every}
 
 
 def measured_memory(device) -> dict:

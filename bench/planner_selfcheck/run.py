@@ -1,0 +1,259 @@
+"""The planner's memory terms against exact bytes measured on rigtune's own engine, term by term.
+
+Real architecture shapes at full width and vocabulary, truncated to two decoder layers (every term but
+the embeddings scales with the layer count, so the planner is asked about the same two layers): Llama-3.1-8B,
+Qwen3-8B and Gemma-3-12B, random weights. Each is loaded by engine.torchside.model.load_base (NF4, double
+quant) and add_lora (r16, all linear layers, dropout 0.05), then one step of engine.torchside.loss.loss_sum
+runs forward and backward, and the engine's optimizer steps. Measured exactly:
+  weights      bytes of every parameter and buffer (packed 4-bit weights with their quantization state,
+               embeddings, norms) and of the lm_head rigtune holds aside for the chunked loss
+  adapters     LoRA A and B bytes
+  gradients    bytes of every .grad after backward
+  optimizer    bytes of the optimizer's state after its first step
+  activations  bytes of the tensors autograd saves for backward in the decoder (torch.autograd.graph.
+               saved_tensors_hooks, one count per storage, parameters excluded), without checkpointing
+  boundaries   the same with gradient checkpointing (the layer inputs kept for the recompute)
+  loss peak    the most bytes alive at once while the chunked loss runs forward and backward (a
+               TorchDispatchMode that follows every tensor the ops create until it is freed)
+Compared with engine.planner.breakdown at the same settings and the same two layers.
+
+The CPU computes in float32 here (bf16 matmuls are very slow on it), so the planner is asked at
+compute_dtype float32 too: every activation is 4 bytes instead of CUDA's 2, the same tensors. The CPU's SDPA
+kernel saves its output and log-sum-exp like CUDA's flash kernel. MoE models are not covered: the planner does
+not model experts yet (issue 14).
+
+Run: .venv/bin/python bench/planner_selfcheck/run.py   (writes RESULTS.md beside it; ~5 minutes on 2 cores)
+"""
+from __future__ import annotations
+
+import datetime
+import gc
+import platform
+import sys
+import tempfile
+import weakref
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+sys.path.insert(0, str(ROOT))
+
+from engine import planner as P  # noqa: E402
+from engine import runfile  # noqa: E402
+
+LAYERS, SEQ = 2, 256
+SHAPES = {  # config.json facts of the real models
+    "Llama-3.1-8B": ("Llama", dict(hidden_size=4096, num_attention_heads=32, num_key_value_heads=8,
+                                   intermediate_size=14336, vocab_size=128256, tie_word_embeddings=False)),
+    "Qwen3-8B": ("Qwen3", dict(hidden_size=4096, num_attention_heads=32, num_key_value_heads=8, head_dim=128,
+                               intermediate_size=12288, vocab_size=151936, tie_word_embeddings=False)),
+    "Gemma-3-12B": ("Gemma3Text", dict(hidden_size=3840, num_attention_heads=16, num_key_value_heads=8, head_dim=256,
+                                       intermediate_size=15360, vocab_size=262208, tie_word_embeddings=True)),
+}
+TERMS = ["weights", "adapters", "gradients", "optimizer", "activations", "boundaries", "loss peak"]
+
+
+def nbytes(t) -> int:
+    return t.untyped_storage().nbytes()
+
+
+def build(folder: Path, family: str, shape: dict) -> None:
+    import torch
+    import transformers
+    config = getattr(transformers, f"{family}Config")(**shape, num_hidden_layers=LAYERS, max_position_embeddings=4096)
+    if family == "Gemma3Text":
+        config.layer_types = ["full_attention"] * LAYERS
+    model = getattr(transformers, f"{'Gemma3' if family == 'Gemma3Text' else family}ForCausalLM")(config)
+    model.to(torch.bfloat16).save_pretrained(folder, safe_serialization=True)
+
+
+def run_config(folder: Path, gc_on: bool):
+    return runfile.RunConfig(runfile.defaults(
+        name="selfcheck", model={"base": str(folder), "compute_dtype": "float32", "quantization": "nf4"},
+        lora={"r": 16, "alpha": 32, "dropout": 0.05, "target_modules": "all-linear"},
+        data={"path": "unused.jsonl", "max_seq_len": SEQ, "packing": False},
+        train={"gradient_checkpointing": gc_on, "kernels": "none", "loss_chunk_tokens": 4096,
+               "optimizer": "adamw_torch"}))
+
+
+class LiveBytes:
+    """A dispatch mode that counts the bytes of every tensor storage the ops create, until it is freed; .peak.
+    Storages in `exclude` (the weights: a transposed view of lm_head is an op's output too) are not counted."""
+
+    def __init__(self, exclude=frozenset()):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        outer = self
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                import torch
+                for t in (out if isinstance(out, (tuple, list)) else [out]):
+                    if isinstance(t, torch.Tensor):
+                        outer.add(t)
+                return out
+        self.mode, self.live, self.now, self.peak, self.exclude = Mode(), {}, 0, 0, exclude
+
+    def add(self, t):
+        storage = t.untyped_storage()
+        key = storage.data_ptr()
+        if key in self.live or key in self.exclude or storage.nbytes() == 0:
+            return
+        self.live[key] = storage.nbytes()
+        self.now += storage.nbytes()
+        self.peak = max(self.peak, self.now)
+        weakref.finalize(storage, self.drop, key)
+
+    def drop(self, key):
+        self.now -= self.live.pop(key, 0)
+
+
+def saved_bytes(fn, exclude: set) -> int:
+    """Bytes autograd saves for backward while fn() runs (one count per storage, parameters excluded)."""
+    import torch
+    seen = {}
+
+    def pack(t):
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in exclude:
+            seen[ptr] = nbytes(t)
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, sum(seen.values())
+
+
+def measure(folder: Path) -> dict:
+    import torch
+
+    from engine.torchside.loss import loss_sum
+    from engine.torchside.model import add_lora, load_base
+    from engine.torchside.trainer import make_optimizer
+    out = {}
+    for gc_on in (False, True):
+        cfg = run_config(folder, gc_on)
+        loaded = add_lora(cfg, load_base(cfg, "cpu"), "cpu")
+        model, head = loaded.model, loaded.head
+        params = [p for p in model.parameters()] + ([head.weight] if head is not None else [])
+        exclude = {p.untyped_storage().data_ptr() for p in params}
+        for mod in model.modules():  # the 4-bit weights' quantization state is weight too
+            qs = getattr(getattr(mod, "weight", None), "quant_state", None)
+            if qs is not None:
+                for t in qs.as_dict(packed=True).values():
+                    if isinstance(t, torch.Tensor):
+                        exclude.add(t.untyped_storage().data_ptr())
+        torch.manual_seed(0)
+        ids = torch.randint(0, 1000, (1, SEQ))
+        batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+        model.train()
+        if not gc_on:
+            lora = [p for p in model.parameters() if p.requires_grad]
+            storages = {}
+            for p in model.parameters():
+                storages[p.untyped_storage().data_ptr()] = nbytes(p)
+            for mod in model.modules():
+                qs = getattr(getattr(mod, "weight", None), "quant_state", None)
+                if qs is not None:
+                    for t in qs.as_dict(packed=True).values():
+                        if isinstance(t, torch.Tensor):
+                            storages[t.untyped_storage().data_ptr()] = nbytes(t)
+            for b in model.buffers():
+                storages[b.untyped_storage().data_ptr()] = nbytes(b)
+            head_bytes = nbytes(head.weight) if head is not None and head.weight.untyped_storage().data_ptr() not in storages else 0
+            out["adapters"] = sum(nbytes(p) for p in lora)
+            out["weights"] = sum(storages.values()) + head_bytes - out["adapters"]
+            # the decoder's saved tensors, then the loss's alone (on detached final hidden states)
+            total = dict(batch)
+            loss, saved = saved_bytes(lambda: loss_sum(model, dict(total), cfg.train.loss_chunk_tokens, head), exclude)
+            hidden = model(input_ids=ids, attention_mask=batch["attention_mask"], use_cache=False).logits.detach()
+            hidden.requires_grad_(True)
+            out["activations"] = saved - hidden_loss_saved(hidden, ids, head, cfg, exclude)
+            loss.backward()
+            out["gradients"] = sum(nbytes(p.grad) for p in model.parameters() if p.grad is not None)
+            opt = make_optimizer("adamw_torch", lora, 1e-4, 0.0)
+            opt.step()
+            out["optimizer"] = sum(nbytes(t) for s in opt.state.values() for t in s.values()
+                                   if isinstance(t, torch.Tensor) and t.dim() > 0)
+            out["loss peak"] = loss_peak(hidden, ids, head, cfg)
+        else:
+            _, saved = saved_bytes(lambda: loss_sum(model, dict(batch), cfg.train.loss_chunk_tokens, head), exclude)
+            hidden = torch.zeros(1, SEQ, model.config.hidden_size, requires_grad=True)
+            out["boundaries"] = saved - hidden_loss_saved(hidden, ids, head, cfg, exclude)
+        del loaded, model, head
+        gc.collect()
+    return out
+
+
+def _loss_on(hidden, ids, head, cfg):
+    import torch.nn.functional as F
+    from torch.utils.checkpoint import checkpoint
+
+    from engine import data as D
+    target = ids[:, 1:]
+    keep = target != D.IGNORE
+    h, y = hidden[:, :-1][keep], target[keep]
+    total = 0.0
+    for i in range(0, y.numel(), cfg.train.loss_chunk_tokens):
+        total = total + checkpoint(lambda a, b: F.cross_entropy(head(a).float(), b, reduction="sum"),
+                                   h[i:i + cfg.train.loss_chunk_tokens], y[i:i + cfg.train.loss_chunk_tokens],
+                                   use_reentrant=False)
+    return total
+
+
+def hidden_loss_saved(hidden, ids, head, cfg, exclude) -> int:
+    """What the loss alone saves for backward (to take out of the decoder's count)."""
+    _, saved = saved_bytes(lambda: _loss_on(hidden, ids, head, cfg), exclude)
+    return saved
+
+
+def loss_peak(hidden, ids, head, cfg) -> int:
+    """Most bytes alive at once during the chunked loss's forward and backward (the recompute included)."""
+    live = LiveBytes({head.weight.untyped_storage().data_ptr()})
+    with live.mode:
+        _loss_on(hidden, ids, head, cfg).backward()
+    return live.peak
+
+
+def planned(name: str, shape: dict) -> dict:
+    model_type = {"Llama-3.1-8B": "llama", "Qwen3-8B": "qwen3", "Gemma-3-12B": "gemma3_text"}[name]
+    arch = P.arch_from_config({**shape, "num_hidden_layers": LAYERS, "model_type": model_type}, name)
+    base = P.PlanInput(arch=arch, gpus=[1000.0], seq_len=SEQ, micro_batch=1, lora_r=16, lora_dropout=0.05,
+                       lora_dtype="float32", compute_dtype="float32", gradient_checkpointing=False,
+                       loss_chunk=4096, kernels="none")
+    t = {k: v * P.GIB for k, v in P.breakdown(base).items()}
+    gc_terms = P.breakdown(P.replace(base, gradient_checkpointing=True))
+    final_norm = SEQ * arch.hidden * 4  # the last RMSNorm's input, outside the layers (float32 here)
+    per_layer = (t["activations"] - final_norm) / LAYERS
+    return {"weights": t["weights"], "adapters": t["adapters"], "gradients": t["gradients"],
+            "optimizer": t["optimizer"], "activations": t["activations"],
+            "boundaries": gc_terms["activations"] * P.GIB - per_layer, "loss peak": t["logits"]}
+
+
+def main():
+    import torch
+    rows, errors = [], {k: [] for k in TERMS}
+    for name, (family, shape) in SHAPES.items():
+        with tempfile.TemporaryDirectory() as tmp:
+            build(Path(tmp), family, shape)
+            got = measure(Path(tmp))
+        plan = planned(name, shape)
+        for term in TERMS:
+            err = (plan[term] - got[term]) / got[term]
+            errors[term].append(abs(err))
+            rows.append(f"| {name} | {term} | {got[term] / 2**20:,.1f} | {plan[term] / 2**20:,.1f} | {err:+.1%} |")
+        print(name, {k: round((plan[k] - got[k]) / got[k], 3) for k in TERMS}, flush=True)
+    out = ["# Planner self-check: each term against exact bytes on rigtune's own engine", "",
+           f"Measured {datetime.date.today()} on {platform.node()} ({platform.machine()}, CPU, torch "
+           f"{torch.__version__}) by `bench/planner_selfcheck/run.py`: {LAYERS} decoder layers at full width and "
+           f"vocabulary, seq {SEQ}, micro-batch 1, NF4 + double quant, LoRA r16 on all linear layers, dropout "
+           "0.05, fp32 adapters, AdamW, rigtune's chunked loss; float32 compute on this CPU (see the script).", "",
+           "| model | term | measured MiB | planner MiB | error |", "|---|---|---|---|---|", *rows, "",
+           "Largest error per term over the models: "
+           + ", ".join(f"{k} {max(v):.1%}" for k, v in errors.items()) + ".", ""]
+    (HERE / "RESULTS.md").write_text("\n".join(out) + "\n")
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()
