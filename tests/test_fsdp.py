@@ -81,7 +81,7 @@ def test_fsdp_offload_8bit_checkpointing_resumes_after_a_kill(tmp_path, tiny_mod
 
 def test_sharded_adapters_split_their_state_match_whole_ones_and_resume_anywhere(tmp_path, tiny_model):
     """Sharded adapters (the default with AdamW) against whole ones on every rank (shard_adapters = false, what
-    FSDP did before): the same losses; each rank holds half the adapter + gradient + optimizer bytes; a
+    FSDP did before): the same losses; each rank holds half the adapter + optimizer bytes; a
     SIGKILL halfway through saving step 4 resumes from step 2 to the same losses; and the 2-rank checkpoint
     resumes in one process (--allow-changes), each rank count taking its slice of the same whole files."""
     hw = {"strategy": "fsdp", "num_processes": 2}

@@ -15,14 +15,16 @@ runs forward and backward, and the engine's optimizer steps. Measured exactly:
   boundaries   the same with gradient checkpointing (the layer inputs kept for the recompute)
   loss peak    the most bytes alive at once while the chunked loss runs forward and backward (a
                TorchDispatchMode that follows every tensor the ops create until it is freed)
-Compared with engine.planner.breakdown at the same settings and the same two layers.
+Compared with engine.planner.breakdown at the same settings and the same two layers. Then, under FSDP over two
+gloo ranks, each rank's share of the adapters and their AdamW state, sharded and whole (`--sharded-only`
+redoes that table alone).
 
 The CPU computes in float32 here (bf16 matmuls are very slow on it), so the planner is asked at
 compute_dtype float32 too: every activation is 4 bytes instead of CUDA's 2, the same tensors. The CPU's SDPA
 kernel saves its output and log-sum-exp like CUDA's flash kernel. MoE models are not covered: the planner does
 not model experts yet (issue 14).
 
-Run: .venv/bin/python bench/planner_selfcheck/run.py   (writes RESULTS.md beside it; ~5 minutes on 2 cores)
+Run: .venv/bin/python bench/planner_selfcheck/run.py   (writes RESULTS.md beside it; ~10 minutes on 2 cores)
 """
 from __future__ import annotations
 
@@ -50,6 +52,7 @@ SHAPES = {  # config.json facts of the real models
     "Gemma-3-12B": ("Gemma3Text", dict(hidden_size=3840, num_attention_heads=16, num_key_value_heads=8, head_dim=256,
                                        intermediate_size=15360, vocab_size=262208, tie_word_embeddings=True)),
 }
+SHARDED_HEAD = "## Sharded under FSDP"
 TERMS = ["weights", "adapters", "gradients", "optimizer", "activations", "boundaries", "loss peak"]
 
 
@@ -230,8 +233,69 @@ def planned(name: str, shape: dict) -> dict:
             "boundaries": gc_terms["activations"] * P.GIB - per_layer, "loss peak": t["logits"]}
 
 
+def sharded_table(rows: list) -> str:
+    return "\n".join([
+        SHARDED_HEAD, "",
+        "Two gloo ranks, one training step of the Llama-3.1-8B shape (two layers) through `rigtune train` with "
+        "strategy fsdp: each rank's bytes of LoRA weights and AdamW state, measured by the engine at the end of "
+        "the run (the memory event's `adapter_state_bytes`; the gradients, sharded the same way, are freed after "
+        "each step by then), against the planner's adapter and optimizer terms for what each rank owns.", "",
+        "| adapters | rank | measured MiB | planner MiB | error |", "|---|---|---|---|---|", *rows, ""]) + "\n"
+
+
+def sharded() -> list:
+    """Two gloo ranks train one step of the Llama-3.1-8B shape under FSDP (`rigtune train`, the real launch);
+    each rank's bytes of adapters and AdamW state at the end (the memory event's adapter_state_bytes; the
+    gradients are freed by then) against the planner's sharded terms (what each rank owns; the layers gathered
+    in flight come and go)."""
+    import json
+    import os
+    import subprocess
+
+    from engine.torchside.tiny import build_tokenizer
+    family, shape = SHAPES["Llama-3.1-8B"]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        build(tmp / "model", family, shape)
+        texts = [f"Question {i}: what is {i} plus {i}? Answer: {2 * i}." for i in range(64)]
+        build_tokenizer(texts, 300).save_pretrained(tmp / "model")
+        (tmp / "d.jsonl").write_text("".join(json.dumps({"instruction": t, "output": t}) + "\n" for t in texts))
+        for shard in (True, False):
+            name = f"fsdp-{'sharded' if shard else 'whole'}"
+            values = runfile.defaults(
+                name=name, output_root=str(tmp / "runs"),
+                hardware={"gpus": [], "strategy": "fsdp", "num_processes": 2, "shard_adapters": shard},
+                model={"base": str(tmp / "model"), "compute_dtype": "float32"},
+                lora={"r": 16, "alpha": 32, "dropout": 0.05, "target_modules": "all-linear"},
+                data={"path": str(tmp / "d.jsonl"), "max_seq_len": 64, "eval_fraction": 0.0},
+                train={"max_steps": 1, "micro_batch_size": 1, "eval_every_steps": 0, "save_every_steps": 0,
+                       "sample_max_new_tokens": 0, "optimizer": "adamw_torch", "kernels": "none"})
+            runfile.save(values, tmp / f"{name}.toml")
+            res = subprocess.run([sys.executable, "-m", "tui.cli", "train", str(tmp / f"{name}.toml"), "--no-tui"],
+                                 cwd=ROOT, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+            if res.returncode != 0:
+                raise SystemExit(res.stdout[-2000:] + res.stderr[-3000:])
+            evs = [json.loads(x) for x in (tmp / "runs" / name / "metrics.jsonl").read_text().splitlines()]
+            got = next(e for e in evs if e["event"] == "memory")["adapter_state_bytes"]
+            arch = P.arch_from_config({**shape, "num_hidden_layers": LAYERS, "model_type": "llama"}, "x")
+            inp = P.PlanInput(arch=arch, gpus=[1000.0, 1000.0], strategy="fsdp", lora_r=16, lora_dtype="float32",
+                              shard_adapters=shard)
+            # measured after the step, when the gradients are freed: weights and AdamW's two states
+            own = 3 * P.adapter_params(inp) * 4 / (2 if P.adapters_sharded(inp) else 1)
+            for rank, b in enumerate(got):
+                rows.append(f"| {'sharded' if shard else 'whole (shard_adapters = false)'} | {rank} | "
+                            f"{b / 2**20:,.2f} | {own / 2**20:,.2f} | {(own - b) / b:+.1%} |")
+    return rows
+
+
 def main():
     import torch
+    if "--sharded-only" in sys.argv:  # redo the FSDP table alone
+        text = (HERE / "RESULTS.md").read_text().split(SHARDED_HEAD)[0]
+        (HERE / "RESULTS.md").write_text(text + sharded_table(sharded()))
+        print((HERE / "RESULTS.md").read_text())
+        return
     rows, errors = [], {k: [] for k in TERMS}
     for name, (family, shape) in SHAPES.items():
         with tempfile.TemporaryDirectory() as tmp:
@@ -251,7 +315,7 @@ def main():
            "| model | term | measured MiB | planner MiB | error |", "|---|---|---|---|---|", *rows, "",
            "Largest error per term over the models: "
            + ", ".join(f"{k} {max(v):.1%}" for k, v in errors.items()) + ".", ""]
-    (HERE / "RESULTS.md").write_text("\n".join(out) + "\n")
+    (HERE / "RESULTS.md").write_text("\n".join(out) + "\n" + sharded_table(sharded()))
     print("\n".join(out))
 
 

@@ -537,8 +537,9 @@ def finish(run: Run, step: int, reason: str, message: str) -> None:
 
 
 def shard_sizes(run: Run) -> dict:
-    """Under FSDP: the bytes each rank holds of the adapters, their gradients and optimizer state, and the
-    whole of them (a collective), so the event stream shows how they are split."""
+    """Under FSDP: the bytes each rank holds of the adapters and their optimizer state (and gradients, where
+    not freed yet) at the end of the run, gathered from every rank (a collective), so the event stream shows
+    how they are split."""
     if not run.sharded:
         return {}
     import torch.distributed as dist

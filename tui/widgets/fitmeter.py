@@ -48,11 +48,12 @@ class FitMeter(Static):
                 out.append(f" · {step}\n", style="red")
         else:
             out.append("does not fit on this tier.\n", style="red")
+        after = " after the fix" if plan.suggestion else ""
         if plan.duration_s_estimate:
-            out.append(f"time: {fmt_estimate(plan.duration_s_estimate)} on {plan.card} "
+            out.append(f"time{after}: {fmt_estimate(plan.duration_s_estimate)} on {plan.card} "
                        f"(~{plan.tokens_per_s_estimate:,} tokens/s)\n", style="bold")
         elif plan.tokens_per_s_estimate:
-            out.append(f"~{plan.tokens_per_s_estimate:,} tokens/s on {plan.card}\n", style="dim")
+            out.append(f"~{plan.tokens_per_s_estimate:,} tokens/s on {plan.card}{after}\n", style="dim")
         self.update(out)
 
     @staticmethod
