@@ -121,9 +121,10 @@ def test_sharded_adapters_split_their_state_match_whole_ones_and_resume_anywhere
 
 
 def test_sharded_adapters_survive_an_out_of_memory_fallback(tmp_path, tiny_model):
-    """oom_fallback under FSDP with sharded adapters: every rank goes back to the step-2 checkpoint (each taking
-    its slice of it), halves the micro-batch, doubles accumulation, and finishes."""
-    hw = {"strategy": "fsdp", "num_processes": 2}
+    """oom_fallback under FSDP with sharded adapters, offloaded to CPU RAM with the weights: every rank goes back
+    to the step-2 checkpoint (each taking its slice of it), halves the micro-batch, doubles accumulation, and
+    finishes."""
+    hw = {"strategy": "fsdp", "num_processes": 2, "cpu_offload": True}
     train = {"save_every_steps": 2, "eval_every_steps": 0, "oom_fallback": True, "micro_batch_size": 2}
     res, run_dir = trained(tmp_path, tiny_model, "oom", hw, train, env={"RIGTUNE_FAULT": "oom@4"})
     assert res.returncode == 0, res.stdout + res.stderr
