@@ -16,7 +16,7 @@ USAGE = """\
 rigtune [RUN_FILE] [--preset ID]   the wizard (on a machine without a GPU it offers the CPU demo)
 rigtune demo                  build the tiny demo model and train it on the bundled dataset
 rigtune scan [--json]         GPUs, NVLink, driver, CPU, RAM and disk of this machine
-rigtune plan [RUN_FILE] [--model M] [--gpus NxGIB] ... [--json]   will it fit? (no download)
+rigtune plan [RUN_FILE] [--model M] [--gpus NxGIB|NxCARD] ... [--json]   will it fit, how long? (no download)
 rigtune init --preset ID      write a run file (a tier from presets/tiers.toml, this-machine, cpu-demo)
 rigtune check RUN_FILE        validate a run file and its dataset without loading the model
 rigtune train RUN_FILE        launch training detached and watch it (--no-tui: plain lines)
