@@ -16,6 +16,7 @@ reported on (bench/planner_accuracy). The time estimate (tokens/s, duration) fol
 """
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -288,9 +289,14 @@ def peak(inp: PlanInput) -> float:
     return sum(breakdown(inp).values())
 
 
+def processes(inp: PlanInput) -> int:
+    """Training processes of the run: one per card under DDP and FSDP, else one."""
+    return len(inp.gpus) if inp.strategy in ("ddp", "fsdp") else 1
+
+
 def ram_needed(inp: PlanInput) -> float:
     """Host RAM the run needs (GiB): a baseline per process, plus the offloaded weights."""
-    procs = len(inp.gpus) if inp.strategy in ("ddp", "fsdp") else 1
+    procs = processes(inp)
     need = procs * PROCESS_RAM_GIB
     if inp.activation_offload:  # what the GPU no longer holds waits in RAM
         kept = breakdown(replace(inp, activation_offload=False))["activations"]
@@ -541,7 +547,9 @@ def _norm(text: str) -> str:
     return "".join(text.lower().replace("nvidia", "").replace("geforce", "").split()).replace("-", "")
 
 
+@functools.lru_cache(maxsize=1)
 def load_cards() -> dict:
+    """presets/cards.toml as Cards, read once (every plan, suggestion and link cost looks cards up)."""
     return {name: Card(name, c["vram_gib"], c["bf16_tflops"], c["mem_gbps"], c["class"], tuple(c.get("aliases", ())))
             for name, c in presets.load_cards().items()}
 
@@ -603,8 +611,7 @@ def micro_batch_seconds(inp: PlanInput, card: Card) -> dict:
 
 def tokens_per_s(inp: PlanInput, card: Card) -> float:
     """Tokens per second of the whole run (every card's micro-batches)."""
-    processes = len(inp.gpus) if inp.strategy in ("ddp", "fsdp") else 1
-    return processes * inp.seq_len * inp.micro_batch / sum(micro_batch_seconds(inp, card).values())
+    return processes(inp) * inp.seq_len * inp.micro_batch / sum(micro_batch_seconds(inp, card).values())
 
 
 def link_seconds(inp: PlanInput, link: str | None = None) -> float:
@@ -712,17 +719,14 @@ def parse_gpus(spec: str) -> tuple[list, str]:
     """(GiB of each card, card name or ""): '2x24' -> [24.0, 24.0]; '2x4090' -> two RTX 4090s; '24' -> [24.0];
     '24,12' -> [24.0, 12.0]; '1xA100-80'. A bare size names a card only when one card has that size."""
     def one(text: str):
-        named = card_named(text)
-        if named is not None and not text.replace(".", "").isdigit() or _norm(text) in _aliases():
+        named = card_named(text)  # a name, or a number that is a card's alias ("4090"), before a size ("24")
+        if named is not None and (not text.replace(".", "").isdigit() or _norm(text) in _aliases()):
             return named.vram_gib, named.name
         try:
             gib = float(text)
         except ValueError:
-            card = named
-            if card is None:
-                raise BadInput(f"--gpus {spec!r}: {text!r} is neither a size in GiB nor a card rigtune knows "
-                               f"({', '.join(load_cards())}).", key="--gpus") from None
-            return card.vram_gib, card.name
+            raise BadInput(f"--gpus {spec!r}: {text!r} is neither a size in GiB nor a card rigtune knows "
+                           f"({', '.join(load_cards())}).", key="--gpus") from None
         known = card_of_size(gib)
         return gib, known.name if known else ""
     try:

@@ -69,14 +69,14 @@ class Preview:
     example: list = field(default_factory=list)  # [(text, trained: bool)] pieces of the first example
     max_seq_len: int = 0
 
-    def run_tokens(self, epochs: int, max_steps: int, eval_fraction: float, packing: bool, batch: int) -> int:
-        """Tokens a run trains: the dataset (less its held-out share) x epochs, or max_steps x the effective
-        batch (`batch` sequences a step; packed sequences are full)."""
+    def run_tokens(self, cfg, batch: int) -> int:
+        """Tokens the run `cfg` trains: the dataset (less its held-out share) x epochs, or max_steps x the
+        effective batch (`batch` sequences a step; packed sequences are full)."""
         lengths = [min(n, self.max_seq_len) for n in self.lengths] or [0]
         per_example = sum(lengths) / len(lengths)
-        if max_steps:
-            return round(max_steps * batch * (self.max_seq_len if packing else per_example))
-        return round(per_example * self.records * (1 - eval_fraction) * epochs)
+        if cfg.train.max_steps:
+            return round(cfg.train.max_steps * batch * (self.max_seq_len if cfg.data.packing else per_example))
+        return round(per_example * self.records * (1 - cfg.data.eval_fraction) * cfg.train.epochs)
 
     def histogram(self, bins: int = 10) -> list:
         """[(upper bound, count)] over 0..max(longest, max_seq_len)."""

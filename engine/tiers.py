@@ -29,6 +29,13 @@ class Tier:
     def __post_init__(self):
         self.link = self.link or ("nvlink" if self.nvlink else "host")
 
+    @property
+    def card(self) -> str:
+        """The planner's name for the tier's card (presets/cards.toml), "" when it knows none: what gives a
+        plan for the tier its time estimate."""
+        card = P.card_named(self.gpu_name) if self.gpu_name else None
+        return card.name if card else ""
+
 
 @dataclass
 class Check:
@@ -111,8 +118,7 @@ class Capability:
 def plan_for(tier: Tier, arch: P.Arch, seq_len: int = 2048, micro_batch: int = 4, **settings) -> tuple:
     """(PlanInput with strategy, offload and micro-batch chosen to fit, one-line reason). Micro-batch shrinks
     before anything else changes; the strategy is the fastest that fits."""
-    card = P.card_named(tier.gpu_name) if tier.gpu_name else None
-    settings = {"loss_chunk": 4096, "kernels": "liger", "card": card.name if card else "", **settings}  # as trained
+    settings = {"loss_chunk": 4096, "kernels": "liger", "card": tier.card, **settings}  # as trained
     base = P.PlanInput(arch=arch, gpus=list(tier.gpus), seq_len=seq_len, micro_batch=micro_batch,
                        ram_gib=tier.ram_gib, link=tier.link, **settings)
     b = micro_batch

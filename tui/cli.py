@@ -90,7 +90,7 @@ def _plan_input(args):
     elif cfg and cfg.hardware.tier in T.tiers():
         tier = T.tiers()[cfg.hardware.tier]
         gpus, ram, link, note = list(tier.gpus), tier.ram_gib, tier.link, f"planning for the {tier.label} tier"
-        card = _card_name(tier.gpu_name)
+        card = tier.card
     else:
         from engine.scan import scan
         m = scan()
@@ -134,9 +134,8 @@ def _run_tokens(cfg, inp) -> tuple[int | None, str]:
         p = preview(path, cfg.data.format, model_path(cfg.model.base), cfg.data.max_seq_len, cfg.data.train_on_prompt)
     except BadInput as e:
         return None, f"no duration: {e.bare}"
-    processes = len(inp.gpus) if inp.strategy in ("ddp", "fsdp") else 1
-    return p.run_tokens(cfg.train.epochs, cfg.train.max_steps, cfg.data.eval_fraction, cfg.data.packing,
-                        inp.micro_batch * inp.accum * processes), ""
+    from engine import planner as P
+    return p.run_tokens(cfg, inp.micro_batch * inp.accum * P.processes(inp)), ""
 
 
 def cmd_plan(args) -> int:

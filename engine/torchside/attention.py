@@ -25,6 +25,7 @@ _CACHE: dict = {}  # id(segments) -> (segments, per-micro-batch tensors): built 
 def packed_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
     """transformers attention interface: query [b, heads, s, d], key/value [b, kv_heads, s, d] ->
     ([b, s, heads, d], None)."""
+    import torch
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     segments = kwargs.get("rigtune_segments")
@@ -33,20 +34,10 @@ def packed_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=
                                       scaling=scaling, **kwargs)
     p = dropout if module.training else 0.0
     if query.is_cuda:
-        if p == 0.0 and varlen_call() is not None and query.dtype in (_bf16(), _f16()):
+        if p == 0.0 and varlen_call() is not None and query.dtype in (torch.bfloat16, torch.float16):
             return _varlen(query, key, value, segments, scaling), None
         return _masked(query, key, value, segments, p, scaling), None
     return _per_example(query, key, value, segments, p, scaling), None
-
-
-def _bf16():
-    import torch
-    return torch.bfloat16
-
-
-def _f16():
-    import torch
-    return torch.float16
 
 
 def _cached(segments, device, build):

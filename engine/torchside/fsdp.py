@@ -202,6 +202,11 @@ def load(cfg, device, rank: int, world: int) -> Loaded:
     return loaded
 
 
+def local(t):
+    """A tensor as this rank holds it: its shard when FSDP shards it (a DTensor), else itself."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
 def full_adapter_state(model) -> dict:
     """{name: whole tensor on the CPU} of the trainable parameters. A collective: every rank calls it."""
     from torch.distributed.tensor import DTensor
@@ -225,7 +230,7 @@ def _my_slice(full, p):
     chunks = torch.chunk(full, dist.get_world_size(), dim=0)
     rank = dist.get_rank()
     part = chunks[rank] if rank < len(chunks) else full[:0]
-    return part.to(device=p.to_local().device, dtype=p.dtype)
+    return part.to(device=local(p).device, dtype=p.dtype)
 
 
 def load_full_adapter_state(model, tensors: dict) -> None:
@@ -236,8 +241,7 @@ def load_full_adapter_state(model, tensors: dict) -> None:
         for n, p in model.named_parameters():
             if n in tensors:
                 src = tensors[n]
-                (p.to_local() if isinstance(p, DTensor) else p).copy_(_my_slice(src, p) if isinstance(p, DTensor)
-                                                                      else src.to(p.device, p.dtype))
+                local(p).copy_(_my_slice(src, p) if isinstance(p, DTensor) else src.to(p.device, p.dtype))
 
 
 def shard_optimizer_state(sd: dict, params: list) -> dict:
@@ -254,10 +258,6 @@ def shard_optimizer_state(sd: dict, params: list) -> dict:
 
 def local_state_bytes(params, optimizer) -> int:
     """Bytes this rank holds of the adapters, their gradients and optimizer state."""
-    from torch.distributed.tensor import DTensor
-
-    def local(t):
-        return t.to_local() if isinstance(t, DTensor) else t
     total = sum(local(p).numel() * p.element_size() for p in params)
     total += sum(local(p.grad).numel() * p.grad.element_size() for p in params if p.grad is not None)
     for st in optimizer.state.values():

@@ -37,6 +37,7 @@ from .. import runfile
 from ..errors import BadInput
 from ..events import ADAPTER, LOCK, RUN_FILE, EventLog, read_status_raw, write_status
 from .batches import collate, to_device
+from .fsdp import local
 from .loss import evaluate, loss_sum, sample
 from .saving import load_checkpoint, save_adapter, save_checkpoint
 
@@ -268,11 +269,6 @@ def setup_model(run: Run, resume: bool, allow_changes: bool) -> None:
     run.model = model
     if not run.sharded:  # DDP (or nothing) wraps the model; FSDP shards were made by engine.torchside.fsdp
         run.model, run.optimizer = run.accelerator.prepare(model, run.optimizer)
-
-
-def local(p):
-    """A parameter as this rank holds it: its shard when FSDP shards it, else itself."""
-    return p.to_local() if hasattr(p, "to_local") else p
 
 
 def announce(run: Run) -> None:

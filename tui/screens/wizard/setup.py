@@ -145,14 +145,11 @@ class SetupStep(Step):
             fit.show_message("Fit meter", [("The planner does not know this model; pick one from the list, or a "
                                             "local folder with a config.json.", "yellow")])
             return
-        card = P.card_named(tier.gpu_name) if tier.gpu_name else None
         cfg = runfile.RunConfig(values)
-        inp = P.input_from_run(cfg, arch, list(tier.gpus), tier.ram_gib, tier.link, card.name if card else "")
+        inp = P.input_from_run(cfg, arch, list(tier.gpus), tier.ram_gib, tier.link, tier.card)
         tokens = None
-        if self.preview is not None and card is not None:
-            processes = len(inp.gpus) if inp.strategy in ("ddp", "fsdp") else 1
-            tokens = self.preview.run_tokens(cfg.train.epochs, cfg.train.max_steps, cfg.data.eval_fraction,
-                                             cfg.data.packing, inp.micro_batch * inp.accum * processes)
+        if self.preview is not None and tier.card:
+            tokens = self.preview.run_tokens(cfg, inp.micro_batch * inp.accum * P.processes(inp))
         plan = P.plan(inp, total_tokens=tokens)
         rows, why = P.strategy_table(inp)
         self.suggestion = plan.suggestion
