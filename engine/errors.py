@@ -18,3 +18,9 @@ class BadInput(Exception):
         self.path, self.line, self.record, self.key = path, line, record, key
         self.bare = message
         super().__init__((", ".join(where) + ": " if where else "") + message)
+
+
+class Failed(Exception):
+    """Something outside the input went wrong (the network, a download cut off): one clear paragraph, exit 1."""
+
+    exit_code = 1

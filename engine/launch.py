@@ -147,6 +147,10 @@ def launch(cfg, resume: bool = False, cwd: Path | None = None, allow_changes: bo
             from .data import load_examples
             data_files = load_examples(cfg.data.path, cfg.data.format)[2]
         C.check_resume(runfile.run_dir(cfg, cwd), cfg, data_files, allow_changes)
+    from .modelref import DEMO_MODEL, is_local_model
+    if cfg.model.base != DEMO_MODEL and not is_local_model(cfg.model.base):
+        from . import hub  # gated, missing or too big for the disk: said now, not minutes into the run
+        hub.check_download(cfg.model.base, cfg.model.revision or None, cfg.model.trust_remote_code)
     run_dir = prepare_run_dir(cfg, resume, cwd)
     write_plan(cfg, run_dir)
     argv, extra_env = accelerate_command(cfg, run_dir, resume, allow_changes)

@@ -48,6 +48,7 @@ DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
 
 @dataclass(frozen=True)
 class Arch:
+    """The shape of a decoder-only model, from its config.json (or presets/models.toml, which copies it)."""
     name: str
     layers: int
     hidden: int
@@ -58,10 +59,25 @@ class Arch:
     tied: bool = False
     hf_id: str = ""
     size: str = ""
-    params_b: float = 0.0
+    params_b: float = 0.0            # the published total (models.toml): what total_params is checked against
     head_dim: int = 0                # when the config sets it apart from hidden / heads (Qwen3, Gemma 3)
     extra_norms: int = 0             # RMSNorms per layer beyond Llama's two (Gemma 2/3: two more around the MLP)
     qk_norm: bool = False            # RMSNorm on each head's queries and keys (Qwen3, Gemma 3)
+    model_type: str = "llama"        # the config's model_type
+    fused: bool = False              # Phi-3/4: one qkv_proj and one gate_up_proj instead of q/k/v and gate/up
+    experts: int = 0                 # MoE: experts per layer (0 = a dense MLP)
+    experts_active: int = 0          # MoE: experts each token goes through
+    expert_intermediate: int = 0     # MoE: one expert's intermediate size
+    extra_params: int = 0            # loaded with the model but outside the decoder (Gemma 3's vision tower)
+    active_params_b: float = 0.0     # the published active count of an MoE model (models.toml)
+    gated: bool = False              # the hub asks to accept a licence before downloading (models.toml)
+    source: str = ""                 # where the catalog's numbers come from (models.toml)
+    download_bytes: int = 0          # the weights' size from the hub's listing (0: not known; 16-bit assumed)
+
+    @property
+    def download_gib(self) -> float:
+        """What the download of the weights takes: the listing's size, else the 16-bit checkpoint's."""
+        return (self.download_bytes or self.total_params * 2) / GIB
 
     @property
     def head_size(self) -> int:
@@ -76,22 +92,50 @@ class Arch:
         return self.head_size * self.kv_heads
 
     def linears(self) -> dict:
-        """(in, out) of each linear layer in one decoder block."""
+        """(in, out) of each nn.Linear in one decoder block: what bitsandbytes quantizes and LoRA can target.
+        An MoE block's experts are fused 3-D parameters, not linears: this stack keeps them in the compute
+        dtype (DESIGN.md section 4) and LoRA does not reach them."""
         h, i, q, kv = self.hidden, self.intermediate, self.q_dim, self.kv_dim
-        return {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
-                "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+        attn = ({"qkv_proj": (h, q + 2 * kv)} if self.fused else
+                {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv)})
+        attn["o_proj"] = (q, h)
+        if self.experts:
+            return attn
+        mlp = {"gate_up_proj": (h, 2 * i)} if self.fused else {"gate_proj": (h, i), "up_proj": (h, i)}
+        return {**attn, **mlp, "down_proj": (i, h)}
 
     @property
     def linear_params(self) -> int:
         return self.layers * sum(a * b for a, b in self.linears().values())
 
     @property
+    def expert_params(self) -> int:
+        """Every expert's gate, up and down weights, plus the routers: all resident, in the compute dtype."""
+        return self.layers * self.experts * (3 * self.hidden * self.expert_intermediate + self.hidden)
+
+    @property
+    def active_expert_params(self) -> int:
+        """The expert weights one token runs through (its top-k experts), plus the router."""
+        return self.layers * (self.experts_active * 3 * self.hidden * self.expert_intermediate
+                              + self.experts * self.hidden)
+
+    @property
     def embed_params(self) -> int:
         return self.vocab * self.hidden * (1 if self.tied else 2)
 
     @property
+    def norm_params(self) -> int:
+        return self.layers * ((2 + self.extra_norms) * self.hidden + (2 * self.head_size if self.qk_norm else 0)) \
+            + self.hidden
+
+    @property
     def total_params(self) -> int:
-        return self.linear_params + self.embed_params + self.layers * 2 * self.hidden + self.hidden
+        return self.linear_params + self.expert_params + self.embed_params + self.norm_params + self.extra_params
+
+    @property
+    def active_params(self) -> int:
+        """Parameters one token's forward pass uses: the total less the experts it is not routed to."""
+        return self.total_params - self.expert_params + self.active_expert_params
 
 
 @dataclass
@@ -141,6 +185,10 @@ class Plan:
     tokens_per_s_estimate: float | None = None
     duration_s_estimate: float | None = None
     suggestion_steps: list = field(default_factory=list)  # what each change in `suggestion` does, in words
+    arch: str = ""                   # the config's model_type
+    params_b: float = 0.0            # total parameters, billions (every expert of an MoE model)
+    active_params_b: float = 0.0     # parameters a token runs through (= params_b for a dense model)
+    download_gib: float = 0.0        # the weights' download
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -148,52 +196,120 @@ class Plan:
 
 # ---------------------------------------------------------------------------- models
 
+def family_shape(model_type: str) -> dict:
+    """What a family's block has beyond Llama's, by model_type."""
+    return {"extra_norms": 2 if model_type.startswith("gemma") else 0,
+            "qk_norm": model_type.startswith(("qwen3", "gemma3")), "fused": model_type in ("phi3", "phi4")}
+
+
+@functools.cache
 def load_models() -> dict:
-    return {name: Arch(name=name, **facts) for name, facts in presets.load_models().items()}
+    out = {}
+    for name, facts in presets.load_models().items():
+        facts = {**family_shape(facts.get("model_type", "llama")), **facts}
+        if "extra_params_b" in facts:
+            facts["extra_params"] = round(facts.pop("extra_params_b") * 1e9)
+        out[name] = Arch(name=name, **facts)
+    return out
 
 
-def arch_from_config(config: dict, name: str) -> Arch:
+# model_type -> the family rigtune trains, each tested end to end on a tiny copy (tests/test_families.py)
+FAMILIES = {"llama": "Llama 2, Llama 3.x, CodeLlama", "mistral": "Mistral 7B, Mistral Small", "qwen2": "Qwen2.5",
+            "qwen3": "Qwen3", "qwen3_moe": "Qwen3 MoE", "mixtral": "Mixtral", "gemma2": "Gemma 2",
+            "gemma3": "Gemma 3 (the text model trains; its vision tower is loaded, frozen)",
+            "gemma3_text": "Gemma 3 text-only", "phi3": "Phi-3, Phi-4"}
+
+
+def vision_params(vision: dict, text_hidden: int) -> int:
+    """A SigLIP vision tower (Gemma 3) and the projector into the text model, from its vision_config."""
+    h, i, layers = vision.get("hidden_size", 0), vision.get("intermediate_size", 0), vision.get("num_hidden_layers", 0)
+    patch, image, channels = vision.get("patch_size", 14), vision.get("image_size", 224), vision.get("num_channels", 3)
+    per_layer = 4 * (h * h + h) + 2 * h * i + i + h + 4 * h  # attention with biases, MLP with biases, two LayerNorms
+    embed = channels * patch * patch * h + h + (image // patch) ** 2 * h
+    return layers * per_layer + embed + 2 * h + h * text_hidden + h
+
+
+def arch_from_config(config: dict, name: str, hf_id: str = "") -> Arch:
+    """The Arch of a config.json (a multimodal one's text_config, with its vision tower counted)."""
+    outer = config
+    config = config.get("text_config") or config
+    model_type = str(outer.get("model_type") or config.get("model_type") or "")
     try:
         heads = config["num_attention_heads"]
-        return Arch(name=name, layers=config["num_hidden_layers"], hidden=config["hidden_size"],
+        experts = int(config.get("num_experts") or config.get("num_local_experts") or 0)
+        return Arch(name=name, hf_id=hf_id, layers=config["num_hidden_layers"], hidden=config["hidden_size"],
                     intermediate=config["intermediate_size"], heads=heads,
                     kv_heads=config.get("num_key_value_heads") or heads, vocab=config["vocab_size"],
-                    tied=bool(config.get("tie_word_embeddings", False)), head_dim=int(config.get("head_dim") or 0),
-                    extra_norms=2 if str(config.get("model_type", "")).startswith("gemma") else 0,
-                    qk_norm=str(config.get("model_type", "")).startswith(("qwen3", "gemma3")))
-    except KeyError as e:
-        raise BadInput(f"config.json lacks {e.args[0]!r}; rigtune plans decoder-only models with Llama-style "
-                       "config keys.", path=name) from None
+                    tied=bool(config.get("tie_word_embeddings", outer.get("tie_word_embeddings", False))),
+                    head_dim=int(config.get("head_dim") or 0), model_type=model_type, **family_shape(model_type),
+                    experts=experts, experts_active=int(config.get("num_experts_per_tok") or 0) if experts else 0,
+                    expert_intermediate=int(config.get("moe_intermediate_size") or config["intermediate_size"])
+                    if experts else 0,
+                    extra_params=vision_params(outer["vision_config"], config["hidden_size"])
+                    if isinstance(outer.get("vision_config"), dict) else 0)
+    except (KeyError, TypeError) as e:
+        raise BadInput(f"config.json lacks {e.args[0]!r}; rigtune plans decoder-only language models "
+                       f"({', '.join(sorted(FAMILIES))}).", path=name) from None
 
 
-def resolve_model(spec: str) -> Arch:
-    """A name from models.toml (or its hf_id), a local model folder, or a config.json path."""
-    models = load_models()
-    for name, arch in models.items():
+def catalog_model(spec: str) -> Arch | None:
+    """The models.toml entry named `spec` (by name or hub id, any case), or None."""
+    for name, arch in load_models().items():
         if spec.lower() in (name.lower(), arch.hf_id.lower()):
             return arch
+    return None
+
+
+def config_path(spec: str) -> Path | None:
+    """The config.json of a local model folder or a config.json path, or None."""
     p = Path(spec).expanduser()
     if p.is_dir():
         p = p / "config.json"
-    if p.is_file():
-        try:
-            config = json.loads(p.read_text())
-        except ValueError as e:
-            raise BadInput(f"not valid JSON ({e}).", path=str(p)) from None
-        config = config.get("text_config", config)
-        return arch_from_config(config, str(p))
-    raise BadInput(f"unknown model '{spec}'; give a name from presets/models.toml ({', '.join(models)}), a local "
-                   "model folder, or the path of a config.json.", key="--model")
+    return p if p.is_file() else None
+
+
+def read_config(path: Path) -> dict:
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise BadInput(f"not a readable config.json ({e}).", path=str(path)) from None
+    if not isinstance(config, dict):
+        raise BadInput("not a model config (a JSON object with the model's settings).", path=str(path))
+    return config
+
+
+def resolve_model(spec: str, online: bool = False, revision: str | None = None) -> Arch:
+    """A name from models.toml (or its hf_id), a local model folder, a config.json path, or any hub id: from
+    the local Hugging Face cache, or - with online - fetched from the hub (config.json only, a few KB)."""
+    known = catalog_model(spec)
+    if known is not None:
+        return known
+    path = config_path(spec)
+    if path is not None:
+        return arch_from_config(read_config(path), str(path))
+    from . import hub
+    from .modelref import HUB_ID, looks_like_path
+    if HUB_ID.match(spec) and not looks_like_path(spec):
+        cached = hub.cached_file(spec, "config.json", revision)
+        if cached is not None or online:
+            config = read_config(cached or hub.fetch_config(spec, revision))
+            return arch_from_config(config, spec, hf_id=spec)
+        raise BadInput(f"{spec!r} is not in presets/models.toml and its config.json is not in the Hugging Face "
+                       "cache yet; `rigtune plan --model " + spec + "` fetches it (a few KB).", key="--model")
+    raise BadInput(f"unknown model '{spec}'; give a name from presets/models.toml ({', '.join(load_models())}), a "
+                   "Hugging Face id, a local model folder, or the path of a config.json.", key="--model")
 
 
 # ---------------------------------------------------------------------------- the memory model
 
 def _targets(inp: PlanInput) -> list:
+    """The block's linears LoRA wraps: all of them for "all-linear", else the named ones this block has."""
+    shapes = inp.arch.linears()
     if inp.lora_targets == "all-linear":
-        return list(ALL_LINEAR)
+        return list(shapes)
     names = [inp.lora_targets] if isinstance(inp.lora_targets, str) else list(inp.lora_targets)
     known = {"output_proj": "o_proj", "w1": "gate_proj", "w3": "up_proj", "w2": "down_proj"}
-    return [known.get(n, n) for n in names if known.get(n, n) in ALL_LINEAR]
+    return [known.get(n, n) for n in names if known.get(n, n) in shapes]
 
 
 def adapter_params(inp: PlanInput) -> int:
@@ -219,7 +335,7 @@ def breakdown(inp: PlanInput) -> dict:
     linear = a.linear_params * linear_bytes(inp)
     other = (a.embed_params + a.layers * 2 * h + h) * (4 if inp.upcast else cb)
     if inp.strategy == "fsdp":
-        layer = linear / a.layers
+        layer = (linear + a.expert_params * cb) / a.layers
         gathered = 2 * max(layer + 2 * h * cb, a.vocab * h * cb / (1 if inp.cpu_offload else n))
         weights = gathered if inp.cpu_offload else (linear + other) / n + gathered
         if inp.loss == "rigtune" and inp.loss_chunk and not a.tied and not inp.cpu_offload:
@@ -244,9 +360,13 @@ def breakdown(inp: PlanInput) -> dict:
         optimizer = p * (2 * lb if inp.optimizer == "adamw_torch" else 2)  # AdamW keeps 2 states in the param dtype
 
     # activations, per token: saved tensors of one decoder layer
-    per_layer = cb * (4 * h + 3 * q + 3 * kv + 4 * i + a.extra_norms * h + (q + kv if a.qk_norm else 0))
-    if inp.lora_dropout > 0:
-        per_layer += cb * (5 * h + q + i)  # each adapter keeps its own dropped-out input
+    # the MLP's: gate and up outputs, the activation and the product (an MoE block: for each of its top-k
+    # experts, plus the token's copy it gathers and the router's fp32 scores)
+    mlp = (a.experts_active * (4 * a.expert_intermediate + h) + 2 * a.experts) if a.experts else 4 * i
+    per_layer = cb * (4 * h + 3 * q + 3 * kv + mlp + a.extra_norms * h + (q + kv if a.qk_norm else 0))
+    shapes = a.linears()
+    if inp.lora_dropout > 0:  # each adapter keeps its own dropped-out input
+        per_layer += cb * sum(shapes[t][0] for t in _targets(inp))
     per_layer += 4 * inp.lora_r * len(_targets(inp))
     if inp.attn == "eager":
         per_layer += 2 * cb * a.heads * s  # scores and probabilities: s^2 per head
@@ -585,7 +705,7 @@ def flops_per_token(inp: PlanInput) -> float:
     attends to s/2 positions on average (causal). The lm_head runs forward and backward once."""
     a = inp.arch
     passes = 3 if inp.gradient_checkpointing else 2
-    base = 2 * a.linear_params * passes
+    base = 2 * (a.linear_params + a.active_expert_params) * passes
     adapters = 2 * adapter_params(inp) * (passes + 1)
     attention = 2 * 2 * (inp.seq_len / 2) * a.q_dim * a.layers * passes
     head = 2 * 2 * a.vocab * a.hidden
@@ -625,7 +745,7 @@ def link_seconds(inp: PlanInput, link: str | None = None) -> float:
     cb = DTYPE_BYTES[inp.compute_dtype]
     moved = 2 * adapter_params(inp) * DTYPE_BYTES[inp.lora_dtype] * (n - 1) / n
     if inp.strategy == "fsdp":
-        moved += 2 * (a.linear_params * linear_bytes(inp) + a.embed_params * cb) * (n - 1) / n
+        moved += 2 * (a.linear_params * linear_bytes(inp) + (a.embed_params + a.expert_params) * cb) * (n - 1) / n
     return moved / (LINK_GBPS[link or inp.link] * 1e9)
 
 
@@ -680,6 +800,11 @@ def plan(inp: PlanInput, pick_strategy: bool = False, total_tokens: int | None =
     link = link_note(inp)
     if link:
         notes.append(link)
+    if inp.arch.experts:
+        notes.append(f"{inp.arch.name} is a mixture of experts: all {inp.arch.experts} experts per layer stay in "
+                     f"memory, in {inp.compute_dtype} (this stack quantizes only its attention layers to 4-bit; "
+                     f"{inp.arch.expert_params * DTYPE_BYTES[inp.compute_dtype] / GIB:.1f} GiB of experts), and each "
+                     f"token runs through {inp.arch.experts_active}; LoRA trains the attention layers.")
     if inp.strategy == "fsdp":
         notes.append("FSDP plans are the least certain: against published FSDP-QLoRA peaks this model ranges from "
                      "41% under to 18% over (bench/planner_accuracy); [train] oom_fallback = true halves the "
@@ -712,7 +837,10 @@ def plan(inp: PlanInput, pick_strategy: bool = False, total_tokens: int | None =
                 suggestion=advice["keys"] if advice else None, suggestion_steps=advice["steps"] if advice else [],
                 ram_needed_gib=round(ram, 1), gpu_gib=card, card=named.name if named else "",
                 tokens_per_s_estimate=round(speed) if speed else None,
-                duration_s_estimate=round(duration) if duration else None)
+                duration_s_estimate=round(duration) if duration else None,
+                arch=inp.arch.model_type, params_b=float(f"{inp.arch.total_params / 1e9:.5g}"),
+                active_params_b=float(f"{inp.arch.active_params / 1e9:.5g}"),
+                download_gib=float(f"{inp.arch.download_gib:.4g}"))
 
 
 def parse_gpus(spec: str) -> tuple[list, str]:

@@ -49,6 +49,7 @@ class RunView:
         self.sample_step: int | None = None
         self.held_out: dict | None = None  # the final held-out check: correct, total, base_correct, samples, step
         self.start: dict = {}
+        self.download: dict | None = None  # the latest `download` event (the base model's weights, before start)
         self.end: dict | None = None
         self.status: dict = {}
         self.total_steps = 0
@@ -198,6 +199,8 @@ class RunView:
             self._last_step_time = None
         elif kind == "end":
             self.end = ev
+        elif kind == "download":
+            self.download = ev
 
     def _truncate(self, step):
         i = bisect.bisect_left(self.steps, step)
@@ -309,6 +312,20 @@ def fmt_duration(seconds: float | None) -> str:
     return f"{h}:{rem // 60:02d}:{rem % 60:02d}" if h else f"{rem // 60:02d}:{rem % 60:02d}"
 
 
+def download_fraction(ev: dict) -> float:
+    total = ev.get("bytes_total") or 0
+    return min(1.0, (ev.get("bytes_done") or 0) / total) if total else 1.0
+
+
+def fmt_download(ev: dict) -> str:
+    """'downloading Qwen/Qwen3-8B: 3.2 / 16.4 GB, 112 MB/s, ETA 01:58 (2 of 7 files)'."""
+    done, total, speed = ev.get("bytes_done") or 0, ev.get("bytes_total") or 0, ev.get("bytes_per_s") or 0
+    eta = f", ETA {fmt_duration((total - done) / speed)}" if speed and done < total else ""
+    return (f"downloading {ev.get('model', 'the model')}: {done / 1e9:.1f} / {total / 1e9:.1f} GB"
+            + (f", {speed / 1e6:.0f} MB/s" if speed else "") + eta
+            + f" ({ev.get('files_done', 0)} of {ev.get('files_total', 0)} files)")
+
+
 class Follower(RunView):
     """A run as lines of text, for `rigtune train --no-tui` and `rigtune watch` without a terminal: one line per
     logged step (with the run view's ETA), eval, checkpoint and warning. `take_lines()` returns what is new
@@ -321,6 +338,15 @@ class Follower(RunView):
     def take_lines(self) -> list:
         lines, self._lines = self._lines, []
         return lines
+
+    def _download_line(self, ev: dict) -> str | None:
+        """One line per tenth of the download (and at each file's end), not one per event."""
+        tenth = int(10 * download_fraction(ev))
+        key = (tenth, ev.get("files_done"))
+        if key == getattr(self, "_download_key", None):
+            return None
+        self._download_key = key
+        return fmt_download(ev)
 
     def _apply(self, ev: dict):
         super()._apply(ev)
@@ -348,6 +374,8 @@ class Follower(RunView):
             return f"  {loss}" + (f"  sample: {completion!r}" if s else "")
         if kind == "checkpoint":
             return f"  checkpoint {ev['path']}"
+        if kind == "download":
+            return self._download_line(ev)
         if kind in ("warning", "oom_fallback"):
             detail = ev.get("message") or (f"out of memory: micro-batch {ev['micro_batch_size'][0]} -> "
                                            f"{ev['micro_batch_size'][1]}, resuming from step {ev['step']}")

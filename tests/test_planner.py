@@ -226,8 +226,10 @@ def test_plan_cli_json_and_errors(tiny_model):
     assert data["strategy"] == "fsdp" and data["cpu_offload"] is True
     res = rigtune("plan", "--model", str(tiny_model), "--gpus", "1x8")
     assert res.returncode == 0 and "FITS" in res.stdout
-    bad = rigtune("plan", "--model", "nope-model", "--gpus", "1x24")
-    assert bad.returncode == 2 and "unknown model 'nope-model'" in bad.stderr
+    bad = rigtune("plan", "--model", "no such model!", "--gpus", "1x24")
+    assert bad.returncode == 2 and "unknown model 'no such model!'" in bad.stderr
+    bad = rigtune("plan", "--model", "nope-model", "--gpus", "1x24")  # an id, but offline (conftest) and not cached
+    assert bad.returncode == 2 and "HF_HUB_OFFLINE is set and nope-model is not in the Hugging Face cache" in bad.stderr
     assert rigtune("plan", "--model", "Llama-2-7B", env=machine_env("no-gpu")).returncode == 2  # no GPU, no --gpus
     assert "nor a card rigtune knows" in rigtune("plan", "--model", "Llama-2-7B", "--gpus", "big").stderr
 

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from engine.errors import BadInput
+from engine.errors import BadInput, Failed
 from engine.events import ADAPTER, METRICS, RUN_FILE, STATUS, TRAIN_LOG
 
 USAGE = """\
@@ -22,6 +22,7 @@ rigtune check RUN_FILE        validate a run file and its dataset without loadin
 rigtune train RUN_FILE        launch training detached and watch it (--no-tui: plain lines)
 rigtune watch [RUN_DIR]       re-attach the dashboard to a run (no argument: pick a recent one)
 rigtune stop RUN_DIR          stop a run gracefully (it saves a checkpoint and the adapter)
+rigtune fetch MODEL           download a model's weights with progress (resumes; checks free disk first)
 rigtune build [--tier ID] [--model M] [--seq-len N] [--json]   what to buy to reach a tier or fit a model
 rigtune chat RUN_DIR [--checkpoint step-N] [--base] [--system T] [--prompt T]   talk to what a run trained
 rigtune export RUN_DIR --to merged|gguf|gguf-lora|ollama [--out PATH] [--quant Q]   use it elsewhere
@@ -82,7 +83,7 @@ def _plan_input(args):
     model = args.model or (cfg.model.base if cfg else None)
     if not model:
         raise BadInput("say which model to plan for: --model NAME|DIR|config.json, or a run file.", key="--model")
-    arch = P.resolve_model(model)
+    arch = _arch_online(model, cfg.model.revision if cfg else None)
     ram, link = None, "nvlink"
     if args.gpus:
         gpus, card = P.parse_gpus(args.gpus)
@@ -113,6 +114,20 @@ def _plan_input(args):
     inp = P.replace(inp, **{k: v for k, v in flags.items() if v is not None})
     pick = args.strategy is None and cfg is None
     return inp, pick, note, cfg
+
+
+def _arch_online(model: str, revision: str | None = None):
+    """The Arch of any model: the catalog, a local folder or config.json, or a hub id (its config.json fetched,
+    a few KB, and the size of its weights from the hub's listing)."""
+    from engine import hub
+    from engine import planner as P
+    arch = P.resolve_model(model, online=True, revision=revision)
+    if arch.hf_id == model and P.catalog_model(model) is None and not hub.offline():
+        try:
+            arch = P.replace(arch, download_bytes=hub.listing(model, revision, key="--model").weight_bytes)
+        except BadInput:  # the size alone is not worth failing the plan for: it is estimated from the shape
+            pass
+    return arch
 
 
 def _card_name(name: str) -> str:
@@ -177,6 +192,46 @@ def cmd_plan(args) -> int:
             print(f"  {key} = {json.dumps(value)}")
     for n in p.notes:
         print(f"- {n}")
+    return 0
+
+
+# ---------------------------------------------------------------------------- fetch
+
+def cmd_fetch(args) -> int:
+    """Download a model's weights into the Hugging Face cache with a progress line (resumes a cut-off one)."""
+    from engine import hub
+    from engine import planner as P
+    known = P.catalog_model(args.model)
+    repo = known.hf_id if known else args.model
+    if P.config_path(repo) is not None:
+        print(f"{repo} is a local folder: nothing to fetch.")
+        return 0
+    from engine.modelref import HUB_ID
+    if not HUB_ID.match(repo):
+        raise BadInput(f"{repo!r} is not a Hugging Face id ('owner/name') nor a name in presets/models.toml.",
+                       key="MODEL")
+    tty = sys.stderr.isatty()
+    last = {"t": 0.0, "line": ""}
+
+    def show(p):
+        line = hub.fmt_progress(p)
+        if tty:
+            print("\r" + line, end="", file=sys.stderr, flush=True)
+        elif time.time() - last["t"] >= 2 or p.bytes_done == p.bytes_total:
+            last["t"] = time.time()
+            print(line, file=sys.stderr, flush=True)
+        last["line"] = line
+    if not hub.offline():
+        lst = hub.listing(repo, args.revision, args.trust_remote_code, key="MODEL")
+        todo, left = hub.missing(lst)
+        print(f"{repo} @ {lst.commit[:12]}: {len(lst.files)} files, {lst.total_bytes / hub.GIB:.2f} GiB "
+              f"({left / hub.GIB:.2f} GiB to download) into {hub.cache_dir()}", file=sys.stderr)
+    try:
+        snap = hub.download(repo, args.revision, show, trust_remote_code=args.trust_remote_code, key="MODEL")
+    finally:
+        if tty and last["line"]:
+            print(file=sys.stderr)
+    print(f"{repo}: ready in {snap}")
     return 0
 
 
@@ -429,7 +484,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("plan", help="plan a run's memory before anything downloads")
     p.add_argument("run_file", nargs="?")
-    p.add_argument("--model", help="a name from presets/models.toml, a local model folder or a config.json")
+    p.add_argument("--model", help="a name from presets/models.toml, any Hugging Face id (its config.json is fetched, "
+                                   "a few KB), a local model folder or a config.json")
     p.add_argument("--seq-len", type=int)
     p.add_argument("--micro-batch", type=int)
     p.add_argument("--lora-r", type=int)
@@ -483,6 +539,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="plan the box for this model instead (a catalog name, folder or config.json)")
     p.add_argument("--seq-len", type=int, help="with --model: the sequence length (default 2048)")
     p.add_argument("--json", action="store_true")
+    p = sub.add_parser("fetch", help="download a model's weights with progress (resumable; checks free disk first)")
+    p.add_argument("model", metavar="MODEL", help="a Hugging Face id (owner/name) or a name from presets/models.toml")
+    p.add_argument("--revision", help="a branch, tag or commit (default: main)")
+    p.add_argument("--trust-remote-code", action="store_true", help="also fetch the repository's .py files")
     p = sub.add_parser("stop", help="stop a run gracefully")
     p.add_argument("run_dir")
     p.add_argument("--timeout", type=float, default=600)
@@ -507,7 +567,7 @@ def cmd_wizard(args) -> int:
     return 0
 
 
-COMMANDS = {"wizard": cmd_wizard, "demo": cmd_demo, "watch": cmd_watch, "scan": cmd_scan, "plan": cmd_plan, "init": cmd_init, "check": cmd_check, "train": cmd_train, "stop": cmd_stop,
+COMMANDS = {"wizard": cmd_wizard, "demo": cmd_demo, "watch": cmd_watch, "scan": cmd_scan, "plan": cmd_plan, "init": cmd_init, "check": cmd_check, "train": cmd_train, "stop": cmd_stop, "fetch": cmd_fetch,
             "build": cmd_build, "chat": cmd_chat, "export": cmd_export}
 
 
@@ -537,6 +597,11 @@ def main(argv=None) -> int:
             raise
         print(f"rigtune: {e}", file=sys.stderr)
         return 2
+    except Failed as e:
+        if args.debug:
+            raise
+        print(f"rigtune: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     except OSError as e:

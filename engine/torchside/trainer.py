@@ -143,6 +143,7 @@ class Run:
     stop: "StopFlag"
     faults: "Faults"
     tokenizer: object = None
+    load_cfg: object = None         # cfg with model.base where the weights are on this machine (fetch_base)
     pad_id: int = 0
     seqs: list = field(default_factory=list)
     eval_seqs: list = field(default_factory=list)
@@ -220,17 +221,47 @@ def setup(run_dir: Path, resume: bool, allow_changes: bool) -> Run:
                                                     for s, keys in cfg.to_dict().items() if isinstance(keys, dict)
                                                     for k, v in keys.items()})
     run.tracking = bool(trackers)
+    fetch_base(run)
     setup_data(run)
     run.status(state="loading", step=0, total_steps=run.total)
     setup_model(run, resume, allow_changes)
     return run
 
 
+def fetch_base(run: Run) -> None:
+    """A hub model's weights into the Hugging Face cache before anything loads, with `download` events for the
+    dashboard (engine.hub: free space checked first, a cut-off download resumes, offline uses the cache). Each
+    machine's first process downloads while the others wait; then every process loads the local snapshot."""
+    from .. import hub
+    from ..modelref import is_local_model
+    cfg = run.cfg
+    run.load_cfg = cfg
+    if is_local_model(cfg.model.base):
+        return
+    last = {"t": 0.0}
+
+    def progress(p: hub.Progress):
+        run.log.write("download", bytes_done=p.bytes_done, bytes_total=p.bytes_total, files_done=p.files_done,
+                      files_total=p.files_total, bytes_per_s=round(p.speed), model=cfg.model.base)
+        if time.time() - last["t"] >= 10 or p.bytes_done == p.bytes_total:
+            last["t"] = time.time()
+            print(f"[rigtune] download {cfg.model.base}: {hub.fmt_progress(p)}", flush=True)
+    snap = None
+    with run.accelerator.local_main_process_first():
+        if run.main:
+            run.status(state="loading", step=0, total_steps=0, message=f"downloading {cfg.model.base}")
+        snap = hub.download(cfg.model.base, cfg.model.revision or None, progress if run.main else None,
+                            trust_remote_code=cfg.model.trust_remote_code, every_s=1.0)
+    values = cfg.to_dict()
+    values["model"]["base"] = str(snap)
+    run.load_cfg = runfile.RunConfig(values, path=cfg.path, text=cfg.text)
+
+
 def setup_data(run: Run) -> None:
     """The same on every rank: tokenized, packed sequences, the eval split, the step count."""
     from .model import load_tokenizer
     cfg, tc = run.cfg, run.cfg.train
-    run.tokenizer = load_tokenizer(cfg)
+    run.tokenizer = load_tokenizer(run.load_cfg)
     run.pad_id = run.tokenizer.pad_token_id
     examples, fmt, files = D.load_examples(cfg.data.path, cfg.data.format)
     train_ex, eval_ex, run.report = D.prepare(cfg, run.tokenizer, examples, fmt)
@@ -252,10 +283,10 @@ def setup_model(run: Run, resume: bool, allow_changes: bool) -> None:
     torch.manual_seed(tc.seed)
     if run.sharded:
         from . import fsdp
-        run.loaded = fsdp.load(cfg, run.device, run.rank, run.world)
+        run.loaded = fsdp.load(run.load_cfg, run.device, run.rank, run.world)
     else:
         from .model import load_model
-        run.loaded = load_model(cfg, run.device)
+        run.loaded = load_model(run.load_cfg, run.device)
     model = run.loaded.model
     run.params = [p for p in model.parameters() if p.requires_grad]
     run.initial_adapter = {n: local(p).detach().to("cpu", copy=True)  # this rank's shard when sharded

@@ -1,0 +1,415 @@
+"""The Hugging Face Hub, as rigtune uses it: a model's config.json for planning (a few KB), the size of its
+weights from the repository listing, and a download of the weights that shows progress, checks free space
+first and resumes where it was cut off. Plain Python (huggingface_hub, no torch), so the command line and
+the wizard can call it.
+
+huggingface_hub does the talking: it honours HF_ENDPOINT, HF_TOKEN (or `hf auth login`), HF_HUB_OFFLINE and
+HF_HOME / HF_HUB_CACHE, and turns the hub's answers into typed errors, which become one clear paragraph here.
+The weights are fetched by rigtune itself into the hub's own cache layout (blobs/, snapshots/, refs/), so that
+transformers and every other tool find them there: huggingface_hub (2.x) drops a partial file when a transfer
+fails, and a 16 GB download cut off at 90% should not start again from zero. Each file goes to
+blobs/<etag>.rigtune-part, continues with an HTTP Range request, and is checked against the listing's
+sha256 (LFS files) or git blob id (small files) before it takes its place.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+from urllib.parse import quote
+
+from .errors import BadInput, Failed
+
+GIB = 1024 ** 3
+PART = ".rigtune-part"
+CHUNK = 1 << 20
+RETRIES = 3                     # a dropped connection is retried from where it stopped, this many times per file
+SPACE_MARGIN = 1 * GIB          # kept free beyond the download
+WEIGHTS = (".safetensors",)     # rigtune loads safetensors only: nothing pickled from the internet
+NOT_WEIGHTS = (".bin", ".pth", ".pt", ".ckpt", ".gguf", ".h5", ".msgpack", ".onnx", ".ot", ".tflite", ".npz")
+
+
+def endpoint() -> str:
+    from huggingface_hub import constants
+    return constants.ENDPOINT.rstrip("/")
+
+
+def offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE") or \
+        os.environ.get("TRANSFORMERS_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+
+
+def cache_dir() -> Path:
+    from huggingface_hub import constants
+    return Path(constants.HF_HUB_CACHE)
+
+
+def repo_folder(repo: str) -> Path:
+    return cache_dir() / ("models--" + repo.replace("/", "--"))
+
+
+def page(repo: str) -> str:
+    return f"{endpoint()}/{repo}"
+
+
+# ---------------------------------------------------------------------------- errors, in one paragraph
+
+def explain(e: Exception, repo: str, key: str = "model.base") -> Exception:
+    """The hub client's error as rigtune's: BadInput (exit 2) with what to do, or the error itself."""
+    from huggingface_hub import errors as E
+    if isinstance(e, E.GatedRepoError):
+        return BadInput(f"{repo} is gated: accept its licence at {page(repo)} while logged in, then let this machine "
+                        "download as you: run `hf auth login`, or set HF_TOKEN to a token with read access. "
+                        "(If you have accepted, access may still be pending: the page says.)", key=key)
+    if isinstance(e, E.RevisionNotFoundError):
+        return BadInput(f"{repo} has no revision by that name ({page(repo)}/tree lists branches and tags); set "
+                        "model.revision to a branch, tag or commit, or leave it empty.", key="model.revision")
+    if isinstance(e, E.RepositoryNotFoundError):
+        return BadInput(f"{repo} was not found on {endpoint()}. Check the spelling (an id is 'owner/name', as on "
+                        "the model's page). A private repository needs `hf auth login` or HF_TOKEN.", key=key)
+    if isinstance(e, (E.OfflineModeIsEnabled, E.LocalEntryNotFoundError)):
+        why = "HF_HUB_OFFLINE is set" if offline() else f"{endpoint()} cannot be reached"
+        return BadInput(f"{why} and {repo} is not in the Hugging Face cache ({cache_dir()}); run `rigtune fetch "
+                        f"{repo}` once where the hub can be reached, or give a local model folder.", key=key)
+    if isinstance(e, E.EntryNotFoundError):
+        return BadInput(f"{repo} has no config.json: it is not a transformers model repository.", key=key)
+    if isinstance(e, E.HfHubHTTPError):
+        return Failed(f"the hub answered {getattr(e.response, 'status_code', '?')} for {repo}: "
+                      f"{str(e).splitlines()[0][:200]}")
+    if _is_network(e):
+        return BadInput(f"{endpoint()} cannot be reached ({type(e).__name__}) and {repo} is not in the Hugging Face "
+                        f"cache ({cache_dir()}); check the network (or HF_ENDPOINT), or give a local model folder.",
+                        key=key)
+    return e
+
+
+def _http():
+    """The HTTP library huggingface_hub uses (httpx2 in 2.x, httpx in 1.x)."""
+    try:
+        import httpx2 as http
+    except ImportError:  # pragma: no cover - huggingface_hub 1.x
+        import httpx as http
+    return http
+
+
+def _is_network(e: Exception) -> bool:
+    return isinstance(e, (_http().TransportError, ConnectionError, TimeoutError))
+
+
+# ---------------------------------------------------------------------------- config and listing
+
+def cached_file(repo: str, filename: str, revision: str | None = None) -> Path | None:
+    from huggingface_hub import try_to_load_from_cache
+    hit = try_to_load_from_cache(repo, filename, revision=revision)
+    return Path(hit) if isinstance(hit, str) else None
+
+
+def fetch_config(repo: str, revision: str | None = None, key: str = "--model") -> Path:
+    """config.json of a hub model (from the cache when there; HF_HUB_OFFLINE honoured). The listing is asked
+    first: it fails at once when the hub cannot be reached or the id does not exist, where the file download
+    would retry with backoff for half a minute."""
+    from huggingface_hub import HfApi, hf_hub_download
+    from huggingface_hub.utils import logging as hf_logging
+    cached = cached_file(repo, "config.json", revision)
+    if cached is not None:
+        return cached
+    if offline():
+        raise explain(_offline_error(), repo, key)
+    hf_logging.set_verbosity_error()  # its retry notices are not for rigtune's users; the error below is
+    try:
+        HfApi(endpoint=endpoint()).model_info(repo, revision=revision)
+        return Path(hf_hub_download(repo, "config.json", revision=revision))
+    except Exception as e:
+        raise explain(e, repo, key) from None
+
+
+@dataclass(frozen=True)
+class File:
+    name: str
+    size: int
+    etag: str          # the blob's name in the cache: the LFS sha256, or the git blob id of a small file
+    lfs: bool
+
+
+@dataclass(frozen=True)
+class Listing:
+    repo: str
+    commit: str
+    files: tuple       # of File: what rigtune downloads (weights, config, tokenizer)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+    @property
+    def weight_bytes(self) -> int:
+        return sum(f.size for f in self.files if f.name.endswith(WEIGHTS))
+
+
+def wanted(names: list, trust_remote_code: bool = False) -> list:
+    """The files a training run needs from a repository: the top-level safetensors weights (no consolidated.*
+    copy), and the small files beside them (config, tokenizer, chat template, generation settings). Subfolders
+    (original/, onnx/) and pickled or other-format weights are left out; .py files only with trust_remote_code."""
+    out = []
+    for name in names:
+        if "/" in name or name.startswith("."):
+            continue
+        low = name.lower()
+        if low.endswith(WEIGHTS):
+            if not low.startswith("consolidated"):
+                out.append(name)
+        elif low.endswith(NOT_WEIGHTS) or (low.endswith(".py") and not trust_remote_code):
+            continue
+        elif low.endswith((".json", ".jinja", ".model", ".txt", ".tiktoken", ".py", ".vocab")):
+            out.append(name)
+    return out
+
+
+def listing(repo: str, revision: str | None = None, trust_remote_code: bool = False,
+            key: str = "model.base") -> Listing:
+    """What `download` would fetch, with sizes, from the hub's listing (model_info with blobs)."""
+    from huggingface_hub import HfApi
+    if offline():
+        raise explain(_offline_error(), repo, key)
+    try:
+        info = HfApi(endpoint=endpoint()).model_info(repo, revision=revision, files_metadata=True)
+    except Exception as e:
+        raise explain(e, repo, key) from None
+    by_name = {s.rfilename: s for s in info.siblings or []}
+    files = []
+    for name in wanted(list(by_name), trust_remote_code):
+        s = by_name[name]
+        lfs = s.lfs is not None
+        etag = s.lfs.sha256 if lfs else (s.blob_id or "")
+        files.append(File(name=name, size=int((s.lfs.size if lfs else s.size) or 0), etag=etag, lfs=lfs))
+    if not any(f.name.endswith(WEIGHTS) for f in files):
+        raise BadInput(f"{repo} has no safetensors weights at its top level ({page(repo)}/tree/main); rigtune "
+                       "loads safetensors only, never pickled weights from the internet.", key=key)
+    return Listing(repo=repo, commit=info.sha or "", files=tuple(files))
+
+
+def _offline_error():
+    from huggingface_hub.errors import OfflineModeIsEnabled
+    return OfflineModeIsEnabled("offline")
+
+
+def cached_snapshot(repo: str, revision: str | None = None) -> Path | None:
+    """The cached snapshot folder of a complete download (every weight file its index names, or a single
+    model.safetensors), or None."""
+    folder = repo_folder(repo)
+    ref = folder / "refs" / (revision or "main")
+    commit = ref.read_text().strip() if ref.is_file() else (revision or "")
+    snap = folder / "snapshots" / commit if commit else None
+    if snap is None or not (snap / "config.json").exists():
+        return None
+    index = snap / "model.safetensors.index.json"
+    if index.exists():
+        import json
+        try:
+            shards = set(json.loads(index.read_text())["weight_map"].values())
+        except (OSError, ValueError, KeyError):
+            return None
+        return snap if all((snap / s).exists() for s in shards) else None
+    return snap if (snap / "model.safetensors").exists() else None
+
+
+# ---------------------------------------------------------------------------- the download
+
+@dataclass
+class Progress:
+    bytes_done: int
+    bytes_total: int
+    files_done: int
+    files_total: int
+    speed: float        # bytes per second over the transfer so far (0 before the first second)
+
+    @property
+    def eta_s(self) -> float | None:
+        return (self.bytes_total - self.bytes_done) / self.speed if self.speed > 0 else None
+
+
+def free_bytes(path: Path) -> int:
+    p = path
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return shutil.disk_usage(p).free
+
+
+def missing(lst: Listing) -> tuple[list, int]:
+    """(files not yet in the cache, bytes still to transfer counting what partial files hold)."""
+    blobs = repo_folder(lst.repo) / "blobs"
+    todo, left = [], 0
+    for f in lst.files:
+        if (blobs / f.etag).exists():
+            continue
+        todo.append(f)
+        part = blobs / (f.etag + PART)
+        left += f.size - (part.stat().st_size if part.exists() else 0)
+    return todo, max(0, left)
+
+
+def check_space(lst: Listing, key: str = "model.base") -> None:
+    _, left = missing(lst)
+    free = free_bytes(cache_dir())
+    if left + SPACE_MARGIN > free:
+        raise BadInput(f"{lst.repo} needs {left / GIB:.1f} GiB more in the Hugging Face cache ({cache_dir()}) and "
+                       f"only {free / GIB:.1f} GiB is free there; free some space, or point HF_HOME (or "
+                       "HF_HUB_CACHE) at a disk with room.", key=key)
+
+
+def check_download(base: str, revision: str | None = None, trust_remote_code: bool = False) -> int:
+    """Before a run of a hub model starts: it is reachable (not gated, not missing) and what is still to
+    download fits on the cache disk. Returns the bytes to download (0 when the cache has it all)."""
+    if cached_snapshot(base, revision) is not None:
+        return 0
+    lst = listing(base, revision, trust_remote_code)
+    check_space(lst)
+    return missing(lst)[1]
+
+
+def download(repo: str, revision: str | None = None, on_progress: Callable[[Progress], None] | None = None,
+             trust_remote_code: bool = False, every_s: float = 0.5, key: str = "model.base") -> Path:
+    """The model's snapshot folder in the Hugging Face cache, downloading what is missing. Offline, the cached
+    snapshot or a clear error. on_progress is called at most every `every_s` seconds and at each file's end."""
+    if offline():
+        snap = cached_snapshot(repo, revision)
+        if snap is None:
+            raise explain(_offline_error(), repo, key)
+        return snap
+    try:
+        lst = listing(repo, revision, trust_remote_code, key)
+    except BadInput:
+        snap = cached_snapshot(repo, revision)
+        if snap is not None:  # the hub cannot be reached (or refuses), but the weights are here already
+            return snap
+        raise
+    check_space(lst, key)
+    folder = repo_folder(repo)
+    blobs, snap = folder / "blobs", folder / "snapshots" / lst.commit
+    blobs.mkdir(parents=True, exist_ok=True)
+    snap.mkdir(parents=True, exist_ok=True)
+    todo, _ = missing(lst)
+    total = lst.total_bytes
+    done = total - sum(f.size for f in todo) + sum(_part_size(blobs, f) for f in todo)
+    state = {"done": done, "files": len(lst.files) - len(todo), "t0": time.time(), "start": done, "last": 0.0}
+
+    def report(force: bool = False):
+        now = time.time()
+        if on_progress is None or (not force and now - state["last"] < every_s):
+            return
+        state["last"] = now
+        took = now - state["t0"]
+        speed = (state["done"] - state["start"]) / took if took >= 1 else 0.0
+        on_progress(Progress(state["done"], total, state["files"], len(lst.files), speed))
+
+    report(force=True)
+    for f in todo:
+        _fetch_file(repo, lst.commit, f, blobs, state, report)
+        state["files"] += 1
+        report(force=True)
+    for f in lst.files:
+        _link(snap / f.name, blobs / f.etag)
+    ref = folder / "refs" / (revision or "main")
+    if revision != lst.commit:
+        ref.parent.mkdir(parents=True, exist_ok=True)
+        ref.write_text(lst.commit)
+    return snap
+
+
+def _part_size(blobs: Path, f: File) -> int:
+    part = blobs / (f.etag + PART)
+    return part.stat().st_size if part.exists() else 0
+
+
+def _fetch_file(repo: str, commit: str, f: File, blobs: Path, state: dict, report) -> None:
+    """One file into blobs/<etag>: continue the partial file, check its hash, then rename it into place."""
+    from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+    url = f"{endpoint()}/{repo}/resolve/{commit}/{quote(f.name)}"
+    part = blobs / (f.etag + PART)
+    for attempt in range(RETRIES + 1):
+        have = part.stat().st_size if part.exists() else 0
+        if have > f.size:  # not this file's bytes: start again
+            part.unlink()
+            state["done"] -= have
+            have = 0
+        if have == f.size:
+            break
+        headers = build_hf_headers()
+        headers["Accept-Encoding"] = "identity"
+        if have:
+            headers["Range"] = f"bytes={have}-"
+        try:
+            with get_session().stream("GET", url, headers=headers, follow_redirects=True, timeout=30) as r:
+                if r.status_code >= 400:
+                    r.read()
+                    hf_raise_for_status(r)
+                if have and r.status_code != 206:  # the server ignored the range: take the whole file again
+                    state["done"] -= have
+                    have = 0
+                with open(part, "ab" if have else "wb") as out:
+                    for chunk in r.iter_bytes():  # as it arrives: a cut keeps every byte that came
+                        out.write(chunk)
+                        state["done"] += len(chunk)
+                        report()
+        except Exception as e:
+            if not _is_network(e) and not _is_cut(e):
+                raise explain(e, repo) from None
+            if attempt == RETRIES:
+                got = part.stat().st_size if part.exists() else 0
+                raise Failed(f"the download of {repo} was cut off in {f.name} at {got / GIB:.2f} of "
+                             f"{f.size / GIB:.2f} GiB ({type(e).__name__}); what arrived is kept: run the same "
+                             "command again to resume.") from None
+            time.sleep(min(2 ** attempt, 10) * _RETRY_PAUSE)
+    if not _verified(part, f):
+        bad = part.with_name(part.name + ".bad")
+        os.replace(part, bad)
+        state["done"] -= f.size
+        raise Failed(f"{f.name} of {repo} arrived with the wrong {'sha256' if f.lfs else 'git hash'}; it was moved "
+                     f"aside to {bad.name}. Run the same command again to fetch it anew.")
+    os.replace(part, blobs / f.etag)
+
+
+_RETRY_PAUSE = 1.0  # seconds (times 1, 2, 4): tests set it to 0
+
+
+def _is_cut(e: Exception) -> bool:
+    http = _http()
+    return isinstance(e, (http.RemoteProtocolError, http.ReadError, http.ReadTimeout))
+
+
+def _verified(path: Path, f: File) -> bool:
+    if path.stat().st_size != f.size:
+        return False
+    if not f.etag:
+        return True
+    h = hashlib.sha256() if f.lfs else hashlib.sha1(b"blob %d\0" % f.size)
+    with open(path, "rb") as src:
+        while block := src.read(8 * CHUNK):
+            h.update(block)
+    return h.hexdigest() == f.etag
+
+
+def _link(pointer: Path, blob: Path) -> None:
+    """snapshots/<commit>/<name> -> ../../blobs/<etag>, as huggingface_hub lays out its cache."""
+    pointer.parent.mkdir(parents=True, exist_ok=True)
+    if pointer.is_symlink() or pointer.exists():
+        pointer.unlink()
+    try:
+        pointer.symlink_to(os.path.relpath(blob, pointer.parent))
+    except OSError:  # a filesystem without symlinks
+        shutil.copyfile(blob, pointer)
+
+
+def fmt_progress(p: Progress) -> str:
+    """'3.21 / 16.06 GiB  20%  112.4 MB/s  ETA 1 min 55 s  (2 of 7 files)'."""
+    pct = 100 * p.bytes_done / p.bytes_total if p.bytes_total else 100
+    speed = f"{p.speed / 1e6:6.1f} MB/s" if p.speed else "   -- MB/s"
+    eta = p.eta_s
+    eta_text = "--" if eta is None else (f"{eta:.0f} s" if eta < 60 else f"{eta // 60:.0f} min {eta % 60:02.0f} s"
+                                         if eta < 3600 else f"{eta // 3600:.0f} h {eta % 3600 // 60:02.0f} min")
+    return (f"{p.bytes_done / GIB:6.2f} / {p.bytes_total / GIB:.2f} GiB  {pct:3.0f}%  {speed}  ETA {eta_text}  "
+            f"({p.files_done} of {p.files_total} files)")
