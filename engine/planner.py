@@ -63,6 +63,7 @@ class Arch:
     head_dim: int = 0                # when the config sets it apart from hidden / heads (Qwen3, Gemma 3)
     extra_norms: int = 0             # RMSNorms per layer beyond Llama's two (Gemma 2/3: two more around the MLP)
     qk_norm: bool = False            # RMSNorm on each head's queries and keys (Qwen3, Gemma 3)
+    qkv_bias: bool = False           # biases on q, k and v (Qwen2.5)
     model_type: str = "llama"        # the config's model_type
     fused: bool = False              # Phi-3/4: one qkv_proj and one gate_up_proj instead of q/k/v and gate/up
     experts: int = 0                 # MoE: experts per layer (0 = a dense MLP)
@@ -125,8 +126,8 @@ class Arch:
 
     @property
     def norm_params(self) -> int:
-        return self.layers * ((2 + self.extra_norms) * self.hidden + (2 * self.head_size if self.qk_norm else 0)) \
-            + self.hidden
+        return self.layers * ((2 + self.extra_norms) * self.hidden + (2 * self.head_size if self.qk_norm else 0)
+                              + (self.q_dim + 2 * self.kv_dim if self.qkv_bias else 0)) + self.hidden
 
     @property
     def total_params(self) -> int:
@@ -198,7 +199,7 @@ class Plan:
 
 def family_shape(model_type: str) -> dict:
     """What a family's block has beyond Llama's, by model_type."""
-    return {"extra_norms": 2 if model_type.startswith("gemma") else 0,
+    return {"extra_norms": 2 if model_type.startswith("gemma") else 0, "qkv_bias": model_type == "qwen2",
             "qk_norm": model_type.startswith(("qwen3", "gemma3")), "fused": model_type in ("phi3", "phi4")}
 
 
@@ -226,7 +227,8 @@ def vision_params(vision: dict, text_hidden: int) -> int:
     patch, image, channels = vision.get("patch_size", 14), vision.get("image_size", 224), vision.get("num_channels", 3)
     per_layer = 4 * (h * h + h) + 2 * h * i + i + h + 4 * h  # attention with biases, MLP with biases, two LayerNorms
     embed = channels * patch * patch * h + h + (image // patch) ** 2 * h
-    return layers * per_layer + embed + 2 * h + h * text_hidden + h
+    head = h + 4 * (h * h + h) + 2 * h + 2 * h * i + i + h if vision.get("vision_use_head", True) else 0  # pooling
+    return layers * per_layer + embed + 2 * h + head + h * text_hidden + h
 
 
 def arch_from_config(config: dict, name: str, hf_id: str = "") -> Arch:

@@ -42,8 +42,9 @@ def apply(setting: str, model, device) -> tuple[str, object | None]:
         try:
             from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
             from liger_kernel.transformers.monkey_patch import _apply_liger_kernel_to_instance
+            from .loss import final_softcap
             _apply_liger_kernel_to_instance(model=model, **PATCHES)
-            return "liger", LigerFusedLinearCrossEntropyLoss(reduction="sum")
+            return "liger", LigerFusedLinearCrossEntropyLoss(reduction="sum", softcap=final_softcap(model))
         except Exception as e:  # a liger/transformers version mismatch: say so, train without
             reason = f"Liger failed to patch this model ({type(e).__name__}: {str(e)[:160]})"
     if setting == "liger":

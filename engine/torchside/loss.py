@@ -33,12 +33,24 @@ def loss_sum(model, batch, chunk_tokens: int = 0, head=None, fused_loss=None):
     if fused_loss is not None:  # the same sum, chunked inside one kernel
         return fused_loss(head.weight, hidden, y).float()
     total = out.new_zeros((), dtype=torch.float32)
+    cap = final_softcap(inner)
 
     def piece(h, t):
-        return F.cross_entropy(head(h).float(), t, reduction="sum")
+        logits = head(h).float()
+        if cap:  # as the model's own forward does (Gemma 2): cap * tanh(logits / cap)
+            logits = cap * torch.tanh(logits / cap)
+        return F.cross_entropy(logits, t, reduction="sum")
     for i in range(0, y.numel(), chunk_tokens):
         total = total + checkpoint(piece, hidden[i:i + chunk_tokens], y[i:i + chunk_tokens], use_reentrant=False)
     return total
+
+
+def final_softcap(model) -> float | None:
+    """The model's final logit softcapping (Gemma 2: 30.0), or None; with the lm_head detached, the cap the
+    chunked loss applies (engine.torchside.model.detach_head moved it aside)."""
+    config = getattr(model, "config", None)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return getattr(text, "rigtune_softcap", None) or getattr(text, "final_logit_softcapping", None)
 
 
 def evaluate(model, eval_seqs, cfg, pad_id, device, head=None, fused_loss=None) -> float | None:

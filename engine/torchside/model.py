@@ -62,12 +62,29 @@ def quantization_config(cfg):
 
 def attn_implementation(cfg) -> str:
     """The attention the model is built with: packed rows on SDPA get one SDPA call per example
-    (engine.attention); everything else is the run file's choice as transformers implements it."""
+    (engine.attention), unless the model's attention is more than plain causal SDPA - then transformers' own
+    implementation, which isolates packed examples by the restarting position ids all the same:
+      logit softcapping (Gemma 2): SDPA cannot apply it, eager does;
+      sliding windows shorter than the sequences (Gemma 2/3, Mistral with a window): transformers' SDPA masks them.
+    Everything else is the run file's choice as transformers implements it."""
     impl = cfg.model.attn_implementation
-    if impl == "sdpa" and cfg.data.packing:
-        from . import attention
-        return attention.register()
-    return impl
+    if impl != "sdpa" or not cfg.data.packing:
+        return impl
+    text = text_config(cfg)
+    if getattr(text, "attn_logit_softcapping", None):
+        return "eager"
+    window = getattr(text, "sliding_window", None)
+    if window and window < cfg.data.max_seq_len and getattr(text, "use_sliding_window", True) is not False:
+        return "sdpa"
+    from . import attention
+    return attention.register()
+
+
+def text_config(cfg):
+    """The model's (text) config, read from its config.json without loading weights."""
+    from transformers import AutoConfig
+    config = AutoConfig.from_pretrained(cfg.model.base, **_hub_kwargs(cfg.model))
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
 
 
 def load_base(cfg, device):
@@ -109,8 +126,13 @@ def add_lora(cfg, model, device) -> Loaded:
     if cfg.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     targets = lora.target_modules
+    if targets == "all-linear" and is_moe(model):
+        targets = linear_names(model)
+    # a multimodal model (Gemma 3) trains its language model: text batches never reach the vision tower, whose
+    # adapters would stay zero and only cost memory
     peft_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, bias="none",
-                             target_modules=targets, task_type="CAUSAL_LM")
+                             target_modules=targets, task_type="CAUSAL_LM",
+                             exclude_modules=VISION_MODULES if hasattr(model.config, "vision_config") else None)
     try:
         model = get_peft_model(model, peft_config)
     except ValueError as e:
@@ -120,31 +142,68 @@ def add_lora(cfg, model, device) -> Loaded:
     return Loaded(model=model, head=head, kernels=running, fused_loss=fused_loss)
 
 
+def is_moe(model) -> bool:
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    return bool(getattr(config, "num_experts", None) or getattr(config, "num_local_experts", None))
+
+
+def linear_names(model) -> list:
+    """The names of the decoder's nn.Linear layers (4-bit ones included), without the lm_head and the vision
+    tower. For an MoE model these are the attention projections: peft's "all-linear" would also put LoRA on
+    the fused 3-D experts and the router (target_parameters), which needs lora_dropout = 0 and is not what
+    rigtune plans; the experts stay frozen."""
+    import re
+
+    import torch
+    return sorted({name.rsplit(".", 1)[-1] for name, mod in model.named_modules()
+                   if isinstance(mod, torch.nn.Linear) and "lm_head" not in name and not re.match(VISION_MODULES, name)})
+
+
+VISION_MODULES = r".*\b(vision_tower|vision_model|multi_modal_projector)\b.*"
+
+
 def detach_head(model):
     """Make the forward pass return the final hidden states: the (frozen) lm_head is taken out and returned,
     for the chunked loss to apply only where a token is trained (it is then no registered submodule: no
-    DDP bucket, nothing in the adapter file). `full_head(model, head)` puts it back, e.g. to generate."""
+    DDP bucket, nothing in the adapter file). `full_head(model, head)` puts it back, e.g. to generate.
+    A model that caps its logits (Gemma 2: 30 tanh(x / 30)) would cap the hidden states instead: the cap moves
+    to `rigtune_softcap` on its config, where the chunked loss applies it to the real logits."""
     import torch
     base = model.get_base_model()
     head = base.get_output_embeddings()
     if head is None or isinstance(head, torch.nn.Identity):
         return None
     base.set_output_embeddings(torch.nn.Identity())
+    text = _text(base.config)
+    if getattr(text, "final_logit_softcapping", None):
+        text.rigtune_softcap, text.final_logit_softcapping = text.final_logit_softcapping, None
     return head
 
 
+def _text(config):
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
 class full_head:
-    """Context manager: the model with its lm_head in place (generation needs logits)."""
+    """Context manager: the model with its lm_head (and logit cap) in place (generation needs logits)."""
 
     def __init__(self, model, head):
         self.model, self.head = model, head
 
     def __enter__(self):
         if self.head is not None:
-            self.model.get_base_model().set_output_embeddings(self.head)
+            base = self.model.get_base_model()
+            base.set_output_embeddings(self.head)
+            text = _text(base.config)
+            if getattr(text, "rigtune_softcap", None):
+                text.final_logit_softcapping = text.rigtune_softcap
         return self.model
 
     def __exit__(self, *exc):
         if self.head is not None:
             import torch
-            self.model.get_base_model().set_output_embeddings(torch.nn.Identity())
+            base = self.model.get_base_model()
+            base.set_output_embeddings(torch.nn.Identity())
+            text = _text(base.config)
+            if getattr(text, "rigtune_softcap", None):
+                text.final_logit_softcapping = None

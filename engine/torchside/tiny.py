@@ -1,7 +1,8 @@
-"""Tiny Llama-architecture models and BPE tokenizers, built locally in seconds (the CPU demo and the tests).
+"""Tiny models and BPE tokenizers, built locally in seconds (the CPU demo and the tests).
 
 Nothing here touches the network: the tokenizer is trained with `tokenizers` on the texts given, and the
-model is randomly initialised from a LlamaConfig and saved with safetensors.
+model is randomly initialised from its family's transformers config class (Llama for the demo) and saved
+with safetensors.
 """
 from __future__ import annotations
 
@@ -47,22 +48,59 @@ def _quiet():
     logging.disable_progress_bar()
 
 
+# model_type -> (transformers config class, its extra settings): a tiny random-init copy of each family rigtune
+# trains (engine.planner.FAMILIES), with that family's real block: fused Phi projections, MoE experts, Gemma's
+# extra norms and softcapping, q/k norms, a head_dim apart from hidden / heads, tied embeddings.
+FAMILIES = {
+    "llama": ("LlamaConfig", {}),
+    "mistral": ("MistralConfig", {"sliding_window": None}),
+    "qwen2": ("Qwen2Config", {}),
+    "qwen3": ("Qwen3Config", {"head_dim": 24}),
+    "qwen3_moe": ("Qwen3MoeConfig", {"head_dim": 24, "num_experts": 4, "num_experts_per_tok": 2,
+                                     "moe_intermediate_size": 48}),
+    "mixtral": ("MixtralConfig", {"num_local_experts": 4, "num_experts_per_tok": 2}),
+    "gemma2": ("Gemma2Config", {"head_dim": 24, "sliding_window": 64}),
+    "gemma3_text": ("Gemma3TextConfig", {"head_dim": 24, "sliding_window": 64}),
+    "gemma3": ("Gemma3TextConfig", {"head_dim": 24, "sliding_window": 64}),  # wrapped with a vision tower below
+    "phi3": ("Phi3Config", {}),
+}
+
+
+def family_config(model_type: str, tok, *, hidden: int, layers: int, heads: int, kv_heads: int, intermediate: int,
+                  tied: bool):
+    """The transformers config of a tiny `model_type` model for tokenizer `tok`."""
+    import transformers
+    cls_name, extra = FAMILIES[model_type]
+    ids = {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
+    config = getattr(transformers, cls_name)(
+        vocab_size=len(tok), hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=4096,
+        tie_word_embeddings=tied, **ids, **extra)
+    if model_type != "gemma3":
+        return config
+    vision = transformers.SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                             num_attention_heads=2, image_size=28, patch_size=14,
+                                             vision_use_head=False)  # as Gemma 3's own vision_config
+    return transformers.Gemma3Config(text_config=config, vision_config=vision, mm_tokens_per_image=4,
+                                     image_token_index=tok.pad_token_id, boi_token_index=tok.bos_token_id,
+                                     eoi_token_index=tok.eos_token_id, tie_word_embeddings=tied, **ids)
+
+
 def build_model(out_dir, texts, *, vocab_size=512, hidden=128, layers=4, heads=4, kv_heads=2,
-                intermediate=384, seed=0, split: str | None = None) -> Path:
-    """Save a random-init Llama and its tokenizer to out_dir (a complete local model folder)."""
+                intermediate=384, seed=0, split: str | None = None, model_type: str = "llama",
+                tied: bool = False) -> Path:
+    """Save a random-init model of `model_type` (a key of FAMILIES) and its tokenizer to out_dir (a complete
+    local model folder)."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM
 
     _quiet()
     out = Path(out_dir)
     tok = build_tokenizer(texts, vocab_size, split)
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=intermediate,
-                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
-                         max_position_embeddings=4096, tie_word_embeddings=False,
-                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                         pad_token_id=tok.pad_token_id)
-    model = LlamaForCausalLM(config)
+    config = family_config(model_type, tok, hidden=hidden, layers=layers, heads=heads, kv_heads=kv_heads,
+                           intermediate=intermediate, tied=tied)
+    model = AutoModelForCausalLM.from_config(config)
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     model.save_pretrained(tmp, safe_serialization=True)
     tok.save_pretrained(tmp)
