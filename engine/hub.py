@@ -39,8 +39,9 @@ def endpoint() -> str:
 
 
 def offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE") or \
-        os.environ.get("TRANSFORMERS_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+    """HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE), as huggingface_hub read it."""
+    from huggingface_hub import constants
+    return bool(constants.HF_HUB_OFFLINE)
 
 
 def cache_dir() -> Path:
@@ -122,7 +123,7 @@ def fetch_config(repo: str, revision: str | None = None, key: str = "--model") -
     hf_logging.set_verbosity_error()  # its retry notices are not for rigtune's users; the error below is
     try:
         HfApi(endpoint=endpoint()).model_info(repo, revision=revision)
-        return Path(hf_hub_download(repo, "config.json", revision=revision))
+        return Path(hf_hub_download(repo, "config.json", revision=revision, endpoint=endpoint()))
     except Exception as e:
         raise explain(e, repo, key) from None
 

@@ -280,26 +280,60 @@ def read_config(path: Path) -> dict:
     return config
 
 
+def model_config(spec: str, online: bool = False, revision: str | None = None) -> tuple[dict, str]:
+    """(config.json as a dict, where it came from) of a local folder, a config.json path, or a hub id: from the
+    local Hugging Face cache or - with online - fetched from the hub (a few KB). BadInput when it cannot be had."""
+    path = config_path(spec)
+    if path is not None:
+        return read_config(path), str(path)
+    from . import hub
+    from .modelref import HUB_ID, looks_like_path
+    if HUB_ID.match(spec) and not looks_like_path(spec):
+        cached = hub.cached_file(spec, "config.json", revision)
+        if cached is not None or online:
+            return read_config(cached or hub.fetch_config(spec, revision)), spec
+        raise BadInput(f"{spec!r} is not in presets/models.toml and its config.json is not in the Hugging Face "
+                       "cache yet; `rigtune plan --model " + spec + "` fetches it (a few KB).", key="--model")
+    raise BadInput(f"unknown model '{spec}'; give a name from presets/models.toml ({', '.join(load_models())}), a "
+                   "Hugging Face id, a local model folder, or the path of a config.json.", key="--model")
+
+
 def resolve_model(spec: str, online: bool = False, revision: str | None = None) -> Arch:
     """A name from models.toml (or its hf_id), a local model folder, a config.json path, or any hub id: from
     the local Hugging Face cache, or - with online - fetched from the hub (config.json only, a few KB)."""
     known = catalog_model(spec)
     if known is not None:
         return known
-    path = config_path(spec)
-    if path is not None:
-        return arch_from_config(read_config(path), str(path))
-    from . import hub
-    from .modelref import HUB_ID, looks_like_path
-    if HUB_ID.match(spec) and not looks_like_path(spec):
-        cached = hub.cached_file(spec, "config.json", revision)
-        if cached is not None or online:
-            config = read_config(cached or hub.fetch_config(spec, revision))
-            return arch_from_config(config, spec, hf_id=spec)
-        raise BadInput(f"{spec!r} is not in presets/models.toml and its config.json is not in the Hugging Face "
-                       "cache yet; `rigtune plan --model " + spec + "` fetches it (a few KB).", key="--model")
-    raise BadInput(f"unknown model '{spec}'; give a name from presets/models.toml ({', '.join(load_models())}), a "
-                   "Hugging Face id, a local model folder, or the path of a config.json.", key="--model")
+    config, where = model_config(spec, online, revision)
+    return arch_from_config(config, where, hf_id=spec if where == spec else "")
+
+
+def trainable(config: dict, strategy: str = "single", trust_remote_code: bool = False) -> tuple[str | None, str | None]:
+    """(why this stack cannot train the model, a warning) from its config.json, before anything downloads."""
+    text = config.get("text_config") or config
+    model_type = str(config.get("model_type") or "")
+    quant = config.get("quantization_config") or text.get("quantization_config")
+    if quant:
+        return (f"this checkpoint is already quantized ({quant.get('quant_method', 'quantized')}); QLoRA loads a 16-bit "
+                "checkpoint and quantizes it to NF4 itself: use the original (bf16) repository."), None
+    if config.get("is_encoder_decoder"):
+        return f"{model_type or 'this model'} is an encoder-decoder; rigtune fine-tunes decoder-only language models.", None
+    archs = config.get("architectures") or []
+    if archs and not any(a.endswith(("ForCausalLM", "ForConditionalGeneration", "LMHeadModel")) for a in archs):
+        return (f"{', '.join(archs)} is not a causal language model (no ...ForCausalLM); rigtune fine-tunes "
+                "decoder-only language models."), None
+    experts = text.get("num_experts") or text.get("num_local_experts")
+    if strategy == "fsdp" and (experts or "vision_config" in config):
+        what = "a mixture-of-experts model" if experts else "a model with a vision tower"
+        return (f"FSDP with {what} is not verified in rigtune yet; use strategy = \"single\" or \"ddp\" (each card "
+                "holds the whole 4-bit model)."), None
+    if model_type not in FAMILIES:
+        if "auto_map" in config and not trust_remote_code:
+            return (f"model type {model_type!r} needs the repository's own Python code; set [model] "
+                    "trust_remote_code = true only if you trust its authors."), None
+        return None, (f"model type {model_type!r} is not one rigtune has tested ({', '.join(sorted(FAMILIES))}); "
+                      "its plan assumes a Llama-style block.")
+    return None, None
 
 
 # ---------------------------------------------------------------------------- the memory model
@@ -335,7 +369,7 @@ def breakdown(inp: PlanInput) -> dict:
 
     # weights
     linear = a.linear_params * linear_bytes(inp)
-    other = (a.embed_params + a.layers * 2 * h + h) * (4 if inp.upcast else cb)
+    other = (a.embed_params + a.norm_params + a.extra_params) * (4 if inp.upcast else cb) + a.expert_params * cb
     if inp.strategy == "fsdp":
         layer = (linear + a.expert_params * cb) / a.layers
         gathered = 2 * max(layer + 2 * h * cb, a.vocab * h * cb / (1 if inp.cpu_offload else n))

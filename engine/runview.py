@@ -317,11 +317,13 @@ def download_fraction(ev: dict) -> float:
     return min(1.0, (ev.get("bytes_done") or 0) / total) if total else 1.0
 
 
-def fmt_download(ev: dict) -> str:
-    """'downloading Qwen/Qwen3-8B: 3.2 / 16.4 GB, 112 MB/s, ETA 01:58 (2 of 7 files)'."""
+def fmt_download(ev: dict, short: bool = False) -> str:
+    """'downloading Qwen/Qwen3-8B: 3.2 / 16.4 GB, 112 MB/s, ETA 01:58 (2 of 7 files)'; short: without the
+    model's name, for an 80-column status line."""
     done, total, speed = ev.get("bytes_done") or 0, ev.get("bytes_total") or 0, ev.get("bytes_per_s") or 0
     eta = f", ETA {fmt_duration((total - done) / speed)}" if speed and done < total else ""
-    return (f"downloading {ev.get('model', 'the model')}: {done / 1e9:.1f} / {total / 1e9:.1f} GB"
+    what = "" if short else f" {ev.get('model', 'the model')}"
+    return (f"downloading{what}: {done / 1e9:.1f} / {total / 1e9:.1f} GB"
             + (f", {speed / 1e6:.0f} MB/s" if speed else "") + eta
             + f" ({ev.get('files_done', 0)} of {ev.get('files_total', 0)} files)")
 

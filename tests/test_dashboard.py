@@ -6,6 +6,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 
 from runfixtures import FakeSampler, append_steps, own_pid, write_run
 from tui.app import RigtuneApp
@@ -204,3 +206,29 @@ async def test_r_resumes_a_stopped_run_to_the_end(tmp_path, tiny_model):
     assert len(starts) == 2 and starts[1]["resumed_from"].endswith(f"step-{st['step']:06d}")
     assert [e["reason"] for e in evs if e["event"] == "end"] == ["stopped", "finished"]
     assert max(e["step"] for e in evs if e["event"] == "step") == 40
+
+
+async def test_a_download_shows_as_a_progress_bar_while_loading(tmp_path):
+    run = tmp_path / "dl"
+    run.mkdir()
+    ev = {"event": "download", "time": 1.0, "bytes_done": 6_400_000_000, "bytes_total": 16_000_000_000,
+          "files_done": 2, "files_total": 7, "bytes_per_s": 100_000_000, "model": "Qwen/Qwen3-8B"}
+    (run / "metrics.jsonl").write_text(json.dumps(ev) + "\n")
+    (run / "status.json").write_text(json.dumps({"state": "loading", "step": 0, "total_steps": 0, "pid": own_pid(),
+                                                 "pgid": own_pid(), "updated": 1.0}))
+    (run / "run.toml").write_text('name = "dl"\n[model]\nbase = "Qwen/Qwen3-8B"\n')
+    app = RigtuneApp(run_dir=run, sampler=FakeSampler())
+    async with app.run_test(size=(80, 24)) as pilot:
+        d = await attached(pilot)
+        status = text(d, "#status")
+        assert "LOADING" in status and "downloading: 6.4 / 16.0 GB, 100 MB/s, ETA 01:36 (2 of 7 files)" in status
+        pb = d.query_one("#progress")
+        assert pb.progress / pb.total == pytest.approx(0.4)
+        with open(run / "metrics.jsonl", "a") as f:  # done, and the trainer started: the bar counts steps again
+            f.write(json.dumps({**ev, "bytes_done": 16_000_000_000, "files_done": 7}) + "\n")
+            f.write(json.dumps({"event": "start", "time": 2.0, "world_size": 1, "total_steps": 40}) + "\n")
+        (run / "status.json").write_text(json.dumps({"state": "training", "step": 0, "total_steps": 40,
+                                                     "pid": own_pid(), "pgid": own_pid(), "updated": 2.0}))
+        await pilot.pause(0.8)
+        assert "downloading" not in text(d, "#status") and "step 0/40" in text(d, "#status")
+        assert d.query_one("#progress").total == 40

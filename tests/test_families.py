@@ -97,3 +97,51 @@ def test_gemma2_chunked_loss_applies_the_final_softcap(tmp_path, texts):
     from engine.torchside.model import full_head
     with full_head(wrapped, head):  # generation gets the capped logits back
         assert float(loss_sum(wrapped, dict(batch))) == pytest.approx(float(whole), rel=1e-5)
+
+
+def test_check_refuses_what_this_stack_cannot_train_before_any_download(tmp_path, tiny_model):
+    import shutil
+    cases = {
+        "prequantized": ({"quantization_config": {"quant_method": "gptq", "bits": 4}}, "single",
+                         "already quantized (gptq)"),
+        "encdec": ({"model_type": "t5", "is_encoder_decoder": True}, "single", "encoder-decoder"),
+        "moe-fsdp": ({"model_type": "qwen3_moe", "num_experts": 4}, "fsdp", "FSDP with a mixture-of-experts"),
+        "remote": ({"model_type": "newthing", "auto_map": {"AutoModelForCausalLM": "x.Y"}}, "single",
+                   "trust_remote_code = true"),
+    }
+    for name, (change, strategy, said) in cases.items():
+        folder = tmp_path / name
+        shutil.copytree(tiny_model, folder)
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**config, **change}))
+        hardware = {"strategy": strategy, "num_processes": 2 if strategy == "fsdp" else 1}
+        res = rigtune("check", run_file(tmp_path, folder, DEMO, name=name, hardware=hardware))
+        assert res.returncode == 2 and said in res.stderr and "Traceback" not in res.stderr, (name, res.stderr)
+        assert f"{name}.toml" in res.stderr and "model.base" in res.stderr
+    folder = tmp_path / "untested"
+    shutil.copytree(tiny_model, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "model_type": "olmo2"}))
+    res = rigtune("check", run_file(tmp_path, folder, DEMO, name="untested"))
+    assert res.returncode == 0 and "'olmo2' is not one rigtune has tested" in res.stderr
+
+
+def test_catalog_counts_match_the_published_figures():
+    for name in P.load_models():
+        res = rigtune("plan", "--model", name, "--gpus", "1x24", "--json") if name in ("Qwen3-30B-A3B", "Phi-4") else None
+        arch = P.load_models()[name]
+        out = json.loads(res.stdout) if res else {"params_b": arch.total_params / 1e9,
+                                                  "active_params_b": arch.active_params / 1e9}
+        assert out["params_b"] == pytest.approx(arch.params_b, rel=0.02), name
+        if arch.active_params_b:
+            assert out["active_params_b"] == pytest.approx(arch.active_params_b, rel=0.05), name
+        else:
+            assert out["active_params_b"] == pytest.approx(out["params_b"]), name
+    assert {"Llama-3.1-8B", "Llama-3.2-1B", "Llama-3.2-3B", "Llama-3.3-70B", "Qwen3-4B", "Qwen3-8B", "Qwen3-14B",
+            "Qwen3-32B", "Qwen3-30B-A3B", "Gemma-3-4B", "Gemma-3-12B", "Gemma-3-27B", "Mistral-7B",
+            "Mistral-Small-24B", "Phi-4"} <= set(P.load_models())
+    moe = P.load_models()["Qwen3-30B-A3B"]
+    inp = P.PlanInput(arch=moe, gpus=[24.0])
+    # every expert resident in bf16: about 54 GiB of experts, so one 24 GB card cannot hold it in this stack
+    assert P.breakdown(inp)["weights"] > 50 and not P.fits(inp)
+    assert P.fits(P.replace(inp, gpus=[80.0]))

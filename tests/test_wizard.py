@@ -279,3 +279,47 @@ async def test_ctrl_f_applies_every_change_of_the_suggestion_and_says_what_chang
     cfg = runfile.load(home / path)
     assert cfg.train.micro_batch_size == mbs and cfg.train.gradient_accumulation_steps == accum
     assert cfg.train.gradient_checkpointing is True and cfg.data.max_seq_len == expected.get("data.max_seq_len", 4096)
+
+
+async def test_any_hub_id_in_the_model_field_plans_after_its_config_arrives(home, tiny_model, monkeypatch):
+    """A real local hub server (tests/hubserver.py): the fit meter fetches the config.json of a typed id in a
+    worker, then plans it; a gated id says what to do instead."""
+    from huggingface_hub import constants
+
+    from tests.hubserver import HubServer
+    server = HubServer()
+    server.add("tiny-org/tiny-llama", tiny_model)
+    server.add("tiny-org/gated-llama", tiny_model, gated=True)
+    server.start()
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr(constants, "ENDPOINT", server.url)  # as HF_ENDPOINT does when set before the import
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", server.url + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hf"))
+    try:
+        app = RigtuneApp(wizard=True, machine=fixed_machine("rtx4090"), launcher=RecordingLauncher())
+        async with app.run_test(size=(120, 40)) as pilot:
+            await settle(pilot, W.ScanStep)
+            await pilot.press("enter")
+            await settle(pilot, W.TierStep)
+            await pilot.press("enter")
+            setup = await settle(pilot, W.SetupStep)
+            setup.query_one("#f-model").value = "tiny-org/tiny-llama"
+            await pilot.pause(0.1)
+            assert "fetching the config.json of tiny-org/tiny-llama" in str(setup.query_one("#fit").render())
+            for _ in range(100):
+                await pilot.pause(0.05)
+                fit = str(setup.query_one("#fit").render())
+                if "fetching" not in fit:
+                    break
+            assert "tiny-org/tiny-llama" in fit and "GiB" in fit
+            setup.query_one("#f-model").value = "tiny-org/gated-llama"
+            for _ in range(100):
+                await pilot.pause(0.05)
+                fit = str(setup.query_one("#fit").render())
+                if "fetching" not in fit:
+                    break
+            assert "gated" in fit and "hf auth login" in fit
+    finally:
+        server.stop()

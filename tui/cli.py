@@ -38,6 +38,7 @@ def cmd_check(args) -> int:
 
     cfg = runfile.load(args.run_file)
     check_base(cfg)
+    _check_architecture(cfg)
     examples, fmt, files = D.load_examples(cfg.data.path, cfg.data.format)
     print(f"{args.run_file}: run file OK (run directory {runfile.run_dir(cfg)})")
     print(f"dataset: {cfg.data.path} ({len(files)} file{'s' if len(files) != 1 else ''})")
@@ -57,6 +58,29 @@ def cmd_check(args) -> int:
         print(f"warning: report_to lists {name!r}, which is not installed here (pip install {name}); training "
               "will go on without it", file=sys.stderr)
     return 0
+
+
+def _check_architecture(cfg) -> None:
+    """Refuse, before anything downloads, a model this stack cannot train (its config.json: a few KB from the
+    hub when it is not local). When the config cannot be had (offline, not cached), say it was not checked."""
+    from engine import planner as P
+    from engine.modelref import DEMO_MODEL
+    if cfg.model.base == DEMO_MODEL:
+        return
+    where = {"path": cfg.path, "line": cfg.line_of("model", "base"), "key": "model.base"}
+    known = P.catalog_model(cfg.model.base)
+    try:
+        config = ({"model_type": known.model_type, "num_experts": known.experts,
+                   **({"vision_config": {}} if known.extra_params else {})} if known else
+                  P.model_config(cfg.model.base, online=True, revision=cfg.model.revision or None)[0])
+    except BadInput as e:
+        print(f"note: the architecture was not checked: {e.bare}", file=sys.stderr)
+        return
+    refused, warning = P.trainable(config, cfg.hardware.strategy, cfg.model.trust_remote_code)
+    if refused:
+        raise BadInput(refused, **where)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
 
 
 # ---------------------------------------------------------------------------- scan and plan

@@ -15,7 +15,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, ProgressBar, Sparkline, TabbedContent, TabPane
 
 from engine.events import ADAPTER, RUN_FILE
-from engine.runview import RunView, downsample, fmt_duration
+from engine.runview import RunView, download_fraction, downsample, fmt_download, fmt_duration
 from engine.sampler import Sampler
 
 from ..widgets.plot import LinePlot
@@ -159,7 +159,11 @@ class Dashboard(Screen):
         t.append(f" {state.upper()} ", style=f"reverse {STATE_STYLE.get(state, 'bold')}")
         # the essentials first; the rest while the line has room
         parts = [(f" step {v.step}/{total or '?'}", "")]
-        if v.message and state in ("crashed", "stopped"):  # the reason comes before the rest
+        download = v.download if state in ("loading", "starting") and not v.start else None
+        if download is not None:  # the base model's weights are coming: that is the news, with its ETA
+            room = self.size.width - len(t.plain) - 1
+            parts = [(f" {fmt_download(download, short=room < 90)}"[:room], "")]
+        elif v.message and state in ("crashed", "stopped"):  # the reason comes before the rest
             room = self.size.width - len(t.plain) - len(parts[0][0]) - 2
             parts.append((f"  {v.message}"[:max(0, room)], "red" if state == "crashed" else "yellow"))
         else:
@@ -181,8 +185,10 @@ class Dashboard(Screen):
             self._shown_state = state
             self.refresh_bindings()
         pb = self.query_one("#progress", ProgressBar)
-        if (pb.total, pb.progress) != (max(1, total), min(v.step, total or v.step)):
-            pb.update(total=max(1, total), progress=min(v.step, total or v.step))
+        want = ((1000, round(1000 * download_fraction(download))) if download is not None else
+                (max(1, total), min(v.step, total or v.step)))
+        if (pb.total, pb.progress) != want:
+            pb.update(total=want[0], progress=want[1])
 
     def update_plots(self) -> None:
         v = self.view

@@ -23,8 +23,10 @@ class SetupStep(Step):
                 Binding("ctrl+f", "apply_fix", "Apply fix"), Binding("ctrl+t", "toggle_tab", "Data/Settings")]
 
     model_edited = False
+    config_errors: dict  # hub id -> why its config.json could not be fetched (gated, missing, offline)
 
     def compose(self) -> ComposeResult:
+        self.config_errors = {}
         v = self.state.values
         self.opened_with = v["model"]["base"]
         yield self.header(3, "Model, data and settings")
@@ -139,11 +141,19 @@ class SetupStep(Step):
             fit.show_message("Fit meter", [("CPU run: no GPU memory to plan.", "dim"),
                                            ("The demo needs about 1 GB of RAM.", "")])
             return
+        base = values["model"]["base"]
         try:
-            arch = P.resolve_model(values["model"]["base"])
+            arch = P.resolve_model(base)
         except BadInput:
-            fit.show_message("Fit meter", [("The planner does not know this model; pick one from the list, or a "
-                                            "local folder with a config.json.", "yellow")])
+            from engine.modelref import HUB_ID, looks_like_path
+            if not HUB_ID.match(base) or looks_like_path(base):
+                fit.show_message("Fit meter", [("The planner does not know this model; pick one from the list, type "
+                                                "a Hugging Face id, or a local folder with a config.json.", "yellow")])
+            elif base in self.config_errors:
+                fit.show_message("Fit meter", [(self.config_errors[base], "red")])
+            else:
+                fit.show_message("Fit meter", [(f"fetching the config.json of {base} from the hub (a few KB)...", "dim")])
+                self.fetch_config(base)
             return
         cfg = runfile.RunConfig(values)
         inp = P.input_from_run(cfg, arch, list(tier.gpus), tier.ram_gib, tier.link, tier.card)
@@ -194,6 +204,21 @@ class SetupStep(Step):
     @on(Input.Submitted)
     def submitted(self, event: Input.Submitted) -> None:
         self.action_next()
+
+    @work(thread=True, exclusive=True, group="config")
+    def fetch_config(self, base: str) -> None:
+        """A hub id's config.json into the cache, for the fit meter; only once typing has paused on it."""
+        import time
+
+        from engine import hub
+        time.sleep(0.6)
+        if self.app.call_from_thread(lambda: self.collect()[0]["model"]["base"]) != base:
+            return  # still being typed
+        try:
+            hub.fetch_config(base, key="model.base")
+        except BadInput as e:
+            self.config_errors[base] = e.bare
+        self.app.call_from_thread(self.refresh_all)
 
     @work(thread=True, exclusive=True, group="preview")
     def load_preview(self) -> None:
