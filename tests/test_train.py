@@ -246,7 +246,8 @@ def test_tensorboard_scalars_read_back(tmp_path, tiny_model):
     board = {s.step: s.value for s in acc.Scalars("train/loss")}
     assert board.keys() == logged.keys() and all(abs(board[k] - logged[k]) < 1e-4 for k in logged)
     evals = [e["eval_loss"] for e in events(run) if e["event"] == "eval"]
-    assert [round(s.value, 4) for s in acc.Scalars("eval/loss")] == [round(x, 4) for x in evals]
+    board_evals = [s.value for s in acc.Scalars("eval/loss")]  # float32 on the board: compare within its precision
+    assert len(board_evals) == len(evals) and all(abs(a - b) < 1e-4 for a, b in zip(board_evals, evals))
 
 
 def test_report_to_is_checked(tmp_path, tiny_model):

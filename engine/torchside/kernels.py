@@ -44,7 +44,8 @@ def apply(setting: str, model, device) -> tuple[str, object | None]:
             from liger_kernel.transformers.monkey_patch import _apply_liger_kernel_to_instance
             from .loss import final_softcap
             _apply_liger_kernel_to_instance(model=model, **PATCHES)
-            return "liger", LigerFusedLinearCrossEntropyLoss(reduction="sum", softcap=final_softcap(model))
+            cap = final_softcap(model)  # Gemma 2 caps its logits; the fused loss must too
+            return "liger", LigerFusedLinearCrossEntropyLoss(reduction="sum", **({"softcap": cap} if cap else {}))
         except Exception as e:  # a liger/transformers version mismatch: say so, train without
             reason = f"Liger failed to patch this model ({type(e).__name__}: {str(e)[:160]})"
     if setting == "liger":
