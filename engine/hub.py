@@ -262,27 +262,26 @@ def check_space(lst: Listing, key: str = "model.base") -> None:
                        "HF_HUB_CACHE) at a disk with room.", key=key)
 
 
-def check_download(base: str, revision: str | None = None, trust_remote_code: bool = False) -> int:
+def check_download(base: str, revision: str | None = None, trust_remote_code: bool = False) -> None:
     """Before a run of a hub model starts: it is reachable (not gated, not missing) and what is still to
-    download fits on the cache disk. Returns the bytes to download (0 when the cache has it all)."""
-    if cached_snapshot(base, revision) is not None:
-        return 0
-    lst = listing(base, revision, trust_remote_code)
-    check_space(lst)
-    return missing(lst)[1]
+    download fits on the cache disk (nothing to check when the cache has it all)."""
+    if cached_snapshot(base, revision) is None:
+        check_space(listing(base, revision, trust_remote_code))
 
 
 def download(repo: str, revision: str | None = None, on_progress: Callable[[Progress], None] | None = None,
-             trust_remote_code: bool = False, every_s: float = 0.5, key: str = "model.base") -> Path:
+             trust_remote_code: bool = False, every_s: float = 0.5, key: str = "model.base",
+             lst: Listing | None = None) -> Path:
     """The model's snapshot folder in the Hugging Face cache, downloading what is missing. Offline, the cached
-    snapshot or a clear error. on_progress is called at most every `every_s` seconds and at each file's end."""
+    snapshot or a clear error. on_progress is called at most every `every_s` seconds and at each file's end.
+    `lst`: the repository's listing when the caller already asked for it."""
     if offline():
         snap = cached_snapshot(repo, revision)
         if snap is None:
             raise explain(_offline_error(), repo, key)
         return snap
     try:
-        lst = listing(repo, revision, trust_remote_code, key)
+        lst = lst or listing(repo, revision, trust_remote_code, key)
     except BadInput:
         snap = cached_snapshot(repo, revision)
         if snap is not None:  # the hub cannot be reached (or refuses), but the weights are here already
@@ -293,9 +292,9 @@ def download(repo: str, revision: str | None = None, on_progress: Callable[[Prog
     blobs, snap = folder / "blobs", folder / "snapshots" / lst.commit
     blobs.mkdir(parents=True, exist_ok=True)
     snap.mkdir(parents=True, exist_ok=True)
-    todo, _ = missing(lst)
+    todo, left = missing(lst)
     total = lst.total_bytes
-    done = total - sum(f.size for f in todo) + sum(_part_size(blobs, f) for f in todo)
+    done = total - left
     state = {"done": done, "files": len(lst.files) - len(todo), "t0": time.time(), "start": done, "last": 0.0}
 
     def report(force: bool = False):
@@ -319,11 +318,6 @@ def download(repo: str, revision: str | None = None, on_progress: Callable[[Prog
         ref.parent.mkdir(parents=True, exist_ok=True)
         ref.write_text(lst.commit)
     return snap
-
-
-def _part_size(blobs: Path, f: File) -> int:
-    part = blobs / (f.etag + PART)
-    return part.stat().st_size if part.exists() else 0
 
 
 def _fetch_file(repo: str, commit: str, f: File, blobs: Path, state: dict, report) -> None:
@@ -374,7 +368,7 @@ def _fetch_file(repo: str, commit: str, f: File, blobs: Path, state: dict, repor
     os.replace(part, blobs / f.etag)
 
 
-_RETRY_PAUSE = 1.0  # seconds (times 1, 2, 4): tests set it to 0
+_RETRY_PAUSE = 1.0  # seconds, times 1, 2, 4 on the retries
 
 
 def _is_cut(e: Exception) -> bool:

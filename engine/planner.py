@@ -289,9 +289,9 @@ def model_config(spec: str, online: bool = False, revision: str | None = None) -
     from . import hub
     from .modelref import HUB_ID, looks_like_path
     if HUB_ID.match(spec) and not looks_like_path(spec):
-        cached = hub.cached_file(spec, "config.json", revision)
-        if cached is not None or online:
-            return read_config(cached or hub.fetch_config(spec, revision)), spec
+        found = hub.fetch_config(spec, revision) if online else hub.cached_file(spec, "config.json", revision)
+        if found is not None:  # fetch_config answers from the cache first, and raises what it cannot have
+            return read_config(found), spec
         raise BadInput(f"{spec!r} is not in presets/models.toml and its config.json is not in the Hugging Face "
                        "cache yet; `rigtune plan --model " + spec + "` fetches it (a few KB).", key="--model")
     raise BadInput(f"unknown model '{spec}'; give a name from presets/models.toml ({', '.join(load_models())}), a "

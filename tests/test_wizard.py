@@ -88,6 +88,15 @@ async def test_cpu_demo_with_enter_only(home):
     assert argv[1:3] == ["-m", "engine.torchside.trainer"]  # one process: the trainer itself, no launcher in between
 
 
+async def to_setup(pilot):
+    """From the scan through the tier step (Enter on each) to the setup step."""
+    await settle(pilot, W.ScanStep)
+    await pilot.press("enter")
+    await settle(pilot, W.TierStep)
+    await pilot.press("enter")
+    return await settle(pilot, W.SetupStep)
+
+
 async def test_dual_3090_llama2_70b_needs_fsdp_offload(home):
     app = RigtuneApp(wizard=True, machine=fixed_machine("dual3090-nvlink"), launcher=RecordingLauncher())
     async with app.run_test(size=(120, 40)) as pilot:
@@ -129,11 +138,7 @@ async def test_dual_3090_llama2_70b_needs_fsdp_offload(home):
 async def test_fields_validate_like_check_and_escape_keeps_input(home):
     app = RigtuneApp(wizard=True, machine=fixed_machine(), launcher=RecordingLauncher())
     async with app.run_test(size=(80, 24)) as pilot:
-        await settle(pilot, W.ScanStep)
-        await pilot.press("enter")
-        await settle(pilot, W.TierStep)
-        await pilot.press("enter")
-        setup = await settle(pilot, W.SetupStep)
+        setup = await to_setup(pilot)
         lr = setup.query_one("#f-lr")
         lr.value = "abc"
         await pilot.pause(0.05)
@@ -300,26 +305,22 @@ async def test_any_hub_id_in_the_model_field_plans_after_its_config_arrives(home
     try:
         app = RigtuneApp(wizard=True, machine=fixed_machine("rtx4090"), launcher=RecordingLauncher())
         async with app.run_test(size=(120, 40)) as pilot:
-            await settle(pilot, W.ScanStep)
-            await pilot.press("enter")
-            await settle(pilot, W.TierStep)
-            await pilot.press("enter")
-            setup = await settle(pilot, W.SetupStep)
+            setup = await to_setup(pilot)
+
+            async def fit_once_fetched():
+                for _ in range(100):
+                    await pilot.pause(0.05)
+                    fit = str(setup.query_one("#fit").render())
+                    if "fetching" not in fit:
+                        return fit
+                return fit
             setup.query_one("#f-model").value = "tiny-org/tiny-llama"
             await pilot.pause(0.1)
             assert "fetching the config.json of tiny-org/tiny-llama" in str(setup.query_one("#fit").render())
-            for _ in range(100):
-                await pilot.pause(0.05)
-                fit = str(setup.query_one("#fit").render())
-                if "fetching" not in fit:
-                    break
+            fit = await fit_once_fetched()
             assert "tiny-org/tiny-llama" in fit and "GiB" in fit
             setup.query_one("#f-model").value = "tiny-org/gated-llama"
-            for _ in range(100):
-                await pilot.pause(0.05)
-                fit = str(setup.query_one("#fit").render())
-                if "fetching" not in fit:
-                    break
+            fit = await fit_once_fetched()
             assert "gated" in fit and "hf auth login" in fit
     finally:
         server.stop()

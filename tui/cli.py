@@ -245,13 +245,14 @@ def cmd_fetch(args) -> int:
             last["t"] = time.time()
             print(line, file=sys.stderr, flush=True)
         last["line"] = line
+    lst = None
     if not hub.offline():
         lst = hub.listing(repo, args.revision, args.trust_remote_code, key="MODEL")
-        todo, left = hub.missing(lst)
+        _, left = hub.missing(lst)
         print(f"{repo} @ {lst.commit[:12]}: {len(lst.files)} files, {lst.total_bytes / hub.GIB:.2f} GiB "
               f"({left / hub.GIB:.2f} GiB to download) into {hub.cache_dir()}", file=sys.stderr)
     try:
-        snap = hub.download(repo, args.revision, show, trust_remote_code=args.trust_remote_code, key="MODEL")
+        snap = hub.download(repo, args.revision, show, trust_remote_code=args.trust_remote_code, key="MODEL", lst=lst)
     finally:
         if tty and last["line"]:
             print(file=sys.stderr)

@@ -48,8 +48,8 @@ def loss_sum(model, batch, chunk_tokens: int = 0, head=None, fused_loss=None):
 def final_softcap(model) -> float | None:
     """The model's final logit softcapping (Gemma 2: 30.0), or None; with the lm_head detached, the cap the
     chunked loss applies (engine.torchside.model.detach_head moved it aside)."""
-    config = getattr(model, "config", None)
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    from .model import text_of
+    text = text_of(getattr(model, "config", None))
     return getattr(text, "rigtune_softcap", None) or getattr(text, "final_logit_softcapping", None)
 
 

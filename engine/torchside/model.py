@@ -83,7 +83,11 @@ def attn_implementation(cfg) -> str:
 def text_config(cfg):
     """The model's (text) config, read from its config.json without loading weights."""
     from transformers import AutoConfig
-    config = AutoConfig.from_pretrained(cfg.model.base, **_hub_kwargs(cfg.model))
+    return text_of(AutoConfig.from_pretrained(cfg.model.base, **_hub_kwargs(cfg.model)))
+
+
+def text_of(config):
+    """A multimodal model's text config (Gemma 3), or the config itself."""
     return config.get_text_config() if hasattr(config, "get_text_config") else config
 
 
@@ -143,7 +147,7 @@ def add_lora(cfg, model, device) -> Loaded:
 
 
 def is_moe(model) -> bool:
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    config = text_of(model.config)
     return bool(getattr(config, "num_experts", None) or getattr(config, "num_local_experts", None))
 
 
@@ -174,14 +178,10 @@ def detach_head(model):
     if head is None or isinstance(head, torch.nn.Identity):
         return None
     base.set_output_embeddings(torch.nn.Identity())
-    text = _text(base.config)
+    text = text_of(base.config)
     if getattr(text, "final_logit_softcapping", None):
         text.rigtune_softcap, text.final_logit_softcapping = text.final_logit_softcapping, None
     return head
-
-
-def _text(config):
-    return config.get_text_config() if hasattr(config, "get_text_config") else config
 
 
 class full_head:
@@ -194,7 +194,7 @@ class full_head:
         if self.head is not None:
             base = self.model.get_base_model()
             base.set_output_embeddings(self.head)
-            text = _text(base.config)
+            text = text_of(base.config)
             if getattr(text, "rigtune_softcap", None):
                 text.final_logit_softcapping = text.rigtune_softcap
         return self.model
@@ -204,6 +204,6 @@ class full_head:
             import torch
             base = self.model.get_base_model()
             base.set_output_embeddings(torch.nn.Identity())
-            text = _text(base.config)
+            text = text_of(base.config)
             if getattr(text, "rigtune_softcap", None):
                 text.final_logit_softcapping = None

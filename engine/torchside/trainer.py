@@ -246,7 +246,6 @@ def fetch_base(run: Run) -> None:
         if time.time() - last["t"] >= 10 or p.bytes_done == p.bytes_total:
             last["t"] = time.time()
             print(f"[rigtune] download {cfg.model.base}: {hub.fmt_progress(p)}", flush=True)
-    snap = None
     with run.accelerator.local_main_process_first():
         if run.main:
             run.status(state="loading", step=0, total_steps=0, message=f"downloading {cfg.model.base}")
