@@ -205,6 +205,18 @@ class SetupStep(Step):
     def submitted(self, event: Input.Submitted) -> None:
         self.action_next()
 
+    def on_ui(self, fn, *args):
+        """fn(*args) on the UI thread, from a worker; None when the screen or the app has gone meanwhile
+        (a worker outliving its screen must not query widgets that are no longer there)."""
+        def run():
+            return fn(*args) if self.is_attached else None
+        try:
+            return self.app.call_from_thread(run)
+        except RuntimeError:
+            if self.is_attached:
+                raise
+            return None  # the app stopped while the worker ran
+
     @work(thread=True, exclusive=True, group="config")
     def fetch_config(self, base: str) -> None:
         """A hub id's config.json into the cache, for the fit meter; only once typing has paused on it."""
@@ -212,28 +224,31 @@ class SetupStep(Step):
 
         from engine import hub
         time.sleep(0.6)
-        if self.app.call_from_thread(lambda: self.collect()[0]["model"]["base"]) != base:
-            return  # still being typed
+        if self.on_ui(lambda: self.collect()[0]["model"]["base"]) != base:
+            return  # still being typed, or the screen has gone
         try:
             hub.fetch_config(base, key="model.base")
         except BadInput as e:
             self.config_errors[base] = e.bare
-        self.app.call_from_thread(self.refresh_all)
+        self.on_ui(self.refresh_all)
+
+    def load_preview(self) -> None:
+        """Read the form here, on the UI thread; the worker only tokenizes (a worker must not query widgets)."""
+        self.preview_worker(self.collect()[0])
 
     @work(thread=True, exclusive=True, group="preview")
-    def load_preview(self) -> None:
+    def preview_worker(self, values: dict) -> None:
         import time
         time.sleep(0.2)  # let typing settle
-        values, _ = self.collect()
         from engine.preview import preview
         base = runvalues.model_path(values["model"]["base"])
         try:
             p = preview(values["data"]["path"], values["data"]["format"], base, values["data"]["max_seq_len"],
                         values["data"]["train_on_prompt"])
         except BadInput as e:
-            self.app.call_from_thread(self.show_preview, None, str(e))
+            self.on_ui(self.show_preview, None, str(e))
             return
-        self.app.call_from_thread(self.show_preview, p, None)
+        self.on_ui(self.show_preview, p, None)
 
     def show_preview(self, p, error) -> None:
         self.preview = p
