@@ -41,7 +41,9 @@ PROCESS_RAM_GIB = 3.0                    # host RAM per training process (torch,
 #   rigtune: fp32 copy 4 + log-softmax 4 + its gradient 4
 #   hf: the same plus the shifted contiguous fp32 copy transformers' loss made before 4.46
 #   chunked: the fp32 work happens one chunk (1/8) at a time
-LOSS_BYTES = {"rigtune": 12.0, "hf": 16.0, "chunked": 12.0 / 8}
+#   hf_half: a transformers-style loss on half-precision logits, never upcast (Qwen-1's remote code): the
+#            shifted copy 2 + log-softmax 2 + its gradient 2 + the input's gradient 2 (bench/planner_accuracy)
+LOSS_BYTES = {"rigtune": 12.0, "hf": 16.0, "chunked": 12.0 / 8, "hf_half": 8.0}
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
 

@@ -2,7 +2,7 @@
 
 Real architecture shapes at full width and vocabulary, truncated to two decoder layers (every term but
 the embeddings scales with the layer count, so the planner is asked about the same two layers): Llama-3.1-8B,
-Qwen3-8B and Gemma-3-12B, random weights. Each is loaded by engine.torchside.model.load_base (NF4, double
+Qwen3-8B, Gemma-3-12B and the mixture of experts Qwen3-30B-A3B (128 experts, 8 per token), random weights. Each is loaded by engine.torchside.model.load_base (NF4, double
 quant) and add_lora (r16, all linear layers, dropout 0.05), then one step of engine.torchside.loss.loss_sum
 runs forward and backward, and the engine's optimizer steps. Measured exactly:
   weights      bytes of every parameter and buffer (packed 4-bit weights with their quantization state,
@@ -21,10 +21,13 @@ redoes that table alone).
 
 The CPU computes in float32 here (bf16 matmuls are very slow on it), so the planner is asked at
 compute_dtype float32 too: every activation is 4 bytes instead of CUDA's 2, the same tensors. The CPU's SDPA
-kernel saves its output and log-sum-exp like CUDA's flash kernel. MoE models are not covered: the planner does
-not model experts yet (issue 14).
+kernel saves its output and log-sum-exp like CUDA's flash kernel. The MoE block's experts are fused 3-D
+parameters that this stack leaves unquantized (in the compute dtype, float32 here like everything else) and LoRA
+trains its attention linears only; which experts a token reaches depends on the router, so the saved tensors of
+the experts are those of this batch's routing (the planner assumes top-k per token, which holds for any routing).
 
-Run: .venv/bin/python bench/planner_selfcheck/run.py   (writes RESULTS.md beside it; ~10 minutes on 2 cores)
+Run: .venv/bin/python bench/planner_selfcheck/run.py   (writes RESULTS.md beside it; ~15 minutes on 2 cores;
+     --only NAME measures one model and prints it)
 """
 from __future__ import annotations
 
@@ -51,7 +54,13 @@ SHAPES = {  # config.json facts of the real models
                                intermediate_size=12288, vocab_size=151936, tie_word_embeddings=False)),
     "Gemma-3-12B": ("Gemma3Text", dict(hidden_size=3840, num_attention_heads=16, num_key_value_heads=8, head_dim=256,
                                        intermediate_size=15360, vocab_size=262208, tie_word_embeddings=True)),
+    "Qwen3-30B-A3B": ("Qwen3Moe", dict(hidden_size=2048, num_attention_heads=32, num_key_value_heads=4, head_dim=128,
+                                       intermediate_size=6144, moe_intermediate_size=768, num_experts=128,
+                                       num_experts_per_tok=8, norm_topk_prob=True, decoder_sparse_step=1,
+                                       mlp_only_layers=[], vocab_size=151936, tie_word_embeddings=False)),
 }
+MODEL_TYPES = {"Llama-3.1-8B": "llama", "Qwen3-8B": "qwen3", "Gemma-3-12B": "gemma3_text",
+               "Qwen3-30B-A3B": "qwen3_moe"}
 SHARDED_HEAD = "## Sharded under FSDP"
 TERMS = ["weights", "adapters", "gradients", "optimizer", "activations", "boundaries", "loss peak"]
 
@@ -219,7 +228,7 @@ def loss_peak(hidden, ids, head, cfg) -> int:
 
 
 def planned(name: str, shape: dict) -> dict:
-    model_type = {"Llama-3.1-8B": "llama", "Qwen3-8B": "qwen3", "Gemma-3-12B": "gemma3_text"}[name]
+    model_type = MODEL_TYPES[name]
     arch = P.arch_from_config({**shape, "num_hidden_layers": LAYERS, "model_type": model_type}, name)
     base = P.PlanInput(arch=arch, gpus=[1000.0], seq_len=SEQ, micro_batch=1, lora_r=16, lora_dropout=0.05,
                        lora_dtype="float32", compute_dtype="float32", gradient_checkpointing=False,
@@ -296,8 +305,11 @@ def main():
         (HERE / "RESULTS.md").write_text(text + sharded_table(sharded()))
         print((HERE / "RESULTS.md").read_text())
         return
+    only = sys.argv[sys.argv.index("--only") + 1] if "--only" in sys.argv else None  # one model, printed only
     rows, errors = [], {k: [] for k in TERMS}
     for name, (family, shape) in SHAPES.items():
+        if only and name != only:
+            continue
         with tempfile.TemporaryDirectory() as tmp:
             build(Path(tmp), family, shape)
             got = measure(Path(tmp))
@@ -307,6 +319,9 @@ def main():
             errors[term].append(abs(err))
             rows.append(f"| {name} | {term} | {got[term] / 2**20:,.1f} | {plan[term] / 2**20:,.1f} | {err:+.1%} |")
         print(name, {k: round((plan[k] - got[k]) / got[k], 3) for k in TERMS}, flush=True)
+    if only:
+        print("\n".join(rows))
+        return
     out = ["# Planner self-check: each term against exact bytes on rigtune's own engine", "",
            f"Measured {datetime.date.today()} on {platform.node()} ({platform.machine()}, CPU, torch "
            f"{torch.__version__}) by `bench/planner_selfcheck/run.py`: {LAYERS} decoder layers at full width and "
