@@ -113,7 +113,7 @@ def fetch_config(repo: str, revision: str | None = None, key: str = "--model") -
     """config.json of a hub model (from the cache when there; HF_HUB_OFFLINE honoured). The listing is asked
     first: it fails at once when the hub cannot be reached or the id does not exist, where the file download
     would retry with backoff for half a minute."""
-    from huggingface_hub import HfApi, hf_hub_download
+    from huggingface_hub import hf_hub_download
     from huggingface_hub.utils import logging as hf_logging
     cached = cached_file(repo, "config.json", revision)
     if cached is not None:
@@ -122,10 +122,23 @@ def fetch_config(repo: str, revision: str | None = None, key: str = "--model") -
         raise explain(_offline_error(), repo, key)
     hf_logging.set_verbosity_error()  # its retry notices are not for rigtune's users; the error below is
     try:
-        HfApi(endpoint=endpoint()).model_info(repo, revision=revision)
+        model_info(repo, revision)
         return Path(hf_hub_download(repo, "config.json", revision=revision, endpoint=endpoint()))
     except Exception as e:
         raise explain(e, repo, key) from None
+
+
+_INFO: dict = {}
+
+
+def model_info(repo: str, revision: str | None = None):
+    """The hub's model_info with every file's size and hash, asked once per process for a repository: planning
+    a hub id needs it twice (the fast-failing probe before config.json, then the weights' size)."""
+    from huggingface_hub import HfApi
+    key = (endpoint(), repo, revision)
+    if key not in _INFO:
+        _INFO[key] = HfApi(endpoint=endpoint()).model_info(repo, revision=revision, files_metadata=True)
+    return _INFO[key]
 
 
 @dataclass(frozen=True)
@@ -173,11 +186,10 @@ def wanted(names: list, trust_remote_code: bool = False) -> list:
 def listing(repo: str, revision: str | None = None, trust_remote_code: bool = False,
             key: str = "model.base") -> Listing:
     """What `download` would fetch, with sizes, from the hub's listing (model_info with blobs)."""
-    from huggingface_hub import HfApi
     if offline():
         raise explain(_offline_error(), repo, key)
     try:
-        info = HfApi(endpoint=endpoint()).model_info(repo, revision=revision, files_metadata=True)
+        info = model_info(repo, revision)
     except Exception as e:
         raise explain(e, repo, key) from None
     by_name = {s.rfilename: s for s in info.siblings or []}

@@ -53,6 +53,8 @@ def test_plan_from_a_hub_id(hub, tiny_model, tmp_path):
     assert out["download_gib"] == pytest.approx(weights / 2**30, rel=0.001)
     asked = {p for m, p, _ in hub.requests}
     assert f"/api/models/{REPO}" in asked and f"/{REPO}/resolve/main/config.json" in asked
+    listings = [p for m, p, _ in hub.requests if p.startswith(f"/api/models/{REPO}")]
+    assert len(listings) == 1, listings  # one model_info serves the probe and the weights' size
     assert not any(p.endswith(".safetensors") for m, p, _ in hub.requests if m == "GET"), "a plan downloads no weights"
     # offline, the cached config.json plans the same
     res = rigtune("plan", "--model", REPO, "--gpus", "1x24", "--json", env={**env, "HF_HUB_OFFLINE": "1"})

@@ -396,7 +396,7 @@ def oom_advice(run: Run) -> str:
     tail = " `rigtune plan RUN_FILE` shows what fits; [train] oom_fallback = true halves the micro-batch by itself."
     config = run.loaded.model.config.to_dict()
     try:
-        arch = P.arch_from_config(config.get("text_config") or config, cfg.model.base)
+        arch = P.arch_from_config(config, cfg.model.base)  # it reads a text_config itself
     except BadInput:
         return (f"Try: a smaller micro_batch_size or max_seq_len than {cfg.train.micro_batch_size} and "
                 f"{cfg.data.max_seq_len}; the planner cannot read this model's shape." + tail)
