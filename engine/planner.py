@@ -398,9 +398,12 @@ def breakdown(inp: PlanInput) -> dict:
         optimizer = p * (2 * lb if inp.optimizer == "adamw_torch" else 2)  # AdamW keeps 2 states in the param dtype
 
     # activations, per token: saved tensors of one decoder layer
-    # the MLP's: gate and up outputs, the activation and the product (an MoE block: for each of its top-k
-    # experts, plus the token's copy it gathers and the router's fp32 scores)
-    mlp = (a.experts_active * (4 * a.expert_intermediate + h) + 2 * a.experts) if a.experts else 4 * i
+    # the MLP's: gate and up outputs, the activation and the product. An MoE block (transformers' grouped_mm
+    # experts), for each of the token's top-k experts: the gate/up output, the activation and the expert's
+    # output (kept for the routing weight's gradient) - not the gathered input nor the product, which only
+    # the frozen experts' weight gradients would need (torch saves neither then) - plus the router's fp32
+    # scores. bench/planner_selfcheck measures it on the Qwen3-30B-A3B shape.
+    mlp = (a.experts_active * (3 * a.expert_intermediate + h) + 2 * a.experts) if a.experts else 4 * i
     per_layer = cb * (4 * h + 3 * q + 3 * kv + mlp + a.extra_norms * h + (q + kv if a.qk_norm else 0))
     shapes = a.linears()
     if inp.lora_dropout > 0:  # each adapter keeps its own dropped-out input

@@ -25,6 +25,9 @@ kernel saves its output and log-sum-exp like CUDA's flash kernel. The MoE block'
 parameters that this stack leaves unquantized (in the compute dtype, float32 here like everything else) and LoRA
 trains its attention linears only; which experts a token reaches depends on the router, so the saved tensors of
 the experts are those of this batch's routing (the planner assumes top-k per token, which holds for any routing).
+On the CPU transformers runs its grouped-matmul fallback op for the experts; like CUDA's torch._grouped_mm,
+it saves no input when the expert weights are frozen (checked on torch._grouped_mm's autograd node: with a
+frozen weight it keeps the weight and offsets only), so the saved tensors are the same ones in both places.
 
 Run: .venv/bin/python bench/planner_selfcheck/run.py   (writes RESULTS.md beside it; ~15 minutes on 2 cores;
      --only NAME measures one model and prints it)
