@@ -145,3 +145,7 @@ def test_catalog_counts_match_the_published_figures():
     # every expert resident in bf16: about 54 GiB of experts, so one 24 GB card cannot hold it in this stack
     assert P.breakdown(inp)["weights"] > 50 and not P.fits(inp)
     assert P.fits(P.replace(inp, gpus=[80.0]))
+    res = rigtune("plan", "--model", "Qwen3-30B-A3B", "--gpus", "1x4090")
+    assert res.returncode == 0, res.stderr  # a plan that does not fit is still a plan, and says why
+    assert "DOES NOT FIT" in res.stdout and "mixture of experts" in res.stdout and "in bfloat16" in res.stdout
+    assert "no sequence length fits at this micro-batch" in res.stdout  # not "longest sequence ...: 0"

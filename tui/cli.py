@@ -208,8 +208,11 @@ def cmd_plan(args) -> int:
         print(f"  {k:<{width}} {v:7.2f} GiB")
     print(f"  {'per GPU':<{width}} {p.per_gpu_peak_gib:7.2f} GiB of {p.gpu_gib:g}  ->  "
           f"{'FITS' if p.fits else 'DOES NOT FIT'}")
-    print(f"longest sequence at this micro-batch: {p.max_seq_len}; largest micro-batch at this length: "
-          f"{p.max_micro_batch}")
+    if p.max_seq_len or p.max_micro_batch:
+        print(f"longest sequence at this micro-batch: {p.max_seq_len}; largest micro-batch at this length: "
+              f"{p.max_micro_batch}")
+    else:
+        print("no sequence length fits at this micro-batch, and no micro-batch at this length")
     if p.suggestion:
         print("to fit, set all of:")
         for key, value in p.suggestion.items():
