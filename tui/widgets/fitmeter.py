@@ -47,7 +47,13 @@ class FitMeter(Static):
             for step in plan.suggestion_steps:
                 out.append(f" · {step}\n", style="red")
         else:
-            out.append("does not fit on this tier.\n", style="red")
+            out.append("does not fit on this tier", style="red")
+            weights = plan.breakdown_gib["weights"]
+            if weights >= 0.9 * plan.gpu_gib:  # no setting helps: say what takes the room
+                out.append(f": the weights alone take {weights:.0f} GiB", style="red")
+                if plan.active_params_b < plan.params_b:
+                    out.append(" (a mixture of experts: its experts stay in bf16 in this stack)", style="red")
+            out.append(".\n", style="red")
         after = " after the fix" if plan.suggestion else ""
         if plan.duration_s_estimate:
             out.append(f"time{after}: {fmt_estimate(plan.duration_s_estimate)} on {plan.card} "
