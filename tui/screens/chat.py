@@ -14,6 +14,8 @@ from textual.widgets import Footer, Input, Static
 from engine.chat import ChatBackend, messages_for
 from engine.errors import BadInput
 
+from .common import on_ui
+
 
 class Reply(Static):
     """One answer, growing as its tokens arrive."""
@@ -74,9 +76,9 @@ class ChatScreen(Screen):
             self.backend = ChatBackend(self.run_dir, self.checkpoint, argv=self.backend_argv)
             info = self.backend.ready()
         except (BadInput, RuntimeError, OSError) as e:
-            self.app.call_from_thread(self.note, f"the model could not be loaded: {e}", "red")
+            on_ui(self, self.note, f"the model could not be loaded: {e}", "red")
             return
-        self.app.call_from_thread(self.ready, info)
+        on_ui(self, self.ready, info)
 
     def ready(self, info: dict) -> None:
         prompt = self.query_one("#prompt", Input)
@@ -121,17 +123,17 @@ class ChatScreen(Screen):
             for ev in self.backend.ask(messages_for(question, self.system or None, history), adapter=adapter,
                                        max_new_tokens=self.max_new_tokens):
                 if ev["event"] == "token":
-                    self.app.call_from_thread(reply.add, ev["text"])
+                    on_ui(self, reply.add, ev["text"])
                 elif ev["event"] == "done" and adapter:
                     self.history = history + [{"role": "user", "content": question},
                                               {"role": "assistant", "content": ev["text"]}]
                 elif ev["event"] == "error":
-                    self.app.call_from_thread(reply.show, ev["message"], "red")
+                    on_ui(self, reply.show, ev["message"], "red")
         except RuntimeError as e:  # the backend died: say so where the answer would be
-            self.app.call_from_thread(reply.show, str(e), "red")
+            on_ui(self, reply.show, str(e), "red")
         finally:
             self.busy = False
-            self.app.call_from_thread(self.query_one("#transcript").scroll_end, animate=False)
+            on_ui(self, lambda: self.query_one("#transcript").scroll_end(animate=False))
 
     def action_leave(self) -> None:
         """Back to the dashboard it was opened from, or out of `rigtune chat`."""

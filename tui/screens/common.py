@@ -1,4 +1,5 @@
-"""Small shared screens: a yes/no confirmation and a read-only run-file viewer."""
+"""Small shared screens (a yes/no confirmation, a read-only run-file viewer) and on_ui, how a worker thread
+hands its result to the screen that started it."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,6 +10,20 @@ from textual.binding import Binding
 from textual.containers import Grid, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Footer, Label, Static
+
+
+def on_ui(node, fn, *args):
+    """fn(*args) on the UI thread, from a worker thread; None, and fn not called, when `node` (the screen that
+    started the worker) has left the DOM or the app has stopped meanwhile. A worker outliving its screen must
+    not query widgets that are gone: that raises in the worker and takes the whole app down."""
+    def run():
+        return fn(*args) if node.is_attached else None
+    try:
+        return node.app.call_from_thread(run)
+    except RuntimeError:
+        if node.is_attached:
+            raise
+        return None  # the app stopped while the worker ran
 
 
 class ConfirmScreen(ModalScreen[bool]):

@@ -20,7 +20,7 @@ from engine.sampler import Sampler
 
 from ..widgets.plot import LinePlot
 from ..widgets.text import Panel
-from .common import ConfirmScreen, RunFileScreen
+from .common import ConfirmScreen, RunFileScreen, on_ui
 
 STATE_STYLE = {"training": "bold green", "evaluating": "bold cyan", "checkpointing": "bold cyan",
                "loading": "bold yellow", "starting": "bold yellow", "finished": "bold green",
@@ -127,7 +127,7 @@ class Dashboard(Screen):
         """The first read can be large (a finished run of a million events): do it off the event loop."""
         self.view.poll()
         import numpy  # noqa: F401 - warm the import the plots use, off the event loop
-        self.app.call_from_thread(self._attached)
+        on_ui(self, self._attached)
 
     def _attached(self) -> None:
         self.attached = True
@@ -337,6 +337,6 @@ class Dashboard(Screen):
         try:
             cfg = runfile.load(self.run_dir / RUN_FILE)
             launch(cfg, resume=True)
-            self.app.call_from_thread(self.notify, "Resuming from the newest checkpoint...")
+            on_ui(self, self.notify, "Resuming from the newest checkpoint...")
         except BadInput as e:
-            self.app.call_from_thread(self.notify, str(e), severity="error")
+            on_ui(self, lambda message=str(e): self.notify(message, severity="error"))

@@ -14,6 +14,8 @@ from textual.widgets.option_list import Option
 
 from engine.launch import export_command
 
+from .common import on_ui
+
 CHOICES = [("merged", {}, "merged: 16-bit safetensors + tokenizer + model card (transformers, vLLM)"),
            ("gguf", {"quant": "q8_0"}, "gguf q8_0: one file for llama.cpp and LM Studio"),
            ("gguf", {"quant": "f16"}, "gguf f16: one file, full precision"),
@@ -50,14 +52,16 @@ class ExportScreen(ModalScreen[None]):
 
     @work(thread=True, exclusive=True, group="export")
     def run_export(self, argv: list) -> None:
-        log = self.query_one("#export-log", Log)
-        self.app.call_from_thread(log.write_line, "exporting...")
+        log = on_ui(self, self.query_one, "#export-log", Log)
+        if log is None:
+            return  # the window closed before the export started
+        on_ui(self, log.write_line, "exporting...")
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True)
         for line in self.proc.stdout:
-            self.app.call_from_thread(log.write_line, line.rstrip())
+            on_ui(self, log.write_line, line.rstrip())
         code = self.proc.wait()
-        self.app.call_from_thread(log.write_line, "done." if code == 0 else f"failed (exit {code}).")
+        on_ui(self, log.write_line, "done." if code == 0 else f"failed (exit {code}).")
 
     def action_close(self) -> None:
         self.dismiss(None)

@@ -10,6 +10,7 @@ from textual.widgets import Footer, Static
 from engine import runfile, runvalues
 from engine.errors import BadInput
 
+from ..common import on_ui
 from . import Step
 
 
@@ -42,13 +43,15 @@ class LaunchStep(Step):
         values = self.state.values
         try:
             if values["model"]["base"] == runvalues.DEMO_MODEL:
-                self.app.call_from_thread(self.query_one("#launch-status", Static).update,
-                                          Text("building the demo model (once, about 20 s)...", style="yellow"))
+                on_ui(self, self.status, Text("building the demo model (once, about 20 s)...", style="yellow"))
                 runvalues.build_demo_model(values, log=lambda *a: None)
                 runfile.save(values, self.state.run_file, header=self.state.header)
             cfg = runfile.load(self.state.run_file)
             self.app.launcher(cfg)
         except (BadInput, RuntimeError, OSError) as e:  # a bad file, a failed demo build, an unwritable folder
-            self.app.call_from_thread(self.query_one("#launch-status", Static).update, Text(str(e), style="red"))
+            on_ui(self, self.status, Text(str(e), style="red"))
             return
-        self.app.call_from_thread(self.app.show_dashboard, runfile.run_dir(cfg))
+        on_ui(self, self.app.show_dashboard, runfile.run_dir(cfg))
+
+    def status(self, text: Text) -> None:
+        self.query_one("#launch-status", Static).update(text)

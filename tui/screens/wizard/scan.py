@@ -9,6 +9,7 @@ from textual.widgets import Footer, Static
 from engine import tiers as T
 from engine.runvalues import THIS_MACHINE
 
+from ..common import on_ui
 from . import DEMO, Step
 
 
@@ -29,7 +30,7 @@ class ScanStep(Step):
     def scan(self) -> None:
         from engine.scan import scan
         m = scan(nvml=self.state.nvml)
-        self.app.call_from_thread(self.show, m)
+        on_ui(self, self.show, m)
 
     def show(self, m) -> None:
         from engine.scan import describe

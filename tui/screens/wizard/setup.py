@@ -14,6 +14,7 @@ from engine import runfile, runvalues
 from engine.errors import BadInput
 
 from ...widgets.fitmeter import FitMeter
+from ..common import on_ui
 from . import DEMO, Step
 from .form import BAD, FIELDS, SELECTS, SWITCHES, field_of, get_value, key_of, text_of, toml_value
 
@@ -205,18 +206,6 @@ class SetupStep(Step):
     def submitted(self, event: Input.Submitted) -> None:
         self.action_next()
 
-    def on_ui(self, fn, *args):
-        """fn(*args) on the UI thread, from a worker; None when the screen or the app has gone meanwhile
-        (a worker outliving its screen must not query widgets that are no longer there)."""
-        def run():
-            return fn(*args) if self.is_attached else None
-        try:
-            return self.app.call_from_thread(run)
-        except RuntimeError:
-            if self.is_attached:
-                raise
-            return None  # the app stopped while the worker ran
-
     @work(thread=True, exclusive=True, group="config")
     def fetch_config(self, base: str) -> None:
         """A hub id's config.json into the cache, for the fit meter; only once typing has paused on it."""
@@ -224,13 +213,13 @@ class SetupStep(Step):
 
         from engine import hub
         time.sleep(0.6)
-        if self.on_ui(lambda: self.collect()[0]["model"]["base"]) != base:
+        if on_ui(self, lambda: self.collect()[0]["model"]["base"]) != base:
             return  # still being typed, or the screen has gone
         try:
             hub.fetch_config(base, key="model.base")
         except BadInput as e:
             self.config_errors[base] = e.bare
-        self.on_ui(self.refresh_all)
+        on_ui(self, self.refresh_all)
 
     def load_preview(self) -> None:
         """Read the form here, on the UI thread; the worker only tokenizes (a worker must not query widgets)."""
@@ -246,9 +235,9 @@ class SetupStep(Step):
             p = preview(values["data"]["path"], values["data"]["format"], base, values["data"]["max_seq_len"],
                         values["data"]["train_on_prompt"])
         except BadInput as e:
-            self.on_ui(self.show_preview, None, str(e))
+            on_ui(self, self.show_preview, None, str(e))
             return
-        self.on_ui(self.show_preview, p, None)
+        on_ui(self, self.show_preview, p, None)
 
     def show_preview(self, p, error) -> None:
         self.preview = p
