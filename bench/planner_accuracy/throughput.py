@@ -55,7 +55,6 @@ def main(write: bool = True) -> dict:
     sys.path.insert(0, str(HERE))
     from run import EXTRA  # the Qwen-1 shapes, shared with the memory points
     models = {**P.load_models(), **EXTRA}
-    arch = models["Llama-3.1-8B"]
     rows, errors, derived = [], {"calibration": [], "held-out": []}, {}
     for pid, kind, card_name, settings, measured, source, *model in POINTS:
         arch = models[model[0] if model else "Llama-3.1-8B"]

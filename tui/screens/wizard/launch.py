@@ -51,7 +51,8 @@ class LaunchStep(Step):
         except (BadInput, RuntimeError, OSError) as e:  # a bad file, a failed demo build, an unwritable folder
             on_ui(self, self.status, Text(str(e), style="red"))
             return
-        on_ui(self, self.app.show_dashboard, runfile.run_dir(cfg))
+        # the run has started: show it even if the user has left this screen meanwhile (the app is the node)
+        on_ui(self.app, self.app.show_dashboard, runfile.run_dir(cfg))
 
     def status(self, text: Text) -> None:
         self.query_one("#launch-status", Static).update(text)
