@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import data as D
+from . import modelfiles as M
 
 
 class LightTokenizer:
@@ -17,20 +18,9 @@ class LightTokenizer:
         from tokenizers import Tokenizer
         d = Path(model_dir)
         self.tok = Tokenizer.from_file(str(d / "tokenizer.json"))
-        cfg = {}
-        if (d / "tokenizer_config.json").exists():
-            cfg = json.loads((d / "tokenizer_config.json").read_text())
-        template = cfg.get("chat_template")
-        if (d / "chat_template.jinja").exists():
-            template = (d / "chat_template.jinja").read_text()
-        if isinstance(template, list):  # named templates: take the default
-            template = next((t["template"] for t in template if t.get("name") == "default"), template[0]["template"])
-        self.chat_template = template or D.DEFAULT_CHAT_TEMPLATE
-
-        def token(name):
-            v = cfg.get(name)
-            return v.get("content") if isinstance(v, dict) else v
-        self.bos_token, self.eos_token = token("bos_token"), token("eos_token")
+        cfg = M.tokenizer_config(d)
+        self.chat_template = M.chat_template(d, cfg) or D.DEFAULT_CHAT_TEMPLATE
+        self.bos_token, self.eos_token = M.special_token(cfg, "bos_token"), M.special_token(cfg, "eos_token")
         self.eos_token_id = self.tok.token_to_id(self.eos_token) if self.eos_token else None
         self._template = None
 

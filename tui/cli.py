@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from engine.errors import BadInput, Failed
+from engine.modelfiles import refuse_overwrite
 from engine.events import ADAPTER, METRICS, RUN_FILE, STATUS, TRAIN_LOG
 
 USAGE = """\
@@ -345,8 +346,7 @@ def _preset_values(preset: str, model: str | None, dataset: str | None, log=prin
 def cmd_init(args) -> int:
     from engine import runfile
     out = Path(args.out)
-    if out.exists() and not args.force:
-        raise BadInput("already exists; choose another --out or add --force to overwrite.", path=str(out))
+    refuse_overwrite(out, args.force)
     values, header = _preset_values(args.preset, args.model, args.dataset)
     if args.name:
         values["name"] = args.name

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from .. import checkpoint as C
 from .. import runfile
+from .. import modelfiles as M
 from ..chat import adapter_dir
 from ..errors import BadInput
 from ..events import METRICS, RUN_FILE, read_events
@@ -124,8 +125,7 @@ def merged(run_dir: Path, out: Path, checkpoint: str | None = None, into: str = 
 
 def check_output(out: Path, size: int, force: bool) -> None:
     """Refuse to overwrite without --force, and to start without room for the result."""
-    if out.exists() and not force:
-        raise BadInput("already exists; choose another --out or add --force to replace it.", path=str(out))
+    M.refuse_overwrite(out, force)
     parent = out.parent if out.parent.exists() else Path.cwd()
     free = shutil.disk_usage(parent).free
     if free < size * 1.05:
@@ -197,7 +197,7 @@ def ollama_folder(run_dir: Path, out: Path, checkpoint, into: str, quant: str, f
     from . import gguf_export as G
     cfg = runfile.load(run_dir / RUN_FILE)
     base = base_folder(cfg.model.base)
-    template = G.chat_template(base)
+    template = M.chat_template(base)
     if not template:
         raise BadInput("the model has no chat template, which the Modelfile's TEMPLATE is made from.", key="--to")
     from ..ollama import modelfile
@@ -213,10 +213,8 @@ def ollama_folder(run_dir: Path, out: Path, checkpoint, into: str, quant: str, f
 
 def _special(folder: Path) -> dict:
     tok = json.loads((folder / "tokenizer.json").read_text())
-    tcfg = json.loads((folder / "tokenizer_config.json").read_text()) if (folder / "tokenizer_config.json").exists() else {}
-    value = tcfg.get("eos_token")
     return {"specials": [t["content"] for t in tok.get("added_tokens", []) if t.get("special")],
-            "eos": value.get("content") if isinstance(value, dict) else value}
+            "eos": M.special_token(M.tokenizer_config(folder), "eos_token")}
 
 
 def main(argv=None) -> int:

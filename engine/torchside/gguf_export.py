@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .. import modelfiles as M
 from ..errors import BadInput
 
 # transformers architecture -> (the gguf package's MODEL_ARCH name, whether q/k rows are permuted): llama.cpp's
@@ -139,7 +140,7 @@ def add_sentencepiece(w, folder: Path, config: dict) -> None:
         if value >= 0:
             setter(value)
     w.add_add_bos_token(False)
-    template = chat_template(folder)
+    template = M.chat_template(folder)
     if template:
         w.add_chat_template(template)
 
@@ -166,25 +167,17 @@ def add_tokenizer(w, folder: Path, config: dict) -> None:
     w.add_token_list(tokens)
     w.add_token_types(types)
     w.add_token_merges(merges)
-    tcfg = json.loads((folder / "tokenizer_config.json").read_text()) if (folder / "tokenizer_config.json").exists() else {}
+    tcfg = M.tokenizer_config(folder)
     ids = {t: i for i, t in by_id.items()}
     for key, setter in (("bos_token", w.add_bos_token_id), ("eos_token", w.add_eos_token_id),
                         ("pad_token", w.add_pad_token_id)):
-        value = tcfg.get(key)
-        value = value.get("content") if isinstance(value, dict) else value
+        value = M.special_token(tcfg, key)
         if value in ids:
             setter(ids[value])
     w.add_add_bos_token(False)
-    template = chat_template(folder)
+    template = M.chat_template(folder)
     if template:
         w.add_chat_template(template)
-
-
-def chat_template(folder: Path) -> str | None:
-    if (folder / "chat_template.jinja").exists():
-        return (folder / "chat_template.jinja").read_text()
-    tcfg = folder / "tokenizer_config.json"
-    return json.loads(tcfg.read_text()).get("chat_template") if tcfg.exists() else None
 
 
 QUANTS = {"f16": "F16", "bf16": "BF16", "q8_0": "Q8_0", "f32": "F32"}  # f32: for exact comparisons in tests
