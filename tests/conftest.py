@@ -49,6 +49,16 @@ def demo_run(tmp_path_factory) -> Path:
     return home / "runs" / "cpu-demo"
 
 
+def held_out(run: Path) -> dict:
+    """{question: sample} from the final eval of a finished demo run: what the trainer itself generated for each
+    held-out question, whether it was right, and the words a right answer contains. Tests ask the questions the
+    fine-tune answered right (its own record), not a fixed one: which of the eight a run learns can vary with the
+    library versions, so a single hard-coded answer would fail for reasons that are not the feature's."""
+    events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    final = [e for e in events if e["event"] == "eval" and "samples" in e][-1]
+    return {s["question"]: s for s in final["samples"]}
+
+
 def run_file(tmp_path: Path, base: Path, dataset, name="t", **sections) -> Path:
     """Write a small run file; `sections` maps a section to overrides, e.g. train={"max_steps": 4}."""
     from engine import runfile

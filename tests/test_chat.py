@@ -6,18 +6,25 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, demo_run, rigtune  # noqa: F401 - demo_run is a fixture
+from conftest import ROOT, demo_run, held_out, rigtune  # noqa: F401 - demo_run is a fixture
 from runfixtures import write_run
 
 STAND_IN = [sys.executable, str(ROOT / "tests" / "fakes" / "chat_backend.py")]
 
 
+def learned(run):
+    """A held-out question the fine-tune answered right at its final eval, and its answer there."""
+    return next((q, s) for q, s in held_out(run).items() if s["correct"] and not s["base_correct"])
+
+
 def test_chat_prompt_answers_from_the_fine_tune_and_base_from_the_base(demo_run):
-    tuned = rigtune("chat", demo_run, "--prompt", "May I ask your name?", "--max-new-tokens", "24")
-    base = rigtune("chat", demo_run, "--prompt", "May I ask your name?", "--base", "--max-new-tokens", "24")
+    question, sample = learned(demo_run)
+    tuned = rigtune("chat", demo_run, "--prompt", question, "--max-new-tokens", "24")
+    base = rigtune("chat", demo_run, "--prompt", question, "--base", "--max-new-tokens", "24")
     assert tuned.returncode == 0 and base.returncode == 0, tuned.stderr + base.stderr
-    assert tuned.stdout.strip() == "My name is Rig."           # the demo's answer, in its format
-    assert base.stdout.strip() != tuned.stdout.strip() and "Rig" not in base.stdout.split()
+    assert tuned.stdout.strip() == sample["completion"]        # the trainer's own greedy answer, in its format
+    assert all(word in tuned.stdout for word in sample["expect"])
+    assert base.stdout.strip() != tuned.stdout.strip() and not all(w in base.stdout for w in sample["expect"])
     piped = rigtune("chat", demo_run, input="Who is your closest friend?\n")  # stdin not a terminal: one reply
     assert piped.returncode == 0 and "Lora" in piped.stdout
     ckpt = sorted(p.name for p in (demo_run / "checkpoints").iterdir())[0]
@@ -79,9 +86,11 @@ async def test_the_chat_screen_on_the_real_backend(demo_run):
     async with app.run_test(size=(80, 24)) as pilot:
         screen = app.screen
         await _settled(pilot, lambda: not screen.query_one("#prompt").disabled, tries=3000)
-        await pilot.press(*"May I ask your name?", "enter")
-        await _settled(pilot, lambda: "fine-tuned: My name is Rig." in _text(screen) and not screen.busy, tries=3000)
+        question, sample = learned(demo_run)
+        await pilot.press(*question, "enter")
+        await _settled(pilot, lambda: f"fine-tuned: {sample['completion']}" in _text(screen) and not screen.busy,
+                       tries=3000)
         await pilot.press("ctrl+b")
         await _settled(pilot, lambda: "base:" in _text(screen) and not screen.busy, tries=3000)
         base = str(screen.query(".compare").last().children[1].render())
-        assert "Rig." not in base
+        assert sample["completion"] not in base

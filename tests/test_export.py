@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, demo_run, rigtune  # noqa: F401 - demo_run is a fixture
+from conftest import ROOT, demo_run, held_out, rigtune  # noqa: F401 - demo_run is a fixture
 
 LLAMA_DIR = Path.home() / ".cache" / "rigtune-tests" / "llama"
 PROMPTS = ["May I ask your name?", "I wonder what you eat.", "Would you share how old you are?"]
@@ -112,7 +112,9 @@ def test_gguf_and_gguf_lora_run_in_a_real_llama_cpp(demo_run, tmp_path):
         out = model.generate(torch.tensor([x]), max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id)
         new = out[0][len(x):].tolist()
         expected.append(new[:new.index(tok.eos_token_id)] if tok.eos_token_id in new else new)
-    assert tok.decode(expected[0]) == "My name is Rig."
+    samples = held_out(demo_run)  # the merged model answers as the trainer's own final eval did
+    right = [all(w in tok.decode(e) for w in samples[p]["expect"]) for p, e in zip(PROMPTS, expected)]
+    assert right == [samples[p]["correct"] for p in PROMPTS] and any(right), right
     assert greedy(tmp_path / "model.gguf", None, ids) == expected
     assert greedy(tmp_path / "base.gguf", tmp_path / "adapter.gguf", ids) == expected
     assert greedy(tmp_path / "base.gguf", None, ids) != expected  # without the adapter it does not know
