@@ -1,5 +1,5 @@
-"""The architecture's rules that are not behaviour: short functions, a training loop that reads in one sitting,
-and tiers that are data (a third one in presets/tiers.toml, with no Python edit, shows everywhere). The
+"""The architecture's rules that are not behaviour: short functions, modules one person reads in a sitting, no
+import cycles, a training loop that reads in one sitting, and tiers that are data (a third one in presets/tiers.toml, with no Python edit, shows everywhere). The
 import layers are import-linter contracts (pyproject.toml), run by `make test` before pytest."""
 import ast
 import json
@@ -45,6 +45,100 @@ def test_no_function_is_longer_than_100_lines_and_the_loop_fits_80():
     assert not long, long
     loop = [n for p, name, n in functions("engine/torchside") if p.name == "trainer.py" and name == "train"]
     assert loop and loop[0] <= 80, loop
+
+
+MAX_MODULE_LINES = 500
+PACKAGES = ("engine", "tui", "presets")
+
+
+def test_no_module_is_longer_than_500_lines():
+    long = [f"{p.relative_to(ROOT)} ({n} lines)" for folder in ("engine", "tui") for p in sorted((ROOT / folder).rglob("*.py"))
+            if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES]
+    assert not long, long
+
+
+def import_graph(root, packages=PACKAGES) -> dict:
+    """{module: {modules it imports}} over our own packages, from every import statement in each file, those
+    inside functions included (a lazy import is still a dependency). Relative imports are resolved; `from a
+    import b` counts as importing the module a.b where that is a module, else a."""
+    files = {}
+    for pkg in packages:
+        for path in (root / pkg).rglob("*.py"):
+            parts = path.relative_to(root).with_suffix("").parts
+            name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+            files[name] = (path, parts[-1] == "__init__")
+    graph = {}
+    for name, (path, is_pkg) in files.items():
+        here = name if is_pkg else name.rpartition(".")[0]
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    up = here.split(".")[:len(here.split(".")) - node.level + 1]
+                    base = ".".join(up + ([node.module] if node.module else []))
+                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in files else base for a in node.names]
+            else:
+                continue
+            for t in targets:
+                while t and t not in files:  # import a.b.c where only a.b is ours as a file: the module a.b
+                    t = t.rpartition(".")[0]
+                if t and t != name:
+                    edges.add(t)
+        graph[name] = edges
+    return graph
+
+
+def cycles(graph: dict) -> list:
+    """The strongly connected components of more than one module (Tarjan), each sorted."""
+    index, low, stack, on, found = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                found.append(sorted(comp))
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_there_is_no_import_cycle():
+    assert cycles(import_graph(ROOT)) == []
+
+
+def test_the_cycle_check_finds_a_cycle_through_a_lazy_import(tmp_path):
+    """The check above can fail: a package whose modules import each other, one of them inside a function."""
+    pkg = tmp_path / "engine"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "sub" / "__init__.py").write_text("from .b import g\n")
+    (pkg / "a.py").write_text("from .sub import b\n")
+    (pkg / "sub" / "b.py").write_text("def g():\n    from ..a import f\n    return f\n")
+    (pkg / "c.py").write_text("import engine.a\n")
+    graph = import_graph(tmp_path, ("engine",))
+    assert graph["engine.a"] == {"engine.sub.b"} and graph["engine.c"] == {"engine.a"}
+    assert cycles(graph) == [["engine.a", "engine.sub.b"]]
+    (pkg / "sub" / "b.py").write_text("def g():\n    return 1\n")
+    assert cycles(import_graph(tmp_path, ("engine",))) == []
 
 
 def test_the_import_contracts_hold():

@@ -4,67 +4,12 @@ heavy (torch, transformers) stays out of this process: scan, tiers, planner, run
 preview are plain Python from engine/."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
-from rich.text import Text
-from textual.binding import Binding
-from textual.screen import Screen
-from textual.widgets import Static
-
-from engine import runvalues
-from engine.launch import free_name
-
-DEMO = "cpu-demo"
-STEPS = 5
-
-
-def tier_order() -> list:
-    """The wizard's columns: every tier in presets/tiers.toml, this machine, the CPU demo."""
-    return runvalues.preset_ids()
-
-
-@dataclass
-class WizardState:
-    machine: object = None
-    tier_id: str = ""
-    values: dict = field(default_factory=dict)
-    header: str = ""
-    run_file: str = ""
-    nvml: object = None
-
-    def tier(self):
-        return runvalues.tier_of(self.tier_id, self.machine)
-
-
-def initial_values(state: WizardState) -> tuple[dict, str]:
-    """Run-file values for the chosen tier or preset (engine.runvalues), with a free run name."""
-    values, why = runvalues.values_for(state.tier_id, machine=state.machine)
-    label = "CPU demo" if state.tier_id == DEMO else state.tier_id
-    header = f"written by the rigtune wizard for the {why}" if why else f"written by the rigtune wizard: {label}"
-    return free_name(values), header
-
-
-class Step(Screen):
-    """Common keys: Enter goes on, Escape goes back, ctrl+q quits (from the app)."""
-    BINDINGS = [Binding("enter", "next", "Next"), Binding("escape", "back", "Back")]
-
-    @property
-    def state(self) -> WizardState:
-        return self.app.wizard
-
-    def header(self, n: int, title: str) -> Static:
-        return Static(Text.assemble((f" Step {n}/{STEPS} ", "reverse bold"), f"  {title}"), classes="step-title")
-
-    def action_back(self) -> None:
-        if len(self.app.screen_stack) > 1:  # the mode's first screen has nothing behind it
-            self.app.pop_screen()
-
-
-from .launch import LaunchStep  # noqa: E402 - the steps import the state above
-from .review import ReviewStep  # noqa: E402
-from .scan import ScanStep  # noqa: E402
-from .setup import SetupStep  # noqa: E402
-from .tier import TierStep  # noqa: E402
+from .launch import LaunchStep
+from .review import ReviewStep
+from .scan import ScanStep
+from .setup import SetupStep
+from .state import DEMO, Step, WizardState, initial_values, tier_order
+from .tier import TierStep
 
 __all__ = ["DEMO", "LaunchStep", "ReviewStep", "ScanStep", "SetupStep", "Step", "TierStep", "WizardState",
            "initial_values", "tier_order"]

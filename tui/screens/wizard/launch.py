@@ -11,7 +11,7 @@ from engine import runfile, runvalues
 from engine.errors import BadInput
 
 from ..common import on_ui
-from . import Step
+from .state import Step
 
 
 class LaunchStep(Step):

@@ -18,7 +18,7 @@ from engine import runfile
 from engine.errors import BadInput
 from engine.events import METRICS, RUN_FILE
 
-from . import Step
+from .state import Step
 
 
 class ReviewStep(Step):

@@ -10,7 +10,7 @@ from engine import tiers as T
 from engine.runvalues import THIS_MACHINE
 
 from ..common import on_ui
-from . import DEMO, Step
+from .state import DEMO, Step
 
 
 class ScanStep(Step):

@@ -15,7 +15,7 @@ from engine.errors import BadInput
 
 from ...widgets.fitmeter import FitMeter
 from ..common import on_ui
-from . import DEMO, Step
+from .state import DEMO, Step
 from .form import BAD, FIELDS, SELECTS, SWITCHES, field_of, get_value, key_of, text_of, toml_value
 
 

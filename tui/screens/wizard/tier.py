@@ -11,7 +11,7 @@ from engine import tiers as T
 from engine.errors import BadInput
 from engine.runvalues import THIS_MACHINE, tier_of
 
-from . import DEMO, Step, initial_values, tier_order
+from .state import DEMO, Step, initial_values, tier_order
 
 
 def _cap_cell(cap) -> Text:
