@@ -1,0 +1,145 @@
+"""The plan of a run: plan() puts the memory terms, the strategy, the advice and the time together into a Plan
+(what `rigtune plan --json` prints), from a run file's values (input_from_run); past_runs says how far off
+the plans were on this machine's earlier runs."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from ..events import METRICS, PLAN
+from .advice import suggest
+from .arch import GIB, Arch
+from .memory import DTYPE_BYTES, PlanInput, breakdown, fits, max_micro_batch, max_seq_len, ram_needed
+from .strategy import choose_strategy
+from .throughput import card_named, fmt_estimate, link_note, tokens_per_s
+
+
+@dataclass
+class Plan:
+    per_gpu_peak_gib: float
+    breakdown_gib: dict
+    fits: bool
+    max_seq_len: int
+    max_micro_batch: int
+    strategy: str
+    cpu_offload: bool
+    notes: list = field(default_factory=list)
+    suggestion: dict | None = None
+    ram_needed_gib: float = 0.0
+    gpu_gib: float = 0.0
+    card: str = ""
+    tokens_per_s_estimate: float | None = None
+    duration_s_estimate: float | None = None
+    suggestion_steps: list = field(default_factory=list)  # what each change in `suggestion` does, in words
+    arch: str = ""                   # the config's model_type
+    params_b: float = 0.0            # total parameters, billions (every expert of an MoE model)
+    active_params_b: float = 0.0     # parameters a token runs through (= params_b for a dense model)
+    download_gib: float = 0.0        # the weights' download
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def plan(inp: PlanInput, pick_strategy: bool = False, total_tokens: int | None = None) -> Plan:
+    """The plan of a run: per-card memory by term, whether it fits, the longest sequence and largest
+    micro-batch that do, the advice that makes it fit, and - on a named card - tokens/s and, given the
+    run's total tokens, how long it takes."""
+    notes = []
+    if pick_strategy:
+        inp, why = choose_strategy(inp)
+        notes.append(why)
+    if len(inp.gpus) > 1 and inp.strategy == "single":
+        notes.append("strategy single uses one card; ddp or fsdp would use all of them.")
+    link = link_note(inp)
+    if link:
+        notes.append(link)
+    if inp.arch.experts:
+        notes.append(f"{inp.arch.name} is a mixture of experts: all {inp.arch.experts} experts per layer stay in "
+                     f"memory, in {inp.compute_dtype} (this stack quantizes only its attention layers to 4-bit; "
+                     f"{inp.arch.expert_params * DTYPE_BYTES[inp.compute_dtype] / GIB:.1f} GiB of experts), and each "
+                     f"token runs through {inp.arch.experts_active}; LoRA trains the attention layers.")
+    if inp.strategy == "fsdp":
+        notes.append("FSDP plans are the least certain: against published FSDP-QLoRA peaks this model ranges from "
+                     "41% under to 18% over (bench/planner_accuracy); [train] oom_fallback = true halves the "
+                     "micro-batch if it runs out.")
+    terms = breakdown(inp)
+    total = sum(terms.values())
+    card = min(inp.gpus)
+    ok = fits(inp)
+    ram = ram_needed(inp)
+    if inp.ram_gib is not None and ram > inp.ram_gib:
+        notes.append(f"needs {ram:.0f} GiB of system RAM, {inp.ram_gib:.0f} GiB present.")
+    if not ok and total > card and not pick_strategy:
+        notes.append(f"needs {total:.1f} GiB per GPU, the card has {card:.1f} GiB.")
+    advice = suggest(inp)
+    if advice:
+        notes.append("to fit, change all of: " + "; ".join(advice["steps"]) + f" (planned {advice['peak_gib']:.1f} "
+                     f"GiB, about {advice['slowdown']:.2g}x the time).")
+    named = card_named(inp.card)
+    speed = duration = None
+    if named is not None:
+        timed = replace(inp, **advice["change"]) if advice else inp
+        speed = tokens_per_s(timed, named)
+        if total_tokens:
+            duration = total_tokens / speed
+            notes.append(f"time: {fmt_estimate(duration)} on {len(inp.gpus)} x {named.name} "
+                         f"(~{speed:,.0f} tokens/s{' after the changes above' if advice else ''}).")
+    return Plan(per_gpu_peak_gib=round(total, 2), breakdown_gib={k: round(v, 3) for k, v in terms.items()},
+                fits=ok, max_seq_len=max_seq_len(inp), max_micro_batch=max_micro_batch(inp),
+                strategy=inp.strategy, cpu_offload=inp.cpu_offload, notes=notes,
+                suggestion=advice["keys"] if advice else None, suggestion_steps=advice["steps"] if advice else [],
+                ram_needed_gib=round(ram, 1), gpu_gib=card, card=named.name if named else "",
+                tokens_per_s_estimate=round(speed) if speed else None,
+                duration_s_estimate=round(duration) if duration else None,
+                arch=inp.arch.model_type, params_b=float(f"{inp.arch.total_params / 1e9:.5g}"),
+                active_params_b=float(f"{inp.arch.active_params / 1e9:.5g}"),
+                download_gib=float(f"{inp.arch.download_gib:.4g}"))
+
+
+def input_from_run(cfg, arch: Arch, gpus: list, ram_gib: float | None, link: str = "nvlink",
+                   card: str = "") -> PlanInput:
+    """Plan inputs from a run file's values."""
+    kernels = "liger" if cfg.train.kernels == "liger" or (cfg.train.kernels == "auto" and cfg.hardware.gpus) else "none"
+    return PlanInput(
+        arch=arch, gpus=gpus, link=link, card=card, accum=cfg.train.gradient_accumulation_steps, kernels=kernels,
+        shard_adapters=cfg.hardware.shard_adapters, seq_len=cfg.data.max_seq_len, micro_batch=cfg.train.micro_batch_size,
+        lora_r=cfg.lora.r, lora_targets=cfg.lora.target_modules, lora_dropout=cfg.lora.dropout,
+        optimizer=cfg.train.optimizer, gradient_checkpointing=cfg.train.gradient_checkpointing,
+        attn=cfg.model.attn_implementation, quantization=cfg.model.quantization, double_quant=cfg.model.double_quant,
+        compute_dtype=cfg.model.compute_dtype, strategy=cfg.hardware.strategy, cpu_offload=cfg.hardware.cpu_offload,
+        ram_gib=ram_gib, loss_chunk=cfg.train.loss_chunk_tokens, activation_offload=cfg.train.activation_offload)
+
+
+# ---------------------------------------------------------------------------- learning from past runs
+
+def past_runs(runs_root: Path, arch_name: str) -> str | None:
+    """How far off the planner was on this machine's earlier runs of the same model: each run directory's
+    plan.json (written at launch) against the `memory` event its trainer wrote."""
+    if not runs_root.is_dir():
+        return None
+    errors, unreadable = [], []
+    for plan_file in runs_root.glob(f"*/{PLAN}"):
+        try:
+            planned = json.loads(plan_file.read_text())
+            lines = (plan_file.parent / METRICS).read_text(errors="replace").splitlines()
+        except (OSError, ValueError):  # a damaged or half-deleted run: named in the note, not counted
+            unreadable.append(plan_file.parent.name)
+            continue
+        if planned.get("model") != arch_name or not planned.get("per_gpu_peak_gib"):
+            continue
+        measured = None
+        for line in lines:
+            if '"memory"' in line:
+                try:
+                    measured = json.loads(line).get("peak_gib") or measured
+                except ValueError:  # a torn last line of a killed trainer: no memory event in it
+                    continue
+        if measured:
+            errors.append((measured - planned["per_gpu_peak_gib"]) / planned["per_gpu_peak_gib"])
+    skipped = f" Skipped unreadable run(s): {', '.join(sorted(unreadable))}." if unreadable else ""
+    if not errors:
+        return skipped.strip() or None
+    mean = sum(errors) / len(errors)
+    return (f"past runs of {arch_name} here: measured peaks were {mean:+.0%} against the plan on average "
+            f"({len(errors)} run{'s' if len(errors) > 1 else ''}).{skipped}")
