@@ -20,7 +20,7 @@ from .errors import BadInput
 @dataclass
 class Box:
     """A machine as the bill sees it, and as it becomes while parts are added."""
-    gpu_name: str              # "RTX 3090", or "" for no card or one rigtune has no facts for
+    gpu_name: str              # "RTX 3090" (listed in parts.toml or not), or "" for no card or cards that differ
     gpus: list                 # GiB per card
     ram_gib: float
     nvlink: bool
@@ -87,7 +87,7 @@ def short_name(name: str) -> str:
 def box_of(machine) -> Box:
     names = {short_name(g.name) for g in machine.gpus}
     name = names.pop() if len(names) == 1 else ""
-    return Box(gpu_name=name if name in parts()["gpus"] else "", gpus=[g.memory_total_gib for g in machine.gpus],
+    return Box(gpu_name=name, gpus=[g.memory_total_gib for g in machine.gpus],
                ram_gib=machine.ram_total_gib, nvlink=machine.nvlinked, link=machine.link, nvme=machine.disk_nvme,
                disk_free_gib=machine.disk_free_gib, cpu_cores=machine.cpu_cores_physical or machine.cpu_count,
                disk_kind=machine.disk_kind)
@@ -128,24 +128,25 @@ def _gained(before: dict, after: dict) -> list:
 
 # ---------------------------------------------------------------------------- the parts
 
-def card_facts(card: str, tier: T.Tier | None = None) -> dict:
-    """presets/parts.toml's facts for a card; for one it does not list (a tier someone added), what the tier
-    says (VRAM, NVLink) and no price, no board power."""
+def card_facts(card: str, tier: T.Tier | None = None, box: Box | None = None) -> dict:
+    """presets/parts.toml's facts for a card; for one it does not list (a tier someone added, or the card in
+    this machine), what the tier or NVML says (VRAM, NVLink) and no price, no board power."""
     known = parts()["gpus"].get(card)
     if known:
         return known
-    return {"vram_gib": min(tier.gpus) if tier else 0, "board_power_w": None, "nvlink": bool(tier and tier.nvlink),
+    vram = min(tier.gpus) if tier else min(box.gpus) if box and box.gpus else 0
+    return {"vram_gib": vram, "board_power_w": None, "nvlink": bool(tier and tier.nvlink),
             "condition": "price and power not in presets/parts.toml", "usd_low": None, "usd_high": None,
             "source": "", "date": ""}
 
 
 def _card_item(box: Box, card: str, count: int, why: str, tier: T.Tier | None = None) -> tuple[Item, Box]:
-    facts = card_facts(card, tier)
+    facts = card_facts(card, tier, box)
     replace_all = box.gpu_name != card or not box.gpus
     new = replace(box, gpu_name=card, gpus=[float(facts["vram_gib"])] * ((0 if replace_all else len(box.gpus)) + count),
                   nvlink=False, link="host")
     power = f", {facts['board_power_w']} W" if facts["board_power_w"] else ""
-    item = Item(f"{count} x {card} ({facts['vram_gib']:g} GB{power}{', NVLink' if facts['nvlink'] else ''}), "
+    item = Item(f"{count} x {card} ({facts['vram_gib']:.0f} GB{power}{', NVLink' if facts['nvlink'] else ''}), "
                 f"{facts['condition']}" + (" (replacing the cards here)" if replace_all and box.gpus else ""), why,
                 facts["usd_low"] * count if facts["usd_low"] is not None else None,
                 facts["usd_high"] * count if facts["usd_high"] is not None else None,
@@ -159,8 +160,11 @@ def _bridge(box: Box, notes: list, run_arch=None) -> tuple[Item | None, Box]:
         return None, box
     facts = parts()["gpus"].get(box.gpu_name)
     if not facts or not facts["nvlink"]:
-        name = box.gpu_name or "these cards"
-        notes.append(f"no NVLink bridge: the {name} has no NVLink connector, so the cards sync over PCIe"
+        name = f"the {box.gpu_name}" if box.gpu_name else "these cards"
+        has_none = (f"{name} has no NVLink connector" if facts else  # a card parts.toml lists without one
+                    f"presets/parts.toml does not say whether {name} {'has' if box.gpu_name else 'have'} an NVLink "
+                    "connector")
+        notes.append(f"no NVLink bridge: {has_none}, so the cards sync over PCIe"
                      + (f" ({_link_slowdown(box, run_arch)})" if run_arch else "") + ".")
         return None, box
     b = parts()["nvlink_bridge"]
@@ -274,13 +278,14 @@ def for_tier(machine, tier: T.Tier) -> Bill:
 
 
 def for_model(machine, arch: P.Arch, seq_len: int = 2048) -> Bill:
-    """The cheapest set of cards (more of the ones here, or a known card for a machine without one) on which the
-    planner's best strategy fits `arch` at `seq_len`, then the RAM it needs, disk and power."""
+    """The cheapest set of cards (the ones here, more of them, or a known card for a machine without one) on which
+    the planner's best strategy fits `arch` at `seq_len`, then the RAM it needs, disk and power."""
     box, items, notes = box_of(machine), [], []
     best = _cheapest_cards(box, arch, seq_len)
     if best is None:
-        raise BadInput(f"no box of up to 4 cards rigtune knows fits {arch.name} at seq {seq_len}; try a shorter "
-                       "--seq-len.", key="--model")
+        cards = f"{box.gpu_name}s" if _more_of_these(box) else "cards of one kind presets/parts.toml lists"
+        raise BadInput(f"no box of up to 4 {cards} fits {arch.name} at seq {seq_len}; try a shorter --seq-len.",
+                       key="--model")
     card, count, inp, why = best
     if count:
         have = f"{len(box.gpus)} x {min(box.gpus):.0f} GB" if box.gpus else "no GPU here"
@@ -316,20 +321,33 @@ def size_of(arch) -> str:
 MODEL_OPTIMIZER = "adamw_8bit"  # what the tiers' default runs use (presets/tiers.toml): 2 B of state per parameter
 
 
+def _more_of_these(box: Box) -> bool:
+    """Whether the bill adds cards to the ones here: not to a laptop's, nor to cards that differ."""
+    return bool(box.gpus and box.gpu_name and "laptop" not in box.gpu_name.lower())
+
+
 def _cheapest_cards(box: Box, arch, seq_len: int):
-    """(card, cards to buy, PlanInput, why) that fits for the least money, or None."""
+    """(card, cards to buy, PlanInput, why) that fits for the least money, or None. The cards here, as NVML
+    reports them, come first (nothing to buy when they fit, listed in parts.toml or not); then more of the same
+    card (an unlisted one at its NVML VRAM, price not known); for a machine without a card, a laptop's or cards
+    that differ, a set of a card parts.toml lists, replacing them."""
+    if box.gpus:
+        inp, why = T.plan_for(replace(box, ram_gib=1e6).as_tier(), arch, seq_len=seq_len, optimizer=MODEL_OPTIMIZER)
+        if P.fits(inp):
+            return box.gpu_name, 0, inp, why
     known = parts()["gpus"]
-    options = [box.gpu_name] if box.gpu_name else ([] if box.gpus else list(known))
+    options = [box.gpu_name] if _more_of_these(box) else list(known)
     best = None
     for card in options:
-        start = len(box.gpus) if box.gpu_name else 0
+        facts = card_facts(card, box=box)
+        start = len(box.gpus) if card == box.gpu_name else 0
         for n in range(max(1, start), 5):
-            tier = replace(box, gpus=[float(known[card]["vram_gib"])] * n, ram_gib=1e6, link="nvlink" if
-                           known[card]["nvlink"] else "host").as_tier()
+            tier = replace(box, gpus=[float(facts["vram_gib"])] * n, ram_gib=1e6,
+                           link="nvlink" if facts["nvlink"] else "host").as_tier()
             inp, why = T.plan_for(tier, arch, seq_len=seq_len, optimizer=MODEL_OPTIMIZER)
             if not P.fits(inp):
                 continue
-            cost = known[card]["usd_low"] * (n - start)
+            cost = (facts["usd_low"] or 0) * (n - start)  # no price (a card parts.toml lacks): the only option
             if best is None or cost < best[0]:
                 best = (cost, (card, n - start, inp, why))
             break

@@ -40,7 +40,11 @@ def test_no_gpu_24gb_hdd_to_the_3000_tier():
     watts = int(psu.part.split("at least ")[1].split(" W")[0])
     assert watts >= 1000 and "2 x 350 W (RTX 3090)" in psu.why and psu.usd_low is None  # no sourced PSU price
     assert bill.fine_tunes["70B"]["verdict"] == "comfortable"
-    assert bill.usd_low == sum(i.usd_low for i in bill.items if i.usd_low is not None) > 2000
+    # presets/parts.toml: 2 x RTX 3090 ($500-800 each), the bridge ($120-200), 2 x the 64 GB kit ($525-689), the
+    # 2 TB NVMe ($175-220); the PSU has no price and adds nothing
+    assert (gpu.usd_low, gpu.usd_high, ram.usd_low, ram.usd_high) == (2 * 500, 2 * 800, 2 * 525, 2 * 689)
+    assert (bill.usd_low, bill.usd_high) == (1000 + 120 + 1050 + 175, 1600 + 200 + 1378 + 220)
+    assert bill.prices_unknown == [psu.part]
 
 
 def test_one_4090_with_32gb_needs_only_ram_for_the_1500_tier():
@@ -80,6 +84,62 @@ def test_a_70b_on_one_24gb_card_gets_what_the_planner_decides():
     ram = next(i for i in bill.items if i.kind == "ram")
     assert "128 GB" in ram.part and "recommends at 70B" in ram.why
     assert bill.fine_tunes["70B"]["verdict"] == "comfortable" and "psu" in kinds(bill)
+    # presets/parts.toml: one RTX 4090 ($1,200-1,400) and the 64 GB kit ($525-689)
+    assert (bill.usd_low, bill.usd_high) == (1200 + 525, 1400 + 689)
+
+
+# Cards presets/parts.toml does not list: the bill plans from the card here, at the VRAM NVML reports.
+
+def test_an_unlisted_card_that_fits_the_model_today_needs_nothing():
+    for profile, model, vram in [("a6000", "Llama-3.1-8B", "48.0 GiB"), ("laptop3080", "Llama-3.2-1B", "10.0 GiB")]:
+        bill = B.for_model(machine(profile), P.resolve_model(model))
+        assert bill.items == [], (profile, [i.part for i in bill.items])
+        assert bill.notes[0] == "nothing to buy: this machine already meets the target."
+        assert f"the card has {vram}" in bill.notes[1] and "single" in bill.notes[1], bill.notes
+
+
+def test_more_of_an_unlisted_card_is_planned_at_its_nvml_vram_with_no_price():
+    bill = B.for_model(machine("a6000"), P.resolve_model("Llama-3.1-70B"), seq_len=8192)
+    assert kinds(bill) == ["gpu", "ram", "psu"]
+    gpu, ram, psu = bill.items
+    assert gpu.part.startswith("1 x RTX A6000 (48 GB)") and "not in presets/parts.toml" in gpu.part
+    assert "replacing" not in gpu.part and "needs more than 1 x 48 GB" in gpu.why
+    assert gpu.usd_low is None and gpu.usd_high is None and gpu.source == ""
+    assert "RTX A6000's board power is not in presets/parts.toml" in psu.why
+    assert bill.prices_unknown == [gpu.part, psu.part]
+    # the 2 x 48 GB box wants 2x VRAM = 192 GB of RAM: the 64 GB kit ($525-689) on top of the 128 GB here
+    assert "to reach 192 GB" in ram.part and (bill.usd_low, bill.usd_high) == (525, 689)
+    assert any("does not say whether the RTX A6000 has an NVLink connector" in n for n in bill.notes), bill.notes
+    text = B.describe(bill)
+    assert "1 x RTX A6000 (48 GB), price and power not in presets/parts.toml   price: not known" in text
+    assert "total: $525-689 (plus 1 x RTX A6000" in text and "price not known)" in text
+
+
+def test_a_laptop_card_is_replaced_not_added_to():
+    bill = B.for_model(machine("laptop3080"), P.resolve_model("Llama-3.1-70B"))
+    gpu = bill.items[0]
+    assert gpu.part.startswith("2 x RTX 3090") and "(replacing the cards here)" in gpu.part
+    assert (gpu.usd_low, gpu.usd_high) == (2 * 500, 2 * 800) and "needs more than 1 x 10 GB" in gpu.why
+
+
+def test_cards_that_differ_are_planned_as_they_are():
+    profile = json.loads((PROFILES / "rtx4090.json").read_text())
+    other = json.loads((PROFILES / "dual3090-pcie.json").read_text())["gpus"][1]
+    profile["gpus"].append(other)
+    profile["host"] = HOST
+    bill = B.for_model(S.scan(nvml=FakeNvml(profile)), P.resolve_model("Llama-3.1-8B"))
+    assert "gpu" not in kinds(bill) and "nothing to buy" in bill.notes[0], [i.part for i in bill.items]
+
+
+def test_build_plans_from_an_unlisted_card_on_the_command_line(tmp_path):
+    import os
+    profile = json.loads((PROFILES / "a6000.json").read_text())
+    profile["host"] = HOST
+    path = tmp_path / "a6000.json"
+    path.write_text(json.dumps(profile))
+    res = rigtune("build", "--model", "Llama-3.1-8B", env={**os.environ, "RIGTUNE_FAKE_NVML": str(path)})
+    assert res.returncode == 0, res.stderr
+    assert "nothing to buy" in res.stdout and "the card has 48.0 GiB" in res.stdout
 
 
 def test_build_json_contract_on_a_faked_machine(tmp_path):
