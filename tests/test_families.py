@@ -70,7 +70,7 @@ def test_gemma2_chunked_loss_applies_the_final_softcap(tmp_path, texts):
     from transformers import AutoModelForCausalLM
 
     from engine.torchside.loss import loss_sum
-    from engine.torchside.model import detach_head
+    from engine.torchside.head import detach_head
     folder = build(tmp_path, texts, "gemma2")
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation="eager")
     model.config.final_logit_softcapping = 0.05  # small, so that capping changes the loss clearly
@@ -94,7 +94,7 @@ def test_gemma2_chunked_loss_applies_the_final_softcap(tmp_path, texts):
     assert float(chunked) == pytest.approx(float(whole), rel=1e-5)
     uncapped = torch.nn.functional.cross_entropy(head(model(input_ids=ids).logits[0, :-1]), ids[0, 1:], reduction="sum")
     assert abs(float(uncapped) - float(whole)) > 0.3  # the cap matters at this scale
-    from engine.torchside.model import full_head
+    from engine.torchside.head import full_head
     with full_head(wrapped, head):  # generation gets the capped logits back
         assert float(loss_sum(wrapped, dict(batch))) == pytest.approx(float(whole), rel=1e-5)
 

@@ -7,7 +7,8 @@ import torch
 from conftest import DEMO, run_file
 from engine import data as D
 from engine import runfile
-from engine.torchside.model import full_head, load_model, load_tokenizer
+from engine.torchside.head import full_head
+from engine.torchside.model import load_model, load_tokenizer
 from engine.torchside.batches import collate
 from engine.torchside.loss import loss_sum
 

@@ -13,6 +13,7 @@ itself, only at trained positions, with Liger's fused linear cross-entropy in pl
 from __future__ import annotations
 
 from ..errors import BadInput
+from .head import final_softcap
 
 PATCHES = {"rope": True, "rms_norm": True, "swiglu": True, "cross_entropy": False,
            "fused_linear_cross_entropy": False}
@@ -42,7 +43,6 @@ def apply(setting: str, model, device) -> tuple[str, object | None]:
         try:
             from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
             from liger_kernel.transformers.monkey_patch import _apply_liger_kernel_to_instance
-            from .loss import final_softcap
             _apply_liger_kernel_to_instance(model=model, **PATCHES)
             cap = final_softcap(model)  # Gemma 2 caps its logits; the fused loss must too
             return "liger", LigerFusedLinearCrossEntropyLoss(reduction="sum", **({"softcap": cap} if cap else {}))

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 from .. import data as D
 from .batches import collate, to_device
+from .head import final_softcap, full_head
 
 
 def loss_sum(model, batch, chunk_tokens: int = 0, head=None, fused_loss=None):
     """Sum of the token cross-entropies over trained tokens (labels shifted by one), in fp32.
 
-    With a `head` (the lm_head engine.torchside.model.detach_head took out) and chunk_tokens, the model returns
+    With a `head` (the lm_head engine.torchside.head.detach_head took out) and chunk_tokens, the model returns
     hidden states and the loss is computed only at trained positions, chunk by chunk, each chunk's logits
     recomputed in backward instead of kept: identical loss and gradients, a fraction of the memory and of the
     lm_head work. `fused_loss` (Liger's fused linear cross-entropy) does the same inside one kernel."""
@@ -45,14 +46,6 @@ def loss_sum(model, batch, chunk_tokens: int = 0, head=None, fused_loss=None):
     return total
 
 
-def final_softcap(model) -> float | None:
-    """The model's final logit softcapping (Gemma 2: 30.0), or None; with the lm_head detached, the cap the
-    chunked loss applies (engine.torchside.model.detach_head moved it aside)."""
-    from .model import text_of
-    text = text_of(getattr(model, "config", None))
-    return getattr(text, "rigtune_softcap", None) or getattr(text, "final_logit_softcapping", None)
-
-
 def evaluate(model, eval_seqs, cfg, pad_id, device, head=None, fused_loss=None) -> float | None:
     """Mean loss per trained token over the held-out sequences (None when there are none)."""
     import torch
@@ -81,7 +74,6 @@ def sample(model, tokenizer, example, max_new_tokens: int, device, head=None, fi
 
     import torch
 
-    from .model import full_head
     if max_new_tokens <= 0 or example is None:
         return None
     if example.text is not None:
