@@ -91,34 +91,38 @@ def greedy(model: Path, lora: Path | None, ids: list, n: int = 8) -> list:
     return [json.loads(line) for line in res.stdout.strip().splitlines()]
 
 
+def until_eos(model, ids: list, eos: int, n: int = 8) -> list:
+    """transformers' greedy continuation as llama.cpp's evaluation loop gives it: at most n tokens, ending before
+    the end-of-sequence token."""
+    new = model.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False, pad_token_id=eos)[0][len(ids):]
+    new = new.tolist()
+    return new[:new.index(eos)] if eos in new else new
+
+
 def test_gguf_and_gguf_lora_run_in_a_real_llama_cpp(demo_run, tmp_path):
     """llama.cpp's greedy continuation of each held-out prompt equals transformers' on the merged model, token
-    for token up to the end-of-sequence token (at most 8 tokens), for the merged GGUF and for the GGUF LoRA
-    on a GGUF of the base."""
+    for token up to the end-of-sequence token (at most 8 tokens), for the merged GGUF (f16 and q8_0) and for the
+    GGUF LoRA on a GGUF of the base."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     llama_cpp()
     for args in (("--to", "merged", "--out", tmp_path / "merged", "--merge-into", "original"),
                  ("--to", "gguf", "--out", tmp_path / "model.gguf", "--merge-into", "original"),
                  ("--to", "gguf", "--base", "--out", tmp_path / "base.gguf"),
                  ("--to", "gguf-lora", "--out", tmp_path / "adapter.gguf"),
-                 ("--to", "gguf", "--quant", "q8_0", "--out", tmp_path / "q8.gguf")):
+                 ("--to", "gguf", "--quant", "q8_0", "--out", tmp_path / "q8.gguf", "--merge-into", "original")):
         res = export(demo_run, *args)
         assert res.returncode == 0, res.stderr
     tok = AutoTokenizer.from_pretrained(tmp_path / "merged")
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "merged", dtype=torch.float32).eval()
     ids = [prompt_ids(tok, p) for p in PROMPTS]
-    expected = []
-    for x in ids:
-        out = model.generate(torch.tensor([x]), max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id)
-        new = out[0][len(x):].tolist()
-        expected.append(new[:new.index(tok.eos_token_id)] if tok.eos_token_id in new else new)
+    expected = [until_eos(model, x, tok.eos_token_id) for x in ids]
     samples = held_out(demo_run)  # the merged model answers as the trainer's own final eval did
     right = [all(w in tok.decode(e) for w in samples[p]["expect"]) for p, e in zip(PROMPTS, expected)]
     assert right == [samples[p]["correct"] for p in PROMPTS] and any(right), right
     assert greedy(tmp_path / "model.gguf", None, ids) == expected
     assert greedy(tmp_path / "base.gguf", tmp_path / "adapter.gguf", ids) == expected
     assert greedy(tmp_path / "base.gguf", None, ids) != expected  # without the adapter it does not know
-    assert all(len(x) > 0 for x in greedy(tmp_path / "q8.gguf", None, ids))  # the q8_0 file loads and runs
+    assert greedy(tmp_path / "q8.gguf", None, ids) == expected  # 8-bit weights: the same greedy answers
 
 
 def test_export_refuses_what_it_cannot_do(demo_run, tmp_path):
@@ -228,12 +232,9 @@ def test_gguf_of_other_families_runs_in_llama_cpp(tmp_path, family):
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     tok = AutoTokenizer.from_pretrained(folder)
     ids = [tok(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
-    expected = [model.generate(torch.tensor([x]), max_new_tokens=8, min_new_tokens=8, do_sample=False,
-                               pad_token_id=tok.pad_token_id)[0][len(x):].tolist() for x in ids]
+    expected = [until_eos(model, x, tok.eos_token_id) for x in ids]
     assert len({tuple(e) for e in expected}) == len(expected)  # each prompt continues differently
-    got = greedy(tmp_path / f"{family}.gguf", None, ids)
-    assert [g[:len(e)] for g, e in zip(got, expected)] == [e[:len(g)] for g, e in zip(got, expected)]
-    assert all(len(g) >= 4 for g in got), got
+    assert greedy(tmp_path / f"{family}.gguf", None, ids) == expected
 
 
 def test_gguf_with_a_sentencepiece_tokenizer(tmp_path):
@@ -271,9 +272,50 @@ def test_gguf_with_a_sentencepiece_tokenizer(tmp_path):
     want = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
     assert tokenize(tmp_path / "spm.gguf", texts) == want
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    expected = [model.generate(torch.tensor([x]), max_new_tokens=8, min_new_tokens=8, do_sample=False,
-                               pad_token_id=0)[0][len(x):].tolist() for x in want]
+    expected = [until_eos(model, x, 2) for x in want]
     assert len({tuple(e) for e in expected}) == len(expected)
-    got = greedy(tmp_path / "spm.gguf", None, want)
-    assert all(len(g) >= 4 for g in got), got
-    assert [g[:len(e)] for g, e in zip(got, expected)] == [e[:len(g)] for g, e in zip(got, expected)]
+    assert greedy(tmp_path / "spm.gguf", None, want) == expected
+
+
+def test_export_takes_the_base_of_the_runs_revision_from_the_hub_cache(demo_run, tmp_path):
+    """A hub id's base comes from the Hugging Face cache (engine.hub.cached_snapshot, what training downloads
+    into), at the run file's [model] revision: not main's snapshot, and a clear error when that revision is not
+    here. Two snapshots of the demo model, told apart by a mark in config.json; HF_HUB_CACHE points at them."""
+    import os
+    import sys
+
+    from engine import runfile
+    cfg = runfile.load(demo_run / "run.toml")
+    cache = tmp_path / "hub"
+    repo = cache / "models--tiny-org--demo"
+    commits = {"main": "a" * 40, "v2": "b" * 40}
+    for ref, commit in commits.items():
+        snap = repo / "snapshots" / commit
+        shutil.copytree(cfg.model.base, snap)
+        config = json.loads((snap / "config.json").read_text())
+        (snap / "config.json").write_text(json.dumps({**config, "rigtune_test_snapshot": ref}))
+        (repo / "refs").mkdir(parents=True, exist_ok=True)
+        (repo / "refs" / ref).write_text(commit)
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+
+    def export_at(revision: str, out: Path):
+        run = tmp_path / f"run-{revision or 'default'}"
+        run.mkdir()
+        shutil.copytree(demo_run / "adapter", run / "adapter")
+        values = cfg.to_dict()
+        values["model"].update(base="tiny-org/demo", revision=revision)
+        runfile.save(values, run / "run.toml")
+        return subprocess.run([sys.executable, "-m", "engine.torchside.export", str(run), "--to", "merged", "--out",
+                               str(out), "--merge-into", "original"], cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=600)
+
+    for revision, expect in (("v2", "v2"), ("", "main"), (commits["v2"], "v2")):
+        out = tmp_path / f"merged-{revision or 'default'}"
+        res = export_at(revision, out)
+        assert res.returncode == 0, res.stderr
+        assert json.loads((out / "config.json").read_text())["rigtune_test_snapshot"] == expect, revision
+        assert "tiny-org/demo" in (out / "README.md").read_text()
+    res = export_at("v3", tmp_path / "merged-v3")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "(tiny-org/demo at revision v3) are not on this machine" in res.stderr
+    assert "rigtune fetch tiny-org/demo --revision v3" in res.stderr

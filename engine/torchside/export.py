@@ -24,33 +24,11 @@ from .. import modelfiles as M
 from ..chat import adapter_dir
 from ..errors import BadInput
 from ..events import METRICS, RUN_FILE, read_events
+from . import gguf_export as G
+from .weights import base_folder, shards
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
                    "tokenizer.model", "vocab.json", "merges.txt", "generation_config.json")
-
-
-def base_folder(base: str) -> Path:
-    """The base model's files on this machine: a local folder, or the hub cache's snapshot of an id."""
-    p = Path(base).expanduser()
-    if p.is_dir():
-        return p
-    try:
-        from huggingface_hub import snapshot_download
-        return Path(snapshot_download(base, local_files_only=True))
-    except Exception as e:  # not in the cache (or not an id): say what to do
-        raise BadInput(f"the base model's weights are not on this machine ({type(e).__name__}); they are "
-                       "downloaded when the run trains - export on the machine that trained it.",
-                       key="model.base") from None
-
-
-def shards(folder: Path) -> list:
-    index = folder / "model.safetensors.index.json"
-    if index.exists():
-        return sorted({folder / f for f in json.loads(index.read_text())["weight_map"].values()})
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        raise BadInput(f"no safetensors weights in {folder}; rigtune exports from safetensors only.", key="model.base")
-    return files
 
 
 def lora_deltas(adapter: Path) -> tuple[dict, float]:
@@ -94,7 +72,7 @@ def merged(run_dir: Path, out: Path, checkpoint: str | None = None, into: str = 
     from safetensors.torch import save_file
     cfg = runfile.load(run_dir / RUN_FILE)
     adapter = adapter_dir(run_dir, checkpoint)
-    base = base_folder(cfg.model.base)
+    base = base_folder(cfg.model)
     files = shards(base)
     check_output(out, sum(f.stat().st_size for f in files), force)
     deltas, scale = lora_deltas(adapter)
@@ -170,9 +148,8 @@ def gguf_file(run_dir: Path, out: Path, checkpoint, into: str, quant: str, force
     """The merged model (or, with base_only, the untouched base) as one GGUF file, written complete or absent."""
     import tempfile
 
-    from . import gguf_export as G
     cfg = runfile.load(run_dir / RUN_FILE)
-    base = base_folder(cfg.model.base)
+    base = base_folder(cfg.model)
     G.check_supported(base)
     check_output(out, sum(f.stat().st_size for f in shards(base)) * 2, force)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -194,9 +171,8 @@ def gguf_file(run_dir: Path, out: Path, checkpoint, into: str, quant: str, force
 def ollama_folder(run_dir: Path, out: Path, checkpoint, into: str, quant: str, force: bool, progress,
                   system: str | None) -> Path:
     """A folder Ollama imports: model.gguf and a Modelfile (FROM, TEMPLATE from the chat template, stops)."""
-    from . import gguf_export as G
     cfg = runfile.load(run_dir / RUN_FILE)
-    base = base_folder(cfg.model.base)
+    base = base_folder(cfg.model)
     template = M.chat_template(base)
     if not template:
         raise BadInput("the model has no chat template, which the Modelfile's TEMPLATE is made from.", key="--to")
@@ -246,11 +222,10 @@ def main(argv=None) -> int:
         elif args.to == "gguf":
             path = gguf_file(run_dir, out, args.checkpoint, args.merge_into, args.quant, args.force, say, args.base)
         elif args.to == "gguf-lora":
-            from . import gguf_export as G
             cfg = runfile.load(run_dir / RUN_FILE)
             check_output(out, 0, args.force)
             out.parent.mkdir(parents=True, exist_ok=True)
-            path = G.write_lora(adapter_dir(run_dir, args.checkpoint), base_folder(cfg.model.base), out)
+            path = G.write_lora(adapter_dir(run_dir, args.checkpoint), base_folder(cfg.model), out)
         else:
             path = ollama_folder(run_dir, out, args.checkpoint, args.merge_into, args.quant, args.force, say,
                                  args.system)

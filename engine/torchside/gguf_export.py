@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .. import modelfiles as M
 from ..errors import BadInput
+from .weights import shards
 
 # transformers architecture -> (the gguf package's MODEL_ARCH name, whether q/k rows are permuted): llama.cpp's
 # Llama graph wants its own rotary row order; its Qwen graphs take transformers' as it is
@@ -189,7 +190,6 @@ def write_model(folder: Path, out: Path, quant: str = "f16", name: str = "rigtun
     import numpy as np
     from safetensors import safe_open
 
-    from .export import shards
     config = check_supported(folder)
     qtype = getattr(gguf.GGMLQuantizationType, QUANTS[quant])
     arch, arch_name, _ = gguf_arch(config)
