@@ -181,3 +181,23 @@ def test_a_job_that_starts_with_fewer_processes_than_asked_is_refused(tmp_path, 
     ends = [e for e in events(run_dir) if e["event"] == "end"]
     assert len(ends) == 1 and ends[0]["reason"] == "error" and "refusing" in ends[0]["message"]
     assert not any(e["event"] == "step" for e in events(run_dir))
+
+
+def test_fsdp_trains_a_16bit_base_as_ddp_does(tmp_path, tiny_model):
+    """quantization = "none" under FSDP: plain LoRA on a sharded 16-bit base. It used to pass `check` and die
+    loading (rank 0 broadcast its 4-bit quant states, and a 16-bit base has none: an empty buffer)."""
+    runs = {}
+    for strategy in ("fsdp", "ddp"):
+        rf = run_file(tmp_path, tiny_model, DEMO, name=f"{strategy}16", hardware={"strategy": strategy, "num_processes": 2},
+                      model={"quantization": "none"}, train=STEPS)
+        res = rigtune("train", rf, "--no-tui", timeout=400)
+        assert res.returncode == 0, res.stdout + res.stderr
+        runs[strategy] = tmp_path / "runs" / f"{strategy}16"
+    evs = events(runs["fsdp"])
+    assert [e["world_size"] for e in evs if e["event"] == "start"] == [2]
+    assert [e["reason"] for e in evs if e["event"] == "end"] == ["finished"]
+    assert (runs["fsdp"] / "adapter" / "adapter_model.safetensors").exists()
+    f, d = losses(runs["fsdp"]), losses(runs["ddp"])
+    assert sorted(f) == [1, 2, 3, 4, 5, 6] and f[6] < f[1]
+    for step in f:
+        assert f[step] == pytest.approx(d[step], rel=1e-4), (step, f, d)

@@ -38,7 +38,8 @@ def _broadcast_bytes(data: bytes | None, device) -> bytes:
     import torch.distributed as dist
     size = torch.tensor([len(data) if data is not None else 0], dtype=torch.int64, device=device)
     dist.broadcast(size, 0)
-    buf = (torch.frombuffer(bytearray(data), dtype=torch.uint8).to(device) if data is not None
+    # frombuffer refuses an empty buffer (a 16-bit base has no quant states): that one is made empty
+    buf = (torch.frombuffer(bytearray(data), dtype=torch.uint8).to(device) if data
            else torch.empty(int(size), dtype=torch.uint8, device=device))
     dist.broadcast(buf, 0)
     return bytes(buf.cpu().numpy()) if data is None else data
@@ -75,7 +76,8 @@ def _share_quant_states(states: dict | None, rank: int, device) -> dict:
     body = _broadcast_bytes(body if rank == 0 else None, device)
     if rank == 0:
         return states
-    flat, pos, out = torch.frombuffer(bytearray(body), dtype=torch.uint8), 0, {}
+    flat = torch.frombuffer(bytearray(body), dtype=torch.uint8) if body else torch.empty(0, dtype=torch.uint8)
+    pos, out = 0, {}
     for name, info in header.items():
         stats = {}
         for key, (shape, dtype, numel) in info["stats"].items():
