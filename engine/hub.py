@@ -10,11 +10,18 @@ transformers and every other tool find them there: huggingface_hub (2.x) drops a
 fails, and a 16 GB download cut off at 90% should not start again from zero. Each file goes to
 blobs/<etag>.rigtune-part, continues with an HTTP Range request, and is checked against the listing's
 sha256 (LFS files) or git blob id (small files) before it takes its place.
+
+HF_ENDPOINT may point at a broken or hostile mirror, so its answers are untrusted input: the commit must be 40
+hex digits and an etag 40 or 64 (the listing's blobId and lfs.sha256, or the resolve answer's X-Linked-Etag /
+ETag where the listing lacks them), file names may hold no absolute path, `..` part or backslash, and every path
+rigtune writes is checked to stay inside the repository's cache folder. Anything else is a clear error, before a
+byte is written.
 """
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -31,6 +38,7 @@ RETRIES = 3                     # a dropped connection is retried from where it 
 SPACE_MARGIN = 1 * GIB          # kept free beyond the download
 WEIGHTS = (".safetensors",)     # rigtune loads safetensors only: nothing pickled from the internet
 NOT_WEIGHTS = (".bin", ".pth", ".pt", ".ckpt", ".gguf", ".h5", ".msgpack", ".onnx", ".ot", ".tflite", ".npz")
+HEX = re.compile(r"[0-9a-f]+")
 
 
 def endpoint() -> str:
@@ -191,18 +199,118 @@ def listing(repo: str, revision: str | None = None, trust_remote_code: bool = Fa
     try:
         info = model_info(repo, revision)
     except Exception as e:
-        raise explain(e, repo, key) from None
-    by_name = {s.rfilename: s for s in info.siblings or []}
-    files = []
-    for name in wanted(list(by_name), trust_remote_code):
-        s = by_name[name]
-        lfs = s.lfs is not None
-        etag = s.lfs.sha256 if lfs else (s.blob_id or "")
-        files.append(File(name=name, size=int((s.lfs.size if lfs else s.size) or 0), etag=etag, lfs=lfs))
+        err = explain(e, repo, key)
+        if err is e and isinstance(e, (KeyError, TypeError, ValueError)):  # JSON huggingface_hub could not read
+            raise Failed(f"{endpoint()} answered a listing of {repo} that cannot be read ({type(e).__name__}: "
+                         f"{_shown(e)}). {_MIRROR}") from None
+        raise err from None
+    commit = hex_hash(info.sha, (40,), f"the commit of {repo}")
+    siblings = info.siblings or []
+    for s in siblings:
+        safe_name(s.rfilename, repo)
+    by_name = {s.rfilename: s for s in siblings}
+    files = [_listed_file(repo, commit, by_name[name]) for name in wanted(list(by_name), trust_remote_code)]
     if not any(f.name.endswith(WEIGHTS) for f in files):
         raise BadInput(f"{repo} has no safetensors weights at its top level ({page(repo)}/tree/main); rigtune "
                        "loads safetensors only, never pickled weights from the internet.", key=key)
-    return Listing(repo=repo, commit=info.sha or "", files=tuple(files))
+    return Listing(repo=repo, commit=commit, files=tuple(files))
+
+
+# ---------------------------------------------------------------------------- the endpoint's answers, checked
+
+_MIRROR = "HF_ENDPOINT may point at a broken or hostile mirror; nothing was written outside the Hugging Face cache."
+
+
+def _shown(value, limit: int = 80) -> str:
+    text = repr(value) if not isinstance(value, Exception) else str(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def is_hex(value, sizes=(40, 64)) -> bool:
+    return isinstance(value, str) and len(value) in sizes and HEX.fullmatch(value.lower()) is not None
+
+
+def hex_hash(value, sizes, what: str) -> str:
+    """`value` in lower case when it is a hex hash of one of `sizes` digits, else Failed naming the endpoint: the
+    commit and the etags become folder and file names in the cache."""
+    if not is_hex(value, sizes):
+        digits = " or ".join(map(str, sizes))
+        raise Failed(f"{endpoint()} answered {what} as {_shown(value)}, which is not a {digits}-digit hex hash; "
+                     f"rigtune names cache files after it and accepts nothing else. {_MIRROR}")
+    return value.lower()
+
+
+def safe_name(name, repo: str) -> str:
+    """A file name from the listing that stays where it is put: relative, no `..` (or `.`, or empty) part, no
+    backslash, no NUL."""
+    parts = name.split("/") if isinstance(name, str) else [""]
+    if (not isinstance(name, str) or name.startswith("/") or "\\" in name or "\0" in name
+            or any(p in ("", ".", "..") for p in parts)):
+        raise Failed(f"{endpoint()} listed a file of {repo} named {_shown(name)}: rigtune writes no file whose name "
+                     f"is an absolute path or has a '..' part or a backslash. {_MIRROR}")
+    return name
+
+
+def inside(path: Path, root: Path, repo: str) -> Path:
+    """`path`, when it lies strictly under `root` (compared as written: the names were checked before, and a cache
+    whose blobs/ the user moved elsewhere through a symlink stays usable); else Failed."""
+    p, r = os.path.abspath(path), os.path.abspath(root)
+    if p == r or os.path.commonpath([p, r]) != r:
+        raise Failed(f"a download of {repo} from {endpoint()} would write {p}, outside {r}; refused. {_MIRROR}")
+    return path
+
+
+def _listed_file(repo: str, commit: str, s) -> File:
+    """One listed file, its size and etag checked; where the listing lacks them (a mirror that leaves out blob
+    ids), they come from the resolve answer's headers, as huggingface_hub takes them."""
+    name = s.rfilename
+    lfs = s.lfs is not None
+    etag = (s.lfs.sha256 if lfs else s.blob_id) or None
+    size = s.lfs.size if lfs else s.size
+    if etag is None or size is None:
+        meta = _file_metadata(repo, commit, name)
+        if etag is None:
+            etag = meta.etag
+            lfs = lfs or is_hex(etag, (64,))  # X-Linked-Etag: the sha256 of an LFS file; ETag: a git blob id
+            where = f"the ETag / X-Linked-Etag of {repo}/{name}"
+        else:
+            where = f"the etag of {repo}/{name}"
+        size = meta.size if size is None else size
+    else:
+        where = f"the {'lfs.sha256' if lfs else 'blobId'} of {repo}/{name}"
+    etag = hex_hash(etag, (64,) if lfs else (40, 64), where)
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise Failed(f"{endpoint()} answered the size of {repo}/{name} as {_shown(size)}, not a byte count. {_MIRROR}")
+    return File(name=name, size=size, etag=etag, lfs=lfs)
+
+
+def _url(repo: str, commit: str, name: str) -> str:
+    return f"{endpoint()}/{repo}/resolve/{commit}/{quote(name)}"
+
+
+def _file_metadata(repo: str, commit: str, name: str):
+    """The resolve endpoint's answer to HEAD (etag, size), through huggingface_hub."""
+    from huggingface_hub import get_hf_file_metadata
+    try:
+        return get_hf_file_metadata(_url(repo, commit, name), endpoint=endpoint())
+    except Exception as e:
+        raise _file_error(e, repo, name) from None
+
+
+def _file_error(e: Exception, repo: str, name: str) -> Exception:
+    from huggingface_hub.errors import EntryNotFoundError
+    if isinstance(e, EntryNotFoundError):  # explain() would say "no config.json": it is another file here
+        return Failed(f"{endpoint()} lists {name} in {repo} but answers 404 for it; {_MIRROR}")
+    return explain(e, repo)
+
+
+def _ref(folder: Path, revision: str | None) -> Path | None:
+    """refs/<revision> (a branch like refs/pr/1 nests), or None when the name would lead out of refs/."""
+    name = revision or "main"
+    parts = name.split("/")
+    if "\\" in name or "\0" in name or name.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        return None
+    return folder / "refs" / name
 
 
 def _offline_error():
@@ -214,10 +322,17 @@ def cached_snapshot(repo: str, revision: str | None = None) -> Path | None:
     """The cached snapshot folder of a complete download (every weight file its index names, or a single
     model.safetensors), or None."""
     folder = repo_folder(repo)
-    ref = folder / "refs" / (revision or "main")
-    commit = ref.read_text().strip() if ref.is_file() else (revision or "")
-    snap = folder / "snapshots" / commit if commit else None
-    if snap is None or not (snap / "config.json").exists():
+    ref = _ref(folder, revision)
+    if ref is None:
+        return None
+    try:
+        commit = ref.read_text().strip() if ref.is_file() else (revision or "")
+    except (OSError, UnicodeDecodeError):
+        return None
+    if not is_hex(commit, (40,)):  # refs/ names the snapshot folder: a commit hash, nothing else
+        return None
+    snap = folder / "snapshots" / commit.lower()
+    if not (snap / "config.json").exists():
         return None
     index = snap / "model.safetensors.index.json"
     if index.exists():
@@ -287,6 +402,9 @@ def download(repo: str, revision: str | None = None, on_progress: Callable[[Prog
     """The model's snapshot folder in the Hugging Face cache, downloading what is missing. Offline, the cached
     snapshot or a clear error. on_progress is called at most every `every_s` seconds and at each file's end.
     `lst`: the repository's listing when the caller already asked for it."""
+    if _ref(repo_folder(repo), revision) is None:
+        raise BadInput(f"{revision!r} is not a branch, tag or commit name; set model.revision to one, or leave it "
+                       "empty.", key="model.revision")
     if offline():
         snap = cached_snapshot(repo, revision)
         if snap is None:
@@ -299,11 +417,17 @@ def download(repo: str, revision: str | None = None, on_progress: Callable[[Prog
         if snap is not None:  # the hub cannot be reached (or refuses), but the weights are here already
             return snap
         raise
-    check_space(lst, key)
     folder = repo_folder(repo)
-    blobs, snap = folder / "blobs", folder / "snapshots" / lst.commit
+    blobs = inside(folder / "blobs", folder, repo)
+    snap = inside(folder / "snapshots" / hex_hash(lst.commit, (40,), f"the commit of {repo}"), folder / "snapshots",
+                  repo)
+    ref = inside(_ref(folder, revision), folder / "refs", repo)
+    for f in lst.files:  # every path this download writes, checked before the first byte
+        inside(blobs / hex_hash(f.etag, (40, 64), f"the etag of {repo}/{f.name}"), blobs, repo)
+        inside(blobs / (f.etag + PART), blobs, repo)
+        inside(snap / safe_name(f.name, repo), snap, repo)
+    check_space(lst, key)
     blobs.mkdir(parents=True, exist_ok=True)
-    snap.mkdir(parents=True, exist_ok=True)
     todo, left = missing(lst)
     total = lst.total_bytes
     done = total - left
@@ -323,9 +447,9 @@ def download(repo: str, revision: str | None = None, on_progress: Callable[[Prog
         _fetch_file(repo, lst.commit, f, blobs, state, report)
         state["files"] += 1
         report(force=True)
+    snap.mkdir(parents=True, exist_ok=True)  # only once every blob is in: a failed download leaves no snapshot
     for f in lst.files:
         _link(snap / f.name, blobs / f.etag)
-    ref = folder / "refs" / (revision or "main")
     if revision != lst.commit:
         ref.parent.mkdir(parents=True, exist_ok=True)
         ref.write_text(lst.commit)
@@ -335,7 +459,7 @@ def download(repo: str, revision: str | None = None, on_progress: Callable[[Prog
 def _fetch_file(repo: str, commit: str, f: File, blobs: Path, state: dict, report) -> None:
     """One file into blobs/<etag>: continue the partial file, check its hash, then rename it into place."""
     from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
-    url = f"{endpoint()}/{repo}/resolve/{commit}/{quote(f.name)}"
+    url = _url(repo, commit, f.name)
     part = blobs / (f.etag + PART)
     for attempt in range(RETRIES + 1):
         have = part.stat().st_size if part.exists() else 0
@@ -354,33 +478,59 @@ def _fetch_file(repo: str, commit: str, f: File, blobs: Path, state: dict, repor
                 if r.status_code >= 400:
                     r.read()
                     hf_raise_for_status(r)
-                if have and r.status_code != 206:  # the server ignored the range: take the whole file again
+                start = _range_start(r) if r.status_code == 206 else 0
+                if have and start == 0:  # the server ignored the range (200, or 206 from byte 0): the whole file
                     state["done"] -= have
                     have = 0
+                elif start != have:
+                    raise Failed(f"{endpoint()} answered a request for {f.name} of {repo} from byte {have} with "
+                                 f"{r.headers.get('Content-Range')!r}; what arrived before is kept. {_MIRROR}")
+                written = have
                 with open(part, "ab" if have else "wb") as out:
                     for chunk in r.iter_bytes():  # as it arrives: a cut keeps every byte that came
+                        chunk = chunk[:f.size + 1 - written]  # one byte past the size is enough to tell
                         out.write(chunk)
+                        written += len(chunk)
                         state["done"] += len(chunk)
                         report()
+                        if written > f.size:  # more than the listing's size: not this file (checked below)
+                            break
+                if written > f.size:
+                    break
         except Exception as e:
+            if isinstance(e, (Failed, BadInput)):
+                raise
             if not _is_network(e) and not _is_cut(e):
-                raise explain(e, repo) from None
+                raise _file_error(e, repo, f.name) from None
             if attempt == RETRIES:
                 got = part.stat().st_size if part.exists() else 0
                 raise Failed(f"the download of {repo} was cut off in {f.name} at {got / GIB:.2f} of "
                              f"{f.size / GIB:.2f} GiB ({type(e).__name__}); what arrived is kept: run the same "
                              "command again to resume.") from None
             time.sleep(min(2 ** attempt, 10) * _RETRY_PAUSE)
-    if not _verified(part, f):
-        bad = part.with_name(part.name + ".bad")
-        os.replace(part, bad)
-        state["done"] -= f.size
-        raise Failed(f"{f.name} of {repo} arrived with the wrong {'sha256' if f.lfs else 'git hash'}; it was moved "
-                     f"aside to {bad.name}. Run the same command again to fetch it anew.")
+    if not part.exists():  # an empty file: nothing was asked for
+        part.write_bytes(b"")
+    got = _digest(part, f)
+    if got != f.etag:
+        size = part.stat().st_size
+        part.unlink()
+        state["done"] -= size
+        what = "sha256" if f.lfs else "git blob id"
+        found = (f"{what} {got[:12]}..." if size == f.size else f"{size} bytes where the listing says {f.size}"
+                 if size < f.size else f"more than the {f.size} bytes the listing says")
+        raise Failed(f"{f.name} of {repo} from {endpoint()} does not match its {what} {f.etag[:12]}... ({found}); "
+                     "the file was deleted and nothing was put in the cache for it. Run the same command again to "
+                     "fetch it anew; if it happens again, the endpoint serves other bytes than its listing names.")
     os.replace(part, blobs / f.etag)
 
 
 _RETRY_PAUSE = 1.0  # seconds, times 1, 2, 4 on the retries
+
+
+def _range_start(r) -> int | None:
+    """The first byte of a 206 answer (its Content-Range), or None when it does not say."""
+    m = re.fullmatch(r"bytes (\d+)-\d+/(\d+|\*)", (r.headers.get("Content-Range") or "").strip())
+    return int(m.group(1)) if m else None
 
 
 def _is_cut(e: Exception) -> bool:
@@ -388,16 +538,17 @@ def _is_cut(e: Exception) -> bool:
     return isinstance(e, (http.RemoteProtocolError, http.ReadError, http.ReadTimeout))
 
 
-def _verified(path: Path, f: File) -> bool:
-    if path.stat().st_size != f.size:
-        return False
-    if not f.etag:
-        return True
-    h = hashlib.sha256() if f.lfs else hashlib.sha1(b"blob %d\0" % f.size)
+def _digest(path: Path, f: File) -> str:
+    """The file's hash as its etag is made: the sha256 of an LFS file, the git blob id (sha1, or sha256 for a
+    64-digit id) of a small one; "" when its size is not the listed one."""
+    size = path.stat().st_size
+    if size != f.size:
+        return ""
+    h = hashlib.sha256() if f.lfs else (hashlib.sha1 if len(f.etag) == 40 else hashlib.sha256)(b"blob %d\0" % size)
     with open(path, "rb") as src:
         while block := src.read(8 * CHUNK):
             h.update(block)
-    return h.hexdigest() == f.etag
+    return h.hexdigest()
 
 
 def _link(pointer: Path, blob: Path) -> None:

@@ -9,6 +9,12 @@ Answers as the hub does: X-Repo-Commit, ETag (the git blob id, or the sha256 of 
 X-Linked-Etag and X-Linked-Size), 401 with X-Error-Code GatedRepo for a gated repository without a
 token, 404 with X-Error-Code RepoNotFound for a missing one. `cut` makes the next GETs of a file stop after
 some bytes and drop the connection; `requests` records (method, path, Range header) of every request.
+
+Switches for a broken or hostile mirror: on a Repo, `sha` (the commit its listing gives), `patch` (file name ->
+{"blobId" or "lfs.sha256": value} put into that file's listing entry), `extra` (names listed besides the real
+files), `blob_ids = False` (the listing gives names only, even to ?blobs=true), `header_etag` (file name -> the
+ETag and X-Linked-Etag its resolve answers send) and `served` (file name -> the bytes sent instead of the real
+ones, the headers unchanged); on the server, `ignore_range` (every GET answers 200 with the whole file).
 """
 from __future__ import annotations
 
@@ -26,6 +32,12 @@ class Repo:
     def __init__(self, folder: Path, gated: bool = False):
         self.folder, self.gated = Path(folder), gated
         self.claimed: dict = {}  # file name -> the size the listing claims (a repository too big for the disk)
+        self.sha: str | None = None          # hostile switches: see the module's docstring
+        self.patch: dict = {}
+        self.extra: list = []
+        self.blob_ids = True
+        self.header_etag: dict = {}
+        self.served: dict = {}
         self.files = {}
         for p in sorted(self.folder.iterdir()):
             if p.is_file():
@@ -40,13 +52,20 @@ class Repo:
         siblings = []
         for name, f in self.files.items():
             s = {"rfilename": name}
-            if blobs:
+            if blobs and self.blob_ids:
                 size = self.claimed.get(name, len(f["data"]))
                 s.update(size=size, blobId=f["etag"] if not f["lfs"] else hashlib.sha1(name.encode()).hexdigest())
                 if f["lfs"]:
                     s["lfs"] = {"size": size, "sha256": f["etag"], "pointerSize": 134}
+            for key, value in self.patch.get(name, {}).items():
+                *path, last = key.split(".")
+                target = s
+                for part in path:
+                    target = target[part]
+                target[last] = value
             siblings.append(s)
-        return {"id": None, "modelId": None, "sha": self.commit, "private": False,
+        siblings += [{"rfilename": name} for name in self.extra]
+        return {"id": None, "modelId": None, "sha": self.sha or self.commit, "private": False,
                 "gated": "manual" if self.gated else False, "siblings": siblings, "tags": []}
 
 
@@ -55,6 +74,7 @@ class HubServer:
         self.repos: dict = {}
         self.requests: list = []
         self.cut: dict = {}        # file name -> (bytes to send before dropping, how many more times)
+        self.ignore_range = False  # a server that answers a resumed request with 200 and the whole file
         self.token = "hf_test_token"
         server = self
 
@@ -135,16 +155,20 @@ class HubServer:
         return self._error(h, 404, "NotFound", "Not found", head)
 
     def _file(self, h, repo: Repo, f: dict, head: bool):
+        name = next(n for n, v in repo.files.items() if v is f)
         data, start = f["data"], 0
         rng = h.headers.get("Range")
-        if rng and rng.startswith("bytes="):
+        if rng and rng.startswith("bytes=") and not self.ignore_range:
             start = int(rng[6:].split("-")[0] or 0)
+        etag = repo.header_etag.get(name, f["etag"])
         h.send_response(206 if start else 200)
         h.send_header("X-Repo-Commit", repo.commit)
-        h.send_header("ETag", f'"{f["etag"]}"')
+        h.send_header("ETag", f'"{etag}"')
         if f["lfs"]:
-            h.send_header("X-Linked-Etag", f'"{f["etag"]}"')
+            h.send_header("X-Linked-Etag", f'"{etag}"')
             h.send_header("X-Linked-Size", str(len(data)))
+        if not head:
+            data = repo.served.get(name, data)
         h.send_header("Accept-Ranges", "bytes")
         if start:
             h.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
@@ -152,7 +176,6 @@ class HubServer:
         h.end_headers()
         if head:
             return
-        name = next(n for n, v in repo.files.items() if v is f)
         cut = self.cut.get(name)
         if cut and cut[1] > 0:
             self.cut[name] = (cut[0], cut[1] - 1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -162,3 +163,159 @@ def test_train_from_a_hub_id_downloads_first_with_download_events(hub, tmp_path)
     assert "download" in res.stdout  # --no-tui shows it as lines
     start = next(e for e in evs if e["event"] == "start")
     assert start["model"] == REPO  # the run names the hub id, not the cache folder
+
+
+# ---------------------------------------------------------------------------- a broken or hostile endpoint
+# HF_ENDPOINT may point at a mirror that answers anything: its commit, etags and file names become paths in the
+# cache, so each must be refused unless it is what the hub would send, and nothing may land outside the cache.
+
+ESCAPE = "../../../../escaped"  # from the cache's snapshots/ or blobs/, four levels up is the test's tmp_path
+
+
+def cache_of(tmp_path: Path, repo: str = REPO) -> Path:
+    return tmp_path / "hf" / "hub" / ("models--" + repo.replace("/", "--"))
+
+
+def outside_cache(tmp_path: Path, repo: str = REPO) -> list:
+    """Whatever exists under tmp_path that is neither the repository's cache folder (or inside it) nor one of the
+    folders above it, and every link in the tree whose target lies outside the cache folder."""
+    cache = cache_of(tmp_path, repo)
+    allowed = {tmp_path, *[p for p in cache.parents if tmp_path in p.parents]}
+    found = []
+    for top, dirs, files in os.walk(tmp_path):
+        for name in dirs + files:
+            p = Path(top) / name
+            if p.is_symlink() and cache not in Path(os.path.realpath(p)).parents:
+                found.append(f"{p} -> {os.readlink(p)}")
+            if p != cache and cache not in p.parents and p not in allowed:
+                found.append(str(p))
+    return found
+
+
+def fetched_nothing(server: HubServer) -> bool:
+    return not [r for r in server.requests if r[0] == "GET" and "/resolve/" in r[1]]
+
+
+@pytest.mark.parametrize("where", ["sha", "lfs.sha256", "blobId", "ETag", "X-Linked-Etag", "name with ..",
+                                   "name with a backslash"])
+def test_a_hostile_listing_is_refused_and_nothing_is_written_outside_the_cache(hub, tmp_path, where):
+    repo = hub.repos[REPO]
+    if where == "sha":
+        repo.sha = ESCAPE
+        said = f"answered the commit of {REPO} as '{ESCAPE}', which is not a 40-digit hex hash"
+    elif where == "lfs.sha256":
+        repo.patch["model.safetensors"] = {"lfs.sha256": ESCAPE}
+        said = f"answered the lfs.sha256 of {REPO}/model.safetensors as '{ESCAPE}', which is not a 64-digit hex hash"
+    elif where == "blobId":
+        repo.patch["config.json"] = {"blobId": ESCAPE}
+        said = f"answered the blobId of {REPO}/config.json as '{ESCAPE}', which is not a 40 or 64-digit hex hash"
+    elif where in ("ETag", "X-Linked-Etag"):  # no blob ids in the listing: the etags come from the headers
+        repo.blob_ids = False
+        name = "config.json" if where == "ETag" else "model.safetensors"
+        repo.header_etag[name] = ESCAPE
+        said = f"answered the ETag / X-Linked-Etag of {REPO}/{name} as '{ESCAPE}', which is not a "
+    else:
+        bad = ESCAPE + "/model.safetensors" if where == "name with .." else "..\\..\\escaped.json"
+        repo.extra.append(bad)
+        said = (f"listed a file of {REPO} named {bad!r}: rigtune writes no file whose name is an absolute path or "
+                "has a '..' part or a backslash")
+    res = rigtune("fetch", REPO, env=env_for(hub, tmp_path), timeout=120)
+    assert outside_cache(tmp_path) == []
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+    assert f"rigtune: {hub.url} {said}" in res.stderr, res.stderr
+    assert "HF_ENDPOINT may point at a broken or hostile mirror" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1  # one paragraph: the error line alone
+    assert fetched_nothing(hub), "refused before the first byte"
+    assert not cache_of(tmp_path).exists()
+
+
+def test_a_listing_without_blob_ids_takes_each_etag_and_size_from_the_files_headers(hub, tiny_model, tmp_path):
+    hub.repos[REPO].blob_ids = False  # names only, as a mirror that ignores ?blobs=true answers
+    code = ("import dataclasses, json, sys; from engine import hub; lst = hub.listing(sys.argv[1]); seen = []; "
+            "snap = hub.download(sys.argv[1], on_progress=seen.append, every_s=0, lst=lst); "
+            "print(json.dumps({'snap': str(snap), 'files': [dataclasses.asdict(f) for f in lst.files], "
+            "'first': dataclasses.asdict(seen[0]), 'last': dataclasses.asdict(seen[-1])}))")
+    res = subprocess.run([sys.executable, "-c", code, REPO], env=env_for(hub, tmp_path), capture_output=True,
+                         text=True, timeout=120, cwd=Path(__file__).resolve().parents[1])
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    real = {p.name: p.read_bytes() for p in tiny_model.iterdir() if p.is_file() and not p.name.startswith(".")}
+    listed = {f["name"]: f for f in out["files"]}
+    assert set(listed) == set(real)
+    for name, data in real.items():
+        f = listed[name]
+        assert f["size"] == len(data)
+        if name.endswith(".safetensors"):  # X-Linked-Etag: the sha256 of the file
+            assert f["lfs"] and f["etag"] == hashlib.sha256(data).hexdigest()
+        else:  # ETag: the git blob id
+            assert not f["lfs"] and f["etag"] == hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+    total = sum(len(d) for d in real.values())
+    assert out["first"]["bytes_total"] == out["last"]["bytes_total"] == out["last"]["bytes_done"] == total
+    assert out["first"]["bytes_done"] == 0 and out["last"]["files_done"] == out["last"]["files_total"] == len(real)
+    snap = Path(out["snap"])
+    assert snap == snapshot_of(tmp_path, hub)
+    for name, data in real.items():
+        assert (snap / name).is_symlink() and (snap / name).is_file() and (snap / name).read_bytes() == data
+    assert [m for m, p, _ in hub.requests if m == "HEAD"], "the etags were asked of the files themselves"
+    assert outside_cache(tmp_path) == []
+
+
+@pytest.mark.parametrize("served", ["one byte changed", "longer than listed"])
+def test_bytes_that_do_not_match_the_listing_are_deleted_and_nothing_is_linked(hub, tiny_model, tmp_path, served):
+    data = (tiny_model / "model.safetensors").read_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    changed = data[:-1] + bytes([data[-1] ^ 1]) if served == "one byte changed" else data + b"\0" * 5000
+    hub.repos[REPO].served["model.safetensors"] = changed
+    env = env_for(hub, tmp_path)
+    res = rigtune("fetch", REPO, env=env, timeout=120)
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+    found = (f"sha256 {hashlib.sha256(changed).hexdigest()[:12]}..." if served == "one byte changed"
+             else f"more than the {len(data)} bytes the listing says")
+    assert (f"model.safetensors of {REPO} from {hub.url} does not match its sha256 {sha[:12]}... ({found}); the file "
+            "was deleted and nothing was put in the cache for it") in res.stderr, res.stderr
+    cache = cache_of(tmp_path)
+    assert not [p.name for p in (cache / "blobs").iterdir() if p.name.startswith(sha)]  # no blob, part, or .bad
+    assert not (cache / "snapshots").exists() and not (cache / "refs").exists()  # nothing linked, no ref
+    assert outside_cache(tmp_path) == []
+    # the endpoint mends its ways: the next fetch gets the right file
+    del hub.repos[REPO].served["model.safetensors"]
+    res = rigtune("fetch", REPO, env=env, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert (snapshot_of(tmp_path, hub) / "model.safetensors").read_bytes() == data
+
+
+def test_a_server_that_ignores_range_still_gives_the_right_file(hub, tiny_model, tmp_path):
+    data = (tiny_model / "model.safetensors").read_bytes()
+    piece = len(data) // 3
+    hub.cut["model.safetensors"] = (piece, 1)  # the first try is cut off after `piece` bytes...
+    hub.ignore_range = True                     # ...and the resumed request is answered 200, with the whole file
+    res = rigtune("fetch", REPO, env=env_for(hub, tmp_path), timeout=120)
+    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr
+    ranges = [r for m, p, r in hub.requests if m == "GET" and p.endswith("model.safetensors")]
+    assert ranges == [None, f"bytes={piece}-"]
+    got = snapshot_of(tmp_path, hub) / "model.safetensors"
+    assert got.read_bytes() == data  # not the whole file appended to the first third
+    percents = [int(p) for p in re.findall(r"(\d+)%", res.stderr)]
+    assert percents and max(percents) == 100 and percents[-1] == 100  # the progress never passed the total
+    assert not list((cache_of(tmp_path) / "blobs").glob("*" + ".rigtune-part*"))
+    assert outside_cache(tmp_path) == []
+
+
+def test_a_cached_snapshot_is_found_only_through_a_hex_commit(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+    from engine import hub
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    cache = cache_of(tmp_path)
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    for snap in (cache / "snapshots" / commit, tmp_path / "escaped"):  # a good snapshot, and one outside the cache
+        snap.mkdir(parents=True)
+        (snap / "config.json").write_text("{}")
+        (snap / "model.safetensors").write_bytes(b"x")
+    (cache / "refs").mkdir()
+    (cache / "refs" / "main").write_text(commit)
+    assert hub.cached_snapshot(REPO) == cache / "snapshots" / commit
+    assert hub.cached_snapshot(REPO, commit) == cache / "snapshots" / commit
+    (cache / "refs" / "main").write_text(ESCAPE)  # a ref rewritten to lead out of the cache is not followed
+    assert hub.cached_snapshot(REPO) is None
+    assert hub.cached_snapshot(REPO, ESCAPE) is None
+    assert hub.cached_snapshot(REPO, "../../../../../escaped") is None
