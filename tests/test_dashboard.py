@@ -165,13 +165,13 @@ async def test_big_stream_attaches_by_sampling(tmp_path):
 
 
 def test_leaving_the_dashboard_says_what_the_run_is_doing(tmp_path):
-    from tui.cli import _left_message
+    from tui.cli.watch import left_message
     done = write_run(tmp_path / "done", steps=4, total=4, state="finished", end="finished")
-    assert _left_message(done) == f"the run is finished (step 4); its adapter is in {done / 'adapter'}"
+    assert left_message(done) == f"the run is finished (step 4); its adapter is in {done / 'adapter'}"
     stopped = write_run(tmp_path / "stopped", steps=2, total=4, state="stopped", end="stopped")
-    assert "is stopped at step 2" in _left_message(stopped) and "--resume" in _left_message(stopped)
+    assert "is stopped at step 2" in left_message(stopped) and "--resume" in left_message(stopped)
     live = write_run(tmp_path / "live", steps=2, total=4, state="training", pid=own_pid())
-    assert _left_message(live).startswith("detached; training goes on")
+    assert left_message(live).startswith("detached; training goes on")
 
 
 async def test_r_resumes_a_stopped_run_to_the_end(tmp_path, tiny_model):
