@@ -1,7 +1,11 @@
 """Talking to what a run trained: `rigtune chat --prompt` against the real backend on the CPU demo's model,
 and the chat screen driven with Pilot, against a stand-in backend speaking the same pipe protocol and once
 against the real one."""
+import asyncio
+import json
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -41,12 +45,12 @@ def test_chat_refuses_what_is_not_there(tmp_path, demo_run):
     assert res.returncode == 2 and "no adapter yet" in res.stderr
 
 
-async def _settled(pilot, test, tries=300):
+async def _settled(pilot, test, tries=300, state=None):
     for _ in range(tries):
         await pilot.pause(0.02)
         if test():
             return
-    raise AssertionError("the screen never got there")
+    raise AssertionError("the screen never got there" + (f"; it is at: {state()}" if state else ""))
 
 
 def _text(screen) -> str:
@@ -78,6 +82,70 @@ async def test_the_chat_screen_streams_compares_and_clears(tmp_path):
         await pilot.press("ctrl+s", *"be brief", "enter")
         await pilot.press(*"hello", "enter")
         await _settled(pilot, lambda: "You asked hello (turn 1, be brief)" in _text(screen))
+
+
+def _chat_app(tmp_path, *extra):
+    """The chat screen on a finished run, against the stand-in backend (with its optional arguments)."""
+    from tui.app import RigtuneApp
+    run = write_run(tmp_path / "r", steps=3, total=3, state="finished", end="finished")
+    (run / "adapter").mkdir()
+    (run / "adapter" / "adapter_model.safetensors").write_bytes(b"")
+    return RigtuneApp(chat_run=run, chat_options={"backend_argv": STAND_IN + [str(a) for a in extra]})
+
+
+class LateStart(ThreadPoolExecutor):
+    """Thread workers that start half a second late, as on a loaded machine: the screen must not count on a
+    worker having run when the next key arrives."""
+
+    def submit(self, fn, /, *args, **kw):
+        def late():
+            time.sleep(0.5)
+            return fn(*args, **kw)
+        return super().submit(late)
+
+
+async def test_a_second_enter_while_answering_sends_nothing_and_keeps_the_question(tmp_path):
+    """One request at a time on the backend's pipe: Enter pressed again before the reply is done (however
+    quickly, even before the worker that sends the first has started) neither starts a second request nor
+    loses what was typed; it is sent once the reply is in."""
+    log = tmp_path / "requests.jsonl"
+    app = _chat_app(tmp_path, log, 0.1)
+
+    def sent():  # the questions that reached the backend
+        return [json.loads(x)["messages"][-1]["content"] for x in log.read_text().splitlines()] if log.exists() else []
+    notes = []
+    app.notify = lambda message, **kw: notes.append(message)
+    loop, late = asyncio.get_running_loop(), LateStart(max_workers=4)
+    loop.set_default_executor(late)
+    try:
+        async with app.run_test(size=(80, 24)) as pilot:
+            screen = app.screen
+            prompt = screen.query_one("#prompt")
+            await _settled(pilot, lambda: not prompt.disabled)
+            await pilot.press(*"one", "enter", *"two", "enter")
+            await _settled(pilot, lambda: log.exists() and not screen.busy and "…" not in _text(screen),
+                           state=lambda: f"busy={screen.busy}, requests={sent()}, transcript={_text(screen)!r}")
+            assert sent() == ["one"]
+            assert "fine-tuned: You asked one (turn 1)" in _text(screen) and "you: two" not in _text(screen)
+            assert prompt.value == "two" and "still answering" in notes[0]
+            await pilot.press("enter")  # now it goes
+            await _settled(pilot, lambda: "fine-tuned: You asked two (turn 2)" in _text(screen) and not screen.busy)
+            assert sent() == ["one", "two"] and prompt.value == ""
+    finally:
+        loop.set_default_executor(ThreadPoolExecutor())
+        late.shutdown(wait=False)
+
+
+async def test_the_chat_screen_says_when_the_backend_dies_and_stays_usable(tmp_path):
+    app = _chat_app(tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = app.screen
+        await _settled(pilot, lambda: not screen.query_one("#prompt").disabled)
+        await pilot.press(*"die", "enter")
+        await _settled(pilot, lambda: "the chat backend stopped" in _text(screen) and not screen.busy)
+        await pilot.press(*"still there?", "enter")  # the pipe is closed now: said, not raised
+        await _settled(pilot, lambda: _text(screen).count("the chat backend stopped") == 2 and not screen.busy)
+        assert app.is_running
 
 
 async def test_the_chat_screen_on_the_real_backend(demo_run):

@@ -93,7 +93,10 @@ class ChatScreen(Screen):
     @on(Input.Submitted, "#prompt")
     def submitted(self, event: Input.Submitted) -> None:
         question = event.value.strip()
-        if not question or self.busy or self.backend is None:
+        if not question or self.backend is None:
+            return
+        if self.busy:  # one request at a time on the backend's pipe; the question stays in the field
+            self.notify("still answering; Enter sends this once the reply is in.", timeout=3)
             return
         event.input.value = ""
         transcript = self.query_one("#transcript")
@@ -101,39 +104,55 @@ class ChatScreen(Screen):
         reply = Reply("fine-tuned", "green")
         transcript.mount(reply)
         self.last = (list(self.history), question, reply)
-        self.ask(list(self.history), question, reply, adapter=True)
+        self.start_asking(list(self.history), question, reply, adapter=True)
 
     def action_compare(self) -> None:
         """The base model's answer to the last question, beside the fine-tune's."""
-        if self.last is None or self.busy:
+        if self.busy:
+            self.notify("still answering; ctrl+b asks the base once the reply is in.", timeout=3)
+            return
+        if self.last is None:
             self.notify("Ask something first; ctrl+b then asks the base model the same.", severity="warning")
             return
         history, question, tuned = self.last
         left, right = Reply("fine-tuned", "green"), Reply("base", "yellow")
         left.text = tuned.text
-        row = Horizontal(left, right, classes="compare")
-        self.query_one("#transcript").mount(row)
-        left.text = tuned.text
-        self.ask(history, question, right, adapter=False)
+        self.query_one("#transcript").mount(Horizontal(left, right, classes="compare"))
+        self.start_asking(history, question, right, adapter=False)
 
-    @work(thread=True, exclusive=True, group="ask")
-    def ask(self, history: list, question: str, reply: Reply, adapter: bool) -> None:
+    def start_asking(self, history: list, question: str, reply: Reply, adapter: bool) -> None:
+        """busy is set here, on the UI thread, before the worker exists: a second Enter, however quick, sees
+        it. Only answered() clears it, on the UI thread too, whatever way the request ends."""
         self.busy = True
+        self.query_one("#prompt", Input).placeholder = "answering... (type on; Enter sends when it is done)"
+        self.ask(history, question, reply, adapter)
+
+    @work(thread=True, group="ask")
+    def ask(self, history: list, question: str, reply: Reply, adapter: bool) -> None:
+        done = None
         try:
             for ev in self.backend.ask(messages_for(question, self.system or None, history), adapter=adapter,
                                        max_new_tokens=self.max_new_tokens):
                 if ev["event"] == "token":
                     on_ui(self, reply.add, ev["text"])
                 elif ev["event"] == "done" and adapter:
-                    self.history = history + [{"role": "user", "content": question},
-                                              {"role": "assistant", "content": ev["text"]}]
+                    done = history + [{"role": "user", "content": question},
+                                      {"role": "assistant", "content": ev["text"]}]
                 elif ev["event"] == "error":
                     on_ui(self, reply.show, ev["message"], "red")
         except RuntimeError as e:  # the backend died: say so where the answer would be
             on_ui(self, reply.show, str(e), "red")
+        except (OSError, ValueError) as e:  # its pipe is closed (it died before): the same, not a crash
+            on_ui(self, reply.show, f"the chat backend stopped ({e}); Esc, then open the chat again.", "red")
         finally:
-            self.busy = False
-            on_ui(self, lambda: self.query_one("#transcript").scroll_end(animate=False))
+            on_ui(self, self.answered, done)
+
+    def answered(self, history: list | None) -> None:
+        if history is not None:
+            self.history = history
+        self.busy = False
+        self.query_one("#prompt", Input).placeholder = "ask something"
+        self.query_one("#transcript").scroll_end(animate=False)
 
     def action_leave(self) -> None:
         """Back to the dashboard it was opened from, or out of `rigtune chat`."""
@@ -144,6 +163,9 @@ class ChatScreen(Screen):
 
     # ---------------------------------------------------------------------- history and system prompt
     def action_clear(self) -> None:
+        if self.busy:  # the reply being written belongs to the history it would clear
+            self.notify("still answering; ctrl+l clears once the reply is in.", timeout=3)
+            return
         self.history, self.last = [], None
         self.query_one("#transcript").remove_children()
         self.note("history cleared", "dim")
