@@ -93,3 +93,67 @@ def test_readme_documents_every_key():
     for section, keys in runfile.SECTIONS.items():
         for k in keys:
             assert f"`{section}.{k.name}`" in readme, f"{section}.{k.name}"
+
+
+MINE = '''# my 7B run: keep this note
+name = "mine"  # the folder's name
+
+# the base I always use
+[model]
+base = "Llama-2-7B"  # local copy
+revision = "main"
+quantization = "fp4"
+
+[train]
+# slow and steady
+learning_rate = 2e-4
+epochs = 2
+
+[data]
+path = "d.jsonl"
+'''
+
+
+def test_an_edit_of_the_users_run_file_keeps_its_comments_and_order():
+    from engine import runedit
+    values = runfile.loads(MINE).to_dict()
+    assert runedit.dumps_preserving(values, MINE) == MINE  # nothing changed: not a byte
+    values["train"]["learning_rate"] = 1e-4                # changed: where it stands
+    values["model"]["quantization"] = "nf4"                # back to the default: still written, as the user had it
+    values["model"]["revision"] = None                     # no longer given: removed
+    values["train"]["seed"] = 7                            # new in a section: after its last key
+    values["output_root"] = "elsewhere"                    # new at the top: above the first section's comment
+    values["lora"]["r"] = 8                                # a new section: at the end, with its help line
+    assert runedit.dumps_preserving(values, MINE) == '''# my 7B run: keep this note
+name = "mine"  # the folder's name
+output_root = "elsewhere"
+
+# the base I always use
+[model]
+base = "Llama-2-7B"  # local copy
+quantization = "nf4"
+
+[train]
+# slow and steady
+learning_rate = 0.0001
+epochs = 2
+seed = 7
+
+[data]
+path = "d.jsonl"
+
+[lora]
+# LoRA rank.
+r = 8
+'''
+
+
+@pytest.mark.parametrize("base", ['name = "x"\nmodel.base = "m"\ndata = { path = "d" }\n', "not [toml"])
+def test_an_edit_of_a_file_of_another_shape_writes_the_same_values(base, tmp_path):
+    """Dotted keys, inline tables, or a base that is not TOML at all: the values are what counts, whatever the
+    layout that carries them."""
+    from engine import runedit
+    values = runfile.defaults(name="y", model={"base": "z"}, data={"path": "d"}, train={"seed": 3})
+    path = runedit.save_preserving(values, tmp_path / "run.toml", base_text=base)
+    assert runfile.load(path).values == runfile.validate(values).values
+    assert runedit.save_preserving(values, tmp_path / "new.toml").read_text() == runfile.dumps(values)

@@ -337,3 +337,81 @@ async def test_any_hub_id_in_the_model_field_plans_after_its_config_arrives(home
             assert "gated" in fit and "hf auth login" in fit
     finally:
         server.stop()
+
+
+async def test_saving_over_a_file_that_is_there_asks_and_no_keeps_it(home):
+    """The review step asks before it writes over a file; No (Enter on the focused No, n, Escape) leaves it
+    byte for byte, Yes writes the run file."""
+    from tui.screens.common import ConfirmScreen
+    there = home / "runs" / "cpu-demo" / "run.toml"
+    there.parent.mkdir(parents=True)
+    there.write_bytes(b'# not the wizard\'s: a file someone keeps here\nname = "theirs"\r\n')
+    before = there.read_bytes()
+    app = RigtuneApp(wizard=True, machine=fixed_machine(), launcher=RecordingLauncher())
+    async with app.run_test(size=(80, 24)) as pilot:
+        await to_setup(pilot)
+        await pilot.press("enter")
+        review = await settle(pilot, W.ReviewStep)
+        assert review.query_one("#save-path").value == "runs/cpu-demo/run.toml"
+        for no in ("enter", "n", "escape"):
+            await pilot.press("enter")
+            confirm = await settle(pilot, ConfirmScreen)
+            assert "runs/cpu-demo/run.toml is already there" in confirm.question
+            await pilot.press(no)
+            await settle(pilot, W.ReviewStep)
+            assert there.read_bytes() == before, no
+            assert "not saved" in str(review.query_one("#review-error").render())
+        await pilot.press("enter")
+        await settle(pilot, ConfirmScreen)
+        await pilot.press("y")
+        await settle(pilot, W.LaunchStep)
+    written = runfile.load(there)
+    assert written.name == "cpu-demo" and written.hardware.tier == "cpu-demo"
+
+
+COMMENTED = """\
+# My first fine-tune. Keep this note.
+name = "mine"  # the run's folder
+
+# the base I always use
+[model]
+base = "Llama-2-7B"
+
+[data]
+path = "d.jsonl"   # my data
+
+[train]
+# slow and steady
+learning_rate = 2e-4
+epochs = 2
+"""
+
+
+async def test_the_wizard_edits_a_run_file_it_was_given_and_keeps_its_comments(home):
+    from tui.screens.common import ConfirmScreen
+    rf = home / "mine.toml"
+    rf.write_text(COMMENTED)
+    app = RigtuneApp(run_file=str(rf), machine=fixed_machine(), launcher=RecordingLauncher())
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot, W.ReviewStep)
+        await pilot.press("escape")
+        setup = await settle(pilot, W.SetupStep)
+        setup.query_one("#f-lr").value = "1e-4"
+        await pilot.pause(0.05)
+        await pilot.press("enter")
+        review = await settle(pilot, W.ReviewStep)
+        assert "# slow and steady" in review.text()  # the preview is the file as it will be written
+        await pilot.press("enter")
+        confirm = await settle(pilot, ConfirmScreen)
+        assert "Its comments stay" in confirm.question
+        await pilot.press("y")
+        await settle(pilot, W.LaunchStep)
+    text = rf.read_text()
+    comments = [line for line in COMMENTED.splitlines() if "#" in line]
+    kept = [line for line in text.splitlines() if "#" in line]
+    assert [c.split("#", 1)[1] for c in comments] == [k.split("#", 1)[1] for k in kept]  # all there, in order
+    assert 'path = "d.jsonl"   # my data' in text and "epochs = 2" in text  # untouched lines as written
+    assert "learning_rate = 2e-4" not in text
+    cfg = runfile.load(rf)
+    assert cfg.train.learning_rate == 1e-4 and cfg.train.epochs == 2 and cfg.name == "mine"
+    assert cfg.model.base == "Llama-2-7B" and cfg.data.path == "d.jsonl"

@@ -27,6 +27,7 @@ def on_ui(node, fn, *args):
 
 
 class ConfirmScreen(ModalScreen[bool]):
+    """A yes/no question; No has the focus, so Enter (like n and Escape) answers No."""
     BINDINGS = [Binding("y", "answer(True)", "Yes"), Binding("n,escape", "answer(False)", "No")]
 
     def __init__(self, question: str):
@@ -38,6 +39,7 @@ class ConfirmScreen(ModalScreen[bool]):
             yield Label(self.question, id="question")
             yield Button("Yes (y)", variant="error", id="yes")
             yield Button("No (n)", variant="primary", id="no")
+        yield Footer()
 
     def on_mount(self) -> None:
         self.query_one("#no", Button).focus()

@@ -1,4 +1,6 @@
-"""Step 4: the run file as it will be written (with its help comments), editable in $EDITOR, and where to save it."""
+"""Step 4: the run file as it will be written (with its help comments), editable in $EDITOR, and where to save it.
+Opened on the user's own run file (`rigtune RUN_FILE`), it writes the changes into that file, keeping its comments;
+it asks before writing over any file that is already there."""
 from __future__ import annotations
 
 import os
@@ -14,10 +16,11 @@ from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Footer, Input, Label, Static
 
-from engine import runfile
+from engine import runedit, runfile
 from engine.errors import BadInput
 from engine.events import METRICS, RUN_FILE
 
+from ..common import ConfirmScreen
 from .state import Step
 
 
@@ -38,10 +41,22 @@ class ReviewStep(Step):
     def default_path(self) -> str:
         return self.state.run_file or str(Path("runs") / self.state.values["name"] / RUN_FILE)
 
-    def text(self) -> str:
-        return runfile.dumps(self.state.values, header=self.state.header)
+    def text(self, values: dict | None = None) -> str:
+        values = self.state.values if values is None else values
+        if self.base is not None:  # the user's own file, edited in place
+            return runedit.dumps_preserving(values, self.base, header=self.state.header)
+        return runfile.dumps(values, header=self.state.header)
 
     def on_mount(self) -> None:
+        self.base = None  # the text of the run file the wizard was opened with, whose comments a save keeps
+        if self.state.run_file:
+            try:
+                self.base = Path(self.state.run_file).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError):
+                pass  # gone or unreadable since: the save writes a fresh file
+        self.show()
+
+    def show(self) -> None:
         self.query_one("#toml", Static).update(Syntax(self.text(), "toml", theme="ansi_dark",
                                                       background_color="default", word_wrap=True))
         if self.state.values["model"].get("trust_remote_code"):
@@ -63,7 +78,9 @@ class ReviewStep(Step):
         try:
             cfg = runfile.load(tmp)
             self.state.values = cfg.to_dict()
-            self.on_mount()
+            if self.base is not None:
+                self.base = cfg.text  # what the user wrote in the editor, comments included, is what is kept
+            self.show()
             self.query_one("#review-error", Static).update("")
         except BadInput as e:
             self.query_one("#review-error", Static).update(Text(f"not taken: {e}", style="red"))
@@ -79,10 +96,39 @@ class ReviewStep(Step):
             return
         try:
             cfg = runfile.validate(self.state.values, path=path)
-            runfile.save(cfg, path, header=self.state.header)
+            text = self.text(cfg.values)
+            there = Path(path).read_text(encoding="utf-8") if Path(path).is_file() else None
+        except (BadInput, OSError, UnicodeDecodeError) as e:
+            self.query_one("#review-error", Static).update(Text(str(e), style="red"))
+            return
+        if there is None:
+            self.save(path, cfg)
+        elif there == text:  # nothing changed: nothing to write, nothing to ask
+            self.saved(path)
+        else:
+            question = (f"{path} is already there.\nWrite your changes into it? Its comments stay."
+                        if self.base is not None and Path(path) == Path(self.state.run_file) else
+                        f"{path} is already there.\nWrite this run file over it?")
+            self.app.push_screen(ConfirmScreen(question), lambda yes: self.save(path, cfg) if yes else self.kept(path))
+
+    def save(self, path: str, cfg) -> None:
+        try:
+            if self.base is not None:
+                runedit.save_preserving(cfg, path, base_text=self.base, header=self.state.header)
+            else:
+                runfile.save(cfg, path, header=self.state.header)
         except (BadInput, OSError) as e:
             self.query_one("#review-error", Static).update(Text(str(e), style="red"))
             return
+        self.saved(path)
+
+    def kept(self, path: str) -> None:
+        self.query_one("#review-error", Static).update(Text(
+            f"not saved: {path} is unchanged. Enter asks again; or give another path.",
+            style="yellow"))
+
+    def saved(self, path: str) -> None:
+        self.query_one("#review-error", Static).update("")
         self.state.run_file = path
         from .launch import LaunchStep
         self.app.push_screen(LaunchStep())
