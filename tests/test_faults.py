@@ -128,7 +128,7 @@ def test_stale_status_reads_as_crashed(tmp_path):
 def test_second_signal_aborts_but_one_repeated_at_once_does_not():
     code = """
 import os, signal, time
-from engine.torchside.trainer import StopFlag, Aborted
+from engine.torchside.process import StopFlag, Aborted
 flag = StopFlag()
 os.kill(os.getpid(), signal.SIGTERM); os.kill(os.getpid(), signal.SIGTERM)  # torchrun's echo: still one stop
 assert flag.requested

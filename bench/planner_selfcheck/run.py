@@ -144,7 +144,7 @@ def measure(folder: Path) -> dict:
 
     from engine.torchside.loss import loss_sum
     from engine.torchside.model import add_lora, load_base
-    from engine.torchside.trainer import make_optimizer
+    from engine.torchside.setup import make_optimizer
     out = {}
     for gc_on in (False, True):
         cfg = run_config(folder, gc_on)

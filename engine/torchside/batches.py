@@ -1,5 +1,8 @@
-"""Micro-batches as tensors: the token sequences engine.data prepares (plain Python) collated for the model."""
+"""Micro-batches: which rows each rank trains on at each step (Layout), and the token sequences engine.data
+prepares (plain Python) collated as tensors for the model."""
 from __future__ import annotations
+
+import math
 
 from ..data import IGNORE
 from .attention import segments
@@ -39,3 +42,28 @@ def collate(seqs: list, pad_id: int, packing: bool) -> dict:
 def to_device(batch: dict, device) -> dict:
     """A collated batch on `device`: the tensors moved, the plain lists (segments) left as they are."""
     return {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
+
+
+class Layout:
+    """Which packed rows each rank trains on at each step. The rows of a step depend only on the effective
+    batch, so halving the micro-batch and doubling accumulation keeps the data order."""
+
+    def __init__(self, seqs, micro_batch: int, accum: int, world: int, seed: int):
+        import torch
+        self.seqs, self.mbs, self.accum, self.world, self.seed = seqs, micro_batch, accum, world, seed
+        self.n_micro = math.ceil(len(seqs) / micro_batch)
+        self.per_step = world * accum
+        self.steps_per_epoch = max(1, self.n_micro // self.per_step)
+        self._torch, self._epoch, self._order = torch, None, None
+
+    def step_batches(self, step: int) -> list:
+        """All micro-batches of `step`, for every rank: rank r takes [r*A, (r+1)*A)."""
+        epoch, pos = divmod(step, self.steps_per_epoch)
+        if epoch != self._epoch:
+            g = self._torch.Generator().manual_seed(self.seed + epoch)
+            self._epoch, self._order = epoch, self._torch.randperm(len(self.seqs), generator=g).tolist()
+        out = []
+        for k in range(self.per_step):
+            m = (pos * self.per_step + k) % self.n_micro
+            out.append([self.seqs[i] for i in self._order[m * self.mbs:(m + 1) * self.mbs]])
+        return out

@@ -83,8 +83,8 @@ def answer(model, tokenizer, device, request: dict) -> None:
 
 
 def main(argv=None) -> int:
-    from .trainer import _quiet_libraries
-    _quiet_libraries()
+    from .process import quiet_libraries
+    quiet_libraries()
     ap = argparse.ArgumentParser(prog="engine.torchside.chat")
     ap.add_argument("run_dir")
     ap.add_argument("--checkpoint")

@@ -198,8 +198,8 @@ def main(argv=None) -> int:
     import argparse
     import sys
 
-    from .trainer import _quiet_libraries
-    _quiet_libraries()
+    from .process import quiet_libraries
+    quiet_libraries()
     ap = argparse.ArgumentParser(prog="rigtune export")
     ap.add_argument("run_dir")
     ap.add_argument("--to", required=True, choices=FORMATS)
