@@ -113,6 +113,7 @@ class Capability:
     seq_len: int
     per_gpu_gib: float
     why: str
+    verdict: str = ""   # the planner's: fits | tight (under the card, within its error margin) | does not fit
 
 
 def plan_for(tier: Tier, arch: P.Arch, seq_len: int = 2048, micro_batch: int = 4, **settings) -> tuple:
@@ -140,7 +141,7 @@ def capabilities(tier: Tier) -> list:
         fits = P.fits(inp)
         out.append(Capability(size=size, model=name, fits=fits, strategy=inp.strategy, cpu_offload=inp.cpu_offload,
                               micro_batch=inp.micro_batch, seq_len=inp.seq_len,
-                              per_gpu_gib=round(P.peak(inp), 1), why=why))
+                              per_gpu_gib=round(P.peak(inp), 1), why=why, verdict=P.verdict(inp)))
     return out
 
 

@@ -27,6 +27,11 @@ NF4_BITS = {True: 4.127, False: 4.5}     # bits per quantized parameter, with / 
 CUDA_CONTEXT_GIB = 0.5                   # CUDA context, cuBLAS workspace, kernels: outside torch's allocator
 FRAGMENTATION = 0.05                     # caching-allocator slack: reserved over allocated at the peak (0.048
                                          # on the calibration set of rigtune's own H200 runs, planner_accuracy)
+# how far a plan may be under the measured peak: a run "fits" when its planned peak times (1 + FIT_MARGIN) is
+# within the card; at or under the card but not with the margin it is "tight". The median of measured / planned
+# - 1 over the held-out peak and reserved points of bench/planner_accuracy (0.092; run.py derives it again);
+# checked there against published fits / out-of-memory verdicts that take no part in deriving it.
+FIT_MARGIN = 0.09
 PROCESS_RAM_GIB = 3.0                    # host RAM per training process (torch, CUDA libraries, buffers)
 # bytes per (token x vocab entry) of the loss at its peak, beyond the lm_head's own output (2 B in bf16; in
 # fp32 - compute_dtype float32, or lm_head upcast by prepare_model_for_kbit_training - the output is the fp32
@@ -200,28 +205,44 @@ def ram_needed(inp: PlanInput) -> float:
     return need
 
 
-def fits(inp: PlanInput, budget_gib: float | None = None) -> bool:
+def fits(inp: PlanInput, budget_gib: float | None = None, margin: float | None = None) -> bool:
+    """The planned peak, with the planner's error margin (FIT_MARGIN unless given) on top, is within the card
+    (or `budget_gib`), and the RAM suffices. margin=0 asks whether the plan itself is within the card."""
     budget = min(inp.gpus) if budget_gib is None else budget_gib
-    if peak(inp) > budget:
+    if peak(inp) * (1 + (FIT_MARGIN if margin is None else margin)) > budget:
         return False
     return inp.ram_gib is None or ram_needed(inp) <= inp.ram_gib
 
 
-def largest(inp: PlanInput, field: str, limit: int, budget_gib: float | None = None) -> int:
+def verdict(inp: PlanInput, budget_gib: float | None = None) -> str:
+    """"fits" (with the margin), "tight" (at or under the card, but within the planner's error margin of its
+    edge: it may run out of memory) or "does not fit" (over the card, or short of RAM)."""
+    if fits(inp, budget_gib):
+        return "fits"
+    return "tight" if fits(inp, budget_gib, margin=0.0) else "does not fit"
+
+
+def headroom(inp: PlanInput, budget_gib: float | None = None) -> float:
+    """GiB per card left over the planned peak; negative when the plan is over the card."""
+    return (min(inp.gpus) if budget_gib is None else budget_gib) - peak(inp)
+
+
+def largest(inp: PlanInput, field: str, limit: int, budget_gib: float | None = None,
+            margin: float | None = None) -> int:
     """The largest value of `field` (at least 1) at which the run fits, by bisection; 0 if none does."""
     lo, hi = 0, limit
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if fits(replace(inp, **{field: mid}), budget_gib):
+        if fits(replace(inp, **{field: mid}), budget_gib, margin):
             lo = mid
         else:
             hi = mid - 1
     return lo
 
 
-def max_seq_len(inp: PlanInput, limit: int = 1 << 20) -> int:
-    """The longest sequence that fits at this micro-batch (0 if none does)."""
-    return largest(inp, "seq_len", limit)
+def max_seq_len(inp: PlanInput, limit: int = 1 << 20, margin: float | None = None) -> int:
+    """The longest sequence that fits at this micro-batch (0 if none does); with the margin unless told."""
+    return largest(inp, "seq_len", limit, margin=margin)
 
 
 def max_micro_batch(inp: PlanInput, limit: int = 4096) -> int:

@@ -10,7 +10,8 @@ from pathlib import Path
 from ..events import METRICS, PLAN
 from .advice import suggest
 from .arch import GIB, Arch
-from .memory import DTYPE_BYTES, PlanInput, breakdown, fits, max_micro_batch, max_seq_len, ram_needed
+from .memory import (DTYPE_BYTES, FIT_MARGIN, PlanInput, breakdown, headroom, max_micro_batch, max_seq_len, ram_needed,
+                     verdict)
 from .strategy import choose_strategy
 from .throughput import card_named, fmt_estimate, link_note, tokens_per_s
 
@@ -36,6 +37,8 @@ class Plan:
     params_b: float = 0.0            # total parameters, billions (every expert of an MoE model)
     active_params_b: float = 0.0     # parameters a token runs through (= params_b for a dense model)
     download_gib: float = 0.0        # the weights' download
+    headroom_gib: float = 0.0        # the card less the planned per-GPU peak (negative when it is over the card)
+    verdict: str = ""                # fits | tight (under the card, within FIT_MARGIN of it) | does not fit
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -66,11 +69,13 @@ def plan(inp: PlanInput, pick_strategy: bool = False, total_tokens: int | None =
     terms = breakdown(inp)
     total = sum(terms.values())
     card = min(inp.gpus)
-    ok = fits(inp)
+    said = verdict(inp)
     ram = ram_needed(inp)
     if inp.ram_gib is not None and ram > inp.ram_gib:
         notes.append(f"needs {ram:.0f} GiB of system RAM, {inp.ram_gib:.0f} GiB present.")
-    if not ok and total > card and not pick_strategy:
+    if said == "tight":
+        notes.append(tight_words(total, card))
+    elif said != "fits" and total > card and not pick_strategy:
         notes.append(f"needs {total:.1f} GiB per GPU, the card has {card:.1f} GiB.")
     advice = suggest(inp)
     if advice:
@@ -86,7 +91,7 @@ def plan(inp: PlanInput, pick_strategy: bool = False, total_tokens: int | None =
             notes.append(f"time: {fmt_estimate(duration)} on {len(inp.gpus)} x {named.name} "
                          f"(~{speed:,.0f} tokens/s{' after the changes above' if advice else ''}).")
     return Plan(per_gpu_peak_gib=round(total, 2), breakdown_gib={k: round(v, 3) for k, v in terms.items()},
-                fits=ok, max_seq_len=max_seq_len(inp), max_micro_batch=max_micro_batch(inp),
+                fits=said == "fits", max_seq_len=max_seq_len(inp), max_micro_batch=max_micro_batch(inp),
                 strategy=inp.strategy, cpu_offload=inp.cpu_offload, notes=notes,
                 suggestion=advice["keys"] if advice else None, suggestion_steps=advice["steps"] if advice else [],
                 ram_needed_gib=round(ram, 1), gpu_gib=card, card=named.name if named else "",
@@ -94,7 +99,14 @@ def plan(inp: PlanInput, pick_strategy: bool = False, total_tokens: int | None =
                 duration_s_estimate=round(duration) if duration else None,
                 arch=inp.arch.model_type, params_b=float(f"{inp.arch.total_params / 1e9:.5g}"),
                 active_params_b=float(f"{inp.arch.active_params / 1e9:.5g}"),
-                download_gib=float(f"{inp.arch.download_gib:.4g}"))
+                download_gib=float(f"{inp.arch.download_gib:.4g}"), headroom_gib=round(headroom(inp), 2),
+                verdict=said)
+
+
+def tight_words(peak_gib: float, card_gib: float) -> str:
+    """What "tight" means, in one sentence a user reads before launching."""
+    return (f"TIGHT: {peak_gib:.2f} of {card_gib:g} GiB, within the planner's error margin of {FIT_MARGIN:.0%} "
+            f"({card_gib - peak_gib:.2f} GiB left); it may run out of memory.")
 
 
 def input_from_run(cfg, arch: Arch, gpus: list, ram_gib: float | None, link: str = "nvlink",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from .memory import PlanInput, fits, peak, ram_needed
+from .memory import FIT_MARGIN, PlanInput, fits, peak, ram_needed
 
 
 def _strategy_candidates(inp: PlanInput) -> list:
@@ -34,6 +34,9 @@ def choose_strategy(inp: PlanInput) -> tuple[PlanInput, str]:
         return cand, (f"fsdp + CPU offload: one card would need {whole:.1f} GiB, sharded "
                       f"{peak(replace(cand, cpu_offload=False)):.1f} GiB per card, more than its {card:.1f} GiB; "
                       f"with weights in CPU RAM ({ram_needed(cand):.0f} GiB) each card needs {need:.1f} GiB.")
+    if cards == 1 and whole <= card:
+        return inp, (f"tight: the run needs {whole:.1f} GiB of the card's {card:.1f} GiB, less to spare than the "
+                     f"planner's error margin ({FIT_MARGIN:.0%}).")
     if cards == 1:
         return inp, f"does not fit: the run needs {whole:.1f} GiB and the card has {card:.1f} GiB."
     # nothing fits as set: the closest strategy the RAM allows, so that the suggestion starts from there
@@ -55,6 +58,7 @@ class StrategyRow:
     peak_gib: float     # per card
     fits: bool
     chosen: bool        # the planner's pick (choose_strategy), when it fits
+    tight: bool = False  # under the card, but within the planner's error margin of it (fits is False)
 
 
 def strategy_table(inp: PlanInput) -> tuple[list, str]:
@@ -68,6 +72,8 @@ def strategy_table(inp: PlanInput) -> tuple[list, str]:
         if strategy != "single" and len(inp.gpus) < 2:
             continue
         cand = replace(inp, strategy=strategy, cpu_offload=off)
-        rows.append(StrategyRow(label, strategy, off, peak(cand), fits(cand),
-                                best_fits and (best.strategy, best.cpu_offload) == (strategy, off)))
+        ok = fits(cand)
+        rows.append(StrategyRow(label, strategy, off, peak(cand), ok,
+                                best_fits and (best.strategy, best.cpu_offload) == (strategy, off),
+                                tight=not ok and fits(cand, margin=0.0)))
     return rows, why

@@ -131,15 +131,15 @@ def cmd_plan(args) -> int:
     width = max(len(k) for k in p.breakdown_gib)
     for k, v in p.breakdown_gib.items():
         print(f"  {k:<{width}} {v:7.2f} GiB")
-    print(f"  {'per GPU':<{width}} {p.per_gpu_peak_gib:7.2f} GiB of {p.gpu_gib:g}  ->  "
-          f"{'FITS' if p.fits else 'DOES NOT FIT'}")
+    said = {"fits": "FITS", "tight": "TIGHT (may run out of memory)"}.get(p.verdict, "DOES NOT FIT")
+    print(f"  {'per GPU':<{width}} {p.per_gpu_peak_gib:7.2f} GiB of {p.gpu_gib:g}  ->  {said}")
     if p.max_seq_len or p.max_micro_batch:
         print(f"longest sequence at this micro-batch: {p.max_seq_len}; largest micro-batch at this length: "
               f"{p.max_micro_batch}")
     else:
         print("no sequence length fits at this micro-batch, and no micro-batch at this length")
     if p.suggestion:
-        print("to fit, set all of:")
+        print(f"to fit{' with the margin' if p.verdict == 'tight' else ''}, set all of:")
         for key, value in p.suggestion.items():
             print(f"  {key} = {json.dumps(value)}")
     for n in p.notes:

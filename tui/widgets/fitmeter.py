@@ -6,7 +6,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
-from engine.planner import fmt_estimate
+from engine.planner import fmt_estimate, tight_words
 
 SEGMENTS = [("weights", "blue"), ("adapters", "green"), ("gradients", "green"), ("optimizer", "cyan"),
             ("activations", "yellow"), ("logits", "magenta"), ("overhead", "white")]
@@ -27,25 +27,33 @@ class FitMeter(Static):
                   link_note: str | None = None) -> None:
         out = Text()
         ratio = plan.per_gpu_peak_gib / plan.gpu_gib
-        color = "green" if plan.fits and ratio < 0.9 else ("yellow" if plan.fits else "red")
+        tight = plan.verdict == "tight"
+        color = "green" if plan.fits and ratio < 0.9 else ("yellow" if plan.fits or tight else "red")
         out.append(f"Fit meter: {model}\n", style="bold")
-        out.append(f"per GPU {plan.per_gpu_peak_gib:.1f} / {plan.gpu_gib:g} GiB\n", style=f"bold {color}")
+        out.append(f"per GPU {plan.per_gpu_peak_gib:.1f} / {plan.gpu_gib:g} GiB"
+                   f"{' TIGHT' if tight else ''}\n", style=f"bold {color}")
         self._bar(out, plan)
         out.append(f"RAM {ram_needed_gib:.0f} / {ram_gib:.0f} GiB\n", style="green" if ram_needed_gib <= ram_gib else "red")
         out.append("strategies:\n")
         for row in strategies:
-            out.append(f" {'✓' if row.fits else '✗'} {row.label:<13}{row.peak_gib:5.1f} GiB{' ◀' if row.chosen else ''}\n",
-                       style="green" if row.fits else "red")
+            mark, style = ("✓", "green") if row.fits else (("~", "yellow") if row.tight else ("✗", "red"))
+            out.append(f" {mark} {row.label:<13}{row.peak_gib:5.1f} GiB{' tight' if row.tight else ''}"
+                       f"{' ◀' if row.chosen else ''}\n", style=style)
         if len(strategies) > 1:
             out.append(why + "\n", style="dim")
         if link_note:
             out.append(link_note + "\n", style="yellow")
+        if tight:  # under the card, but not by the planner's error margin
+            out.append(tight_words(plan.per_gpu_peak_gib, plan.gpu_gib) + "\n", style="yellow")
         if plan.fits:
             out.append(f"longest seq {plan.max_seq_len}, max micro-batch {plan.max_micro_batch}\n", style="dim")
         elif plan.suggestion:
-            out.append("does not fit. ctrl+f applies all of:\n", style="red")
+            style = "yellow" if tight else "red"
+            out.append(f"{'to fit with the margin' if tight else 'does not fit'}. ctrl+f applies all of:\n", style=style)
             for step in plan.suggestion_steps:
-                out.append(f" · {step}\n", style="red")
+                out.append(f" · {step}\n", style=style)
+        elif tight:
+            out.append("nothing the planner can change gives it the margin.\n", style="yellow")
         else:
             out.append("does not fit on this tier", style="red")
             weights = plan.breakdown_gib["weights"]

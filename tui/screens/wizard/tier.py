@@ -15,6 +15,8 @@ from .state import DEMO, Step, initial_values, tier_order
 
 
 def _cap_cell(cap) -> Text:
+    if cap.verdict == "tight":  # under the card, but within the planner's error margin: may run out of memory
+        return Text("~ tight", style="yellow")
     if not cap.fits:
         return Text("✗ no", style="red")
     how = cap.strategy + ("+off" if cap.cpu_offload else "")
