@@ -204,6 +204,50 @@ def test_every_suggestion_fits_and_check_accepts_it():
     assert cases > 300 and suggested > 100
 
 
+def _apply_and_replan(path, keys: dict, gpus: list):
+    """Write `keys` (run-file key -> value) into the run file at `path` (engine.runfile load, change, save),
+    read it back, and plan it again from the file: the PlanInput rigtune plan RUN_FILE --gpus builds."""
+    from engine import runfile
+    values = runfile.parse_text(path.read_text(), str(path))
+    for dotted, value in keys.items():
+        section, key = dotted.split(".")
+        values[section][key] = value
+    runfile.save(runfile.validate(values), path)  # validate: the engine accepts the changed file
+    cfg = runfile.load(path)
+    return P.input_from_run(cfg, M[cfg.model.base], gpus, None)
+
+
+@pytest.mark.parametrize("model, gpus, settings", [
+    ("Llama-3.1-8B", [12.0], dict(seq_len=4096, micro_batch=4, accum=4, gradient_checkpointing=False)),
+    ("Llama-2-7B", [15.0], dict(seq_len=1024, micro_batch=1, gradient_checkpointing=False, attn="eager")),
+    ("Qwen2.5-14B", [24.0], dict(seq_len=4096, micro_batch=8, accum=2, attn="eager", optimizer="paged_adamw_8bit")),
+    ("CodeLlama-34B", [24.0, 24.0], dict(seq_len=2048, micro_batch=4, accum=2, strategy="ddp")),
+    ("Llama-3.1-70B", [48.0, 48.0], dict(seq_len=4096, micro_batch=8, strategy="ddp", gradient_checkpointing=False)),
+    ("Gemma-3-12B", [16.0], dict(seq_len=8192, micro_batch=2, accum=8)),
+])
+def test_advice_written_into_the_run_file_plans_as_fitting(tmp_path, model, gpus, settings):
+    """The advice is re-planned for real: its run-file keys written into a run file (runfile.save), the file read
+    back and planned from it - in this process (input_from_run) and by `rigtune plan RUN_FILE --json` - fit
+    with the margin, and the re-plan asks for nothing more."""
+    from engine import runfile
+    i = inp(model, gpus=gpus, **settings)
+    values = _run_values(i)
+    values["model"]["base"] = model
+    path = tmp_path / "run.toml"
+    runfile.save(runfile.validate(values), path)
+    before = P.input_from_run(runfile.load(path), M[model], gpus, None)
+    assert P.verdict(before) != "fits"
+    advice = P.suggest(before)
+    assert advice is not None
+    after = _apply_and_replan(path, advice["keys"], gpus)
+    assert P.verdict(after) == "fits" and P.suggest(after) is None
+    assert P.peak(after) == pytest.approx(advice["peak_gib"], abs=0.006)
+    size = f"{len(gpus)}x{gpus[0]:g}"
+    data = json.loads(rigtune("plan", str(path), "--gpus", size, "--json").stdout)
+    assert data["verdict"] == "fits" and data["fits"] is True and data["suggestion"] is None
+    assert data["per_gpu_peak_gib"] * (1 + P.FIT_MARGIN) <= min(gpus)
+
+
 def test_tier_checks_warn_with_numbers():
     t1500 = T.tiers()["1500"]
     checks = {c.name: c for c in T.checks(t1500, "70B")}
