@@ -51,21 +51,18 @@ def cached_file(repo: str, filename: str, revision: str | None = None) -> Path |
 
 def fetch_config(repo: str, revision: str | None = None, key: str = "--model") -> Path:
     """config.json of a hub model (from the cache when there; HF_HUB_OFFLINE honoured). The listing is asked
-    first: it fails at once when the hub cannot be reached or the id does not exist, where the file download
-    would retry with backoff for half a minute."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.utils import logging as hf_logging
+    first: it fails at once when the hub cannot be reached or the id does not exist. The file itself comes
+    through rigtune's own checked download (`download` with a listing of that one file), never through a
+    client that would name cache files after the endpoint's unchecked headers."""
     cached = cached_file(repo, "config.json", revision)
     if cached is not None:
         return cached
-    if offline():
-        raise explain(_offline_error(), repo, key)
-    hf_logging.set_verbosity_error()  # its retry notices are not for rigtune's users; the error below is
-    try:
-        model_info(repo, revision)
-        return Path(hf_hub_download(repo, "config.json", revision=revision, endpoint=endpoint()))
-    except Exception as e:
-        raise explain(e, repo, key) from None
+    info, commit = _checked_info(repo, revision, key)
+    config = next((s for s in info.siblings or [] if s.rfilename == "config.json"), None)
+    if config is None:
+        raise BadInput(f"{repo} has no config.json: it is not a transformers model repository.", key=key)
+    one = Listing(repo=repo, commit=commit, files=(_listed_file(repo, commit, config),))
+    return download(repo, revision, key=key, lst=one) / "config.json"
 
 
 _INFO: dict = {}
@@ -123,11 +120,12 @@ def wanted(names: list, trust_remote_code: bool = False) -> list:
     return out
 
 
-def listing(repo: str, revision: str | None = None, trust_remote_code: bool = False,
-            key: str = "model.base") -> Listing:
-    """What `download` would fetch, with sizes, from the hub's listing (model_info with blobs)."""
+def _checked_info(repo: str, revision: str | None, key: str):
+    """The repository's listing and its commit (40 hex digits), or one clear error."""
     if offline():
         raise explain(_offline_error(), repo, key)
+    from huggingface_hub.utils import logging as hf_logging
+    hf_logging.set_verbosity_error()  # its retry notices are not for rigtune's users; the error below is
     try:
         info = model_info(repo, revision)
     except Exception as e:
@@ -136,7 +134,13 @@ def listing(repo: str, revision: str | None = None, trust_remote_code: bool = Fa
             raise Failed(f"{endpoint()} answered a listing of {repo} that cannot be read ({type(e).__name__}: "
                          f"{shown(e)}). {MIRROR}") from None
         raise err from None
-    commit = hex_hash(info.sha, (40,), f"the commit of {repo}")
+    return info, hex_hash(info.sha, (40,), f"the commit of {repo}")
+
+
+def listing(repo: str, revision: str | None = None, trust_remote_code: bool = False,
+            key: str = "model.base") -> Listing:
+    """What `download` would fetch, with sizes, from the hub's listing (model_info with blobs)."""
+    info, commit = _checked_info(repo, revision, key)
     siblings = info.siblings or []
     for s in siblings:
         safe_name(s.rfilename, repo)

@@ -53,7 +53,8 @@ def test_plan_from_a_hub_id(hub, tiny_model, tmp_path):
     weights = (tiny_model / "model.safetensors").stat().st_size
     assert out["download_gib"] == pytest.approx(weights / 2**30, rel=0.001)
     asked = {p for m, p, _ in hub.requests}
-    assert f"/api/models/{REPO}" in asked and f"/{REPO}/resolve/main/config.json" in asked
+    commit = hub.repos[REPO].commit  # config.json at the listing's commit, through the checked download
+    assert f"/api/models/{REPO}" in asked and f"/{REPO}/resolve/{commit}/config.json" in asked
     listings = [p for m, p, _ in hub.requests if p.startswith(f"/api/models/{REPO}")]
     assert len(listings) == 1, listings  # one model_info serves the probe and the weights' size
     assert not any(p.endswith(".safetensors") for m, p, _ in hub.requests if m == "GET"), "a plan downloads no weights"
@@ -227,6 +228,23 @@ def test_a_hostile_listing_is_refused_and_nothing_is_written_outside_the_cache(h
     assert len(res.stderr.strip().splitlines()) == 1  # one paragraph: the error line alone
     assert fetched_nothing(hub), "refused before the first byte"
     assert not cache_of(tmp_path).exists()
+
+
+def test_planning_a_hub_id_fetches_its_config_through_the_checked_download(hub, tmp_path):
+    """`rigtune plan --model ID` (and the wizard's model field) fetch config.json: through rigtune's own checked
+    download, so a hostile ETag on it is refused and nothing lands outside the cache (huggingface_hub's
+    hf_hub_download named the blob after it unchecked and wrote four levels up); a good one plans."""
+    repo = hub.repos[REPO]
+    repo.blob_ids = False
+    repo.header_etag["config.json"] = ESCAPE
+    res = rigtune("plan", "--model", REPO, "--gpus", "1x24", env=env_for(hub, tmp_path), timeout=120)
+    assert outside_cache(tmp_path) == []
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+    assert f"answered the ETag / X-Linked-Etag of {REPO}/config.json as '{ESCAPE}'" in res.stderr, res.stderr
+    del repo.header_etag["config.json"]
+    res = rigtune("plan", "--model", REPO, "--gpus", "1x24", "--json", env=env_for(hub, tmp_path), timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert (snapshot_of(tmp_path, hub) / "config.json").is_file() and outside_cache(tmp_path) == []
 
 
 def test_a_listing_without_blob_ids_takes_each_etag_and_size_from_the_files_headers(hub, tiny_model, tmp_path):
