@@ -207,7 +207,9 @@ def run_values(tier: Tier, arch: P.Arch, base: str | None = None) -> tuple[dict,
     p = P.plan(inp)
     verdict = (f"planned: {p.per_gpu_peak_gib:.1f} GiB per GPU of {p.gpu_gib:g} GiB"
                f" ({', '.join(f'{k} {v:.1f}' for k, v in p.breakdown_gib.items())})")
-    if not p.fits:
+    if p.verdict == "tight":
+        verdict += " - TIGHT on this tier: within the planner's error margin, it may run out of memory; see rigtune plan"
+    elif not p.fits:
         verdict += " - DOES NOT FIT this tier even so; see rigtune plan"
     return values, (f"{tier.label} tier: {tier.summary}\n{why}\n{verdict}\nmicro-batch {inp.micro_batch} x "
                     f"accumulation {accum} x {n} process(es) keeps the effective batch at {inp.micro_batch * accum * n}."

@@ -106,6 +106,11 @@ def test_strategies():
     assert "per card" in why and "one card would need" in why
     chosen, why = P.choose_strategy(replace(seventy, ram_gib=32))
     assert not P.fits(chosen) and "no strategy fits" in why
+    # one card with room on it but too little system RAM: the reason is the RAM, not the card
+    small = inp("Llama-3.1-8B", gpus=(24.0,), micro_batch=1, ram_gib=2)
+    assert P.peak(small) < 20 and P.verdict(small) == "does not fit"
+    chosen, why = P.choose_strategy(small)
+    assert why.startswith("does not fit") and "of system RAM" in why and "tight" not in why, why
 
 
 def test_seed_article_claims():

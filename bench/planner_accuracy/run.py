@@ -11,7 +11,8 @@ Two sources of points:
 
 Calibration set: the rigtune points in CALIBRATION below. They set FRAGMENTATION (reserved over allocated at
 the peak), the only memory constant fitted to measurements; this script derives it again from them and
-prints it. Every other point is held out: no constant was chosen by looking at it.
+prints it. Every other point is held out: no constant of the memory model was chosen by looking at it (the
+error margin below is the size of the error on them, not a term of the model).
 
 FIT_MARGIN (a plan "fits" only when its peak times 1 + FIT_MARGIN is within the card; "tight" when it is within
 the card but not with the margin) is not a term of the memory model but the size of its error: the median of
@@ -146,7 +147,7 @@ def main(write: bool = True) -> dict:
         f"Computed {datetime.date.today()} on {platform.node() or 'this machine'} (the planner is arithmetic; the "
         "machine does not change the figures).", "",
         f"**Held-out mean absolute error: {mae['held-out']:.1%}** over {len(errors['held-out'])} points no constant "
-        f"was fitted to.  ",
+        f"of the memory model was fitted to (the error margin, below, is measured on them).  ",
         f"Calibration set: {mae['calibration']:.1%} over {len(errors['calibration'])} points (in-sample, not accuracy).",
         "",
         f"Held-out, each source weighted alike (so that no one table dominates): {source_weighted:.1%}.", "",

@@ -11,8 +11,10 @@ Every term is named in the breakdown (GiB per GPU):
   logits       the loss's peak: the output logits, their fp32 upcast, log-softmax and its gradient (one chunk
                of them with the chunked loss; Liger's fused loss holds a smaller chunk)
   overhead     CUDA context, the dequantized weight of the widest layer, and allocator fragmentation
-Each constant below is derived, or calibrated on a set of points kept apart from the points its accuracy is
-reported on (bench/planner_accuracy). The time estimate (tokens/s, duration) follows the memory model
+Each constant of the model below is derived, or calibrated on a set of points kept apart from the points its
+accuracy is reported on (bench/planner_accuracy). FIT_MARGIN is not a term of the model but the size of its
+error on the held-out points; the accuracy figures do not use it, and published verdicts it was not derived
+from check it. CUDA_CONTEXT_GIB is an assumption (README, "How accurate"). The time estimate (tokens/s, duration) follows the memory model
 (throughput.py).
 """
 from __future__ import annotations

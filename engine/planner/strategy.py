@@ -34,6 +34,10 @@ def choose_strategy(inp: PlanInput) -> tuple[PlanInput, str]:
         return cand, (f"fsdp + CPU offload: one card would need {whole:.1f} GiB, sharded "
                       f"{peak(replace(cand, cpu_offload=False)):.1f} GiB per card, more than its {card:.1f} GiB; "
                       f"with weights in CPU RAM ({ram_needed(cand):.0f} GiB) each card needs {need:.1f} GiB.")
+    short_of_ram = inp.ram_gib is not None and ram_needed(inp) > inp.ram_gib
+    if cards == 1 and short_of_ram:
+        return inp, (f"does not fit: the run needs {ram_needed(inp):.0f} GiB of system RAM and this machine has "
+                     f"{inp.ram_gib:.0f} GiB.")
     if cards == 1 and whole <= card:
         return inp, (f"tight: the run needs {whole:.1f} GiB of the card's {card:.1f} GiB, less to spare than the "
                      f"planner's error margin ({FIT_MARGIN:.0%}).")
