@@ -5,6 +5,7 @@ fresh file with our own help lines. tomlkit reads and writes TOML as a document,
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 from .runfile import REQUIRED, SECTION_KEYS, SECTIONS, TOP_KEYS, RunConfig, _comment, dumps, save, tomllib
@@ -62,12 +63,14 @@ def _reads_as(read: dict, want: dict, keys: dict) -> bool:
     return all(name in want and (want[name] is not None or name in SECTIONS) for name in read)
 
 
-def dumps_preserving(cfg: RunConfig | dict, base_text: str, header: str | None = None) -> str:
+def dumps_preserving(cfg: RunConfig | dict, base_text: str, header: str | None = None,
+                     fallback: bool = True) -> str | None:
     """The run file `cfg` written as an edit of `base_text` (the user's own file): keys whose value changed are
     updated where they stand, keys it lacks are added unless they hold their default, keys no longer given are
     removed; comments, blank lines, order and untouched values stay as the user wrote them (tomlkit round-trips
     them). Falls back to dumps() - the same values in our layout - when the base is not valid TOML or its
-    shape (dotted keys, inline tables) does not take the edit: the result is read back and compared first."""
+    shape (dotted keys, inline tables) does not take the edit: the result is read back and compared first.
+    With fallback=False that case gives None instead (see preserves())."""
     import tomlkit
     from tomlkit.exceptions import TOMLKitError
 
@@ -110,13 +113,21 @@ def dumps_preserving(cfg: RunConfig | dict, base_text: str, header: str | None =
             raise ValueError("the edited file does not read back as the run file")
         return text
     except (tomllib.TOMLDecodeError, TOMLKitError, ValueError, KeyError, TypeError, AttributeError):
-        return dumps(cfg, header)
+        return dumps(cfg, header) if fallback else None
+
+
+def preserves(cfg: RunConfig | dict, base_text: str, header: str | None = None) -> bool:
+    """Whether writing `cfg` into `base_text` keeps the user's comments and layout (False: it would fall back to
+    our own layout, and their comments would go)."""
+    return dumps_preserving(cfg, base_text, header, fallback=False) is not None
 
 
 def save_preserving(cfg: RunConfig | dict, path, base_text: str | None = None, header: str | None = None) -> Path:
     """save(), but as an edit of the user's own run file: `base_text` (default: the file now at `path`) keeps
     its comments and order, see dumps_preserving(). With no such file it is save()."""
     p = Path(path)
+    if p.is_symlink():  # write through the link, not over it
+        p = p.resolve()
     if base_text is None:
         try:
             base_text = p.read_text(encoding="utf-8")
@@ -125,5 +136,7 @@ def save_preserving(cfg: RunConfig | dict, path, base_text: str | None = None, h
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(f".{p.name}.tmp")
     tmp.write_text(dumps_preserving(cfg, base_text, header), encoding="utf-8")
+    if p.exists():
+        shutil.copymode(p, tmp)  # the user's permissions stay
     os.replace(tmp, p)
     return p

@@ -157,3 +157,21 @@ def test_an_edit_of_a_file_of_another_shape_writes_the_same_values(base, tmp_pat
     path = runedit.save_preserving(values, tmp_path / "run.toml", base_text=base)
     assert runfile.load(path).values == runfile.validate(values).values
     assert runedit.save_preserving(values, tmp_path / "new.toml").read_text() == runfile.dumps(values)
+    if base == "not [toml":
+        assert not runedit.preserves(values, base)  # so the wizard says the comments will go
+    assert runedit.preserves(values, runfile.dumps(values))
+
+
+def test_an_edit_writes_through_a_link_and_keeps_the_permissions(tmp_path):
+    from engine import runedit
+    values = runfile.defaults(name="y", model={"base": "z"}, data={"path": "d"})
+    real = tmp_path / "kept" / "run.toml"
+    real.parent.mkdir()
+    real.write_text("# mine\n" + runfile.dumps(values))
+    real.chmod(0o640)
+    link = tmp_path / "run.toml"
+    link.symlink_to(real)
+    values["train"]["seed"] = 7
+    runedit.save_preserving(values, link)
+    assert link.is_symlink() and real.read_text().startswith("# mine\n") and runfile.load(real).train.seed == 7
+    assert real.stat().st_mode & 0o777 == 0o640

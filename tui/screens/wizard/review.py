@@ -106,9 +106,14 @@ class ReviewStep(Step):
         elif there == text:  # nothing changed: nothing to write, nothing to ask
             self.saved(path)
         else:
-            question = (f"{path} is already there.\nWrite your changes into it? Its comments stay."
-                        if self.base is not None and Path(path) == Path(self.state.run_file) else
-                        f"{path} is already there.\nWrite this run file over it?")
+            own = self.base is not None and Path(path) == Path(self.state.run_file)
+            if own and runedit.preserves(cfg, self.base, self.state.header):
+                question = f"{path} is already there.\nWrite your changes into it? Its comments stay."
+            elif own:
+                question = (f"{path} is already there, in a shape rigtune cannot edit in place (dotted keys or inline "
+                            "tables).\nWrite this run file over it? Its comments will be lost.")
+            else:
+                question = f"{path} is already there.\nWrite this run file over it?"
             self.app.push_screen(ConfirmScreen(question), lambda yes: self.save(path, cfg) if yes else self.kept(path))
 
     def save(self, path: str, cfg) -> None:
