@@ -78,27 +78,28 @@ def _step_words(field: str, old, new, inp: PlanInput, cand: PlanInput) -> str:
     return f"{field} {old} -> {new}"
 
 
-def suggest(inp: PlanInput, budget_gib: float | None = None) -> dict | None:
+def suggest(inp: PlanInput, budget_gib: float | None = None, margin: float | None = None) -> dict | None:
     """The complete set of changes that makes a run fit (in `budget_gib` per card, default the card), or None
     when it fits already or nothing does. Of all the combinations of changes that fit, the one with the
     shortest estimated training time for the same data (fewest changes on a tie); shortening sequences
     changes the data, so it comes only when nothing else fits. A fit is with the planner's margin (memory.fits);
-    tests/test_planner.py writes the keys into a run file and plans it again.
+    tests/test_planner.py writes the keys into a run file and plans it again. `margin` overrides that margin
+    (0 when `budget_gib` is itself a target with room to spare, as after an out-of-memory).
       {"change": {PlanInput field: value}, "keys": {run-file key: value}, "steps": [words per change],
        "peak_gib": planned peak after the change, "slowdown": estimated time / time as set}"""
-    if fits(inp, budget_gib):
+    if fits(inp, budget_gib, margin):
         return None
     card = card_named(inp.card) or load_cards()[DEFAULT_CARD]
     best = None
     for cand in _candidates(inp):
-        if fits(cand, budget_gib):
+        if fits(cand, budget_gib, margin):
             changed = sum(getattr(cand, f) != getattr(inp, f) for f in RUN_KEYS)
             key = (round(_seconds_per_token(cand, card), 12), changed)
             if best is None or key < best[0]:
                 best = (key, cand)
     if best is None:  # nothing fits as the data is: the combination that allows the longest sequences
         for cand in _candidates(inp):
-            longest = largest(cand, "seq_len", inp.seq_len - 1, budget_gib)
+            longest = largest(cand, "seq_len", inp.seq_len - 1, budget_gib, margin)
             if longest >= SHORTEST_SEQ:
                 cand = replace(cand, seq_len=longest)
                 key = (-longest, round(_seconds_per_token(cand, card), 12))

@@ -121,7 +121,7 @@ def oom_advice(run: Run) -> str:
     planned, terms = P.peak(inp), P.breakdown(inp)
     settled = terms["weights"] + P.CUDA_CONTEXT_GIB
     budget = min(card or planned, planned) - 0.25 * (planned - settled)
-    advice = P.suggest(inp, budget)
+    advice = P.suggest(inp, budget, margin=0.0)  # the quarter off is the room to spare; no margin on top
     if advice is None:
         return "Nothing rigtune can change makes this run lighter on this card; a smaller model or a larger card." + tail
     keys = ", ".join(f"{k} = {json.dumps(v)}" for k, v in advice["keys"].items())
