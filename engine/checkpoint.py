@@ -107,23 +107,42 @@ def write_complete(tmp: Path, final: Path, write, what: str) -> Path:
     older one atomically). On any failure the temporary directory is removed and `final` is as it was; a
     full disk, however the writing library reports it, becomes DiskFull with one clear sentence."""
     shutil.rmtree(tmp, ignore_errors=True)
-    try:
+
+    def fill() -> None:
         tmp.mkdir(parents=True)
         write(tmp)
-        for f in tmp.rglob("*"):
-            if f.is_file():
-                with open(f, "rb") as fh:
-                    os.fsync(fh.fileno())
-    except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if is_disk_full(e):
-            raise DiskFull(disk_full_message(what, final.parent)) from None
-        raise
+    _fill(tmp, fill, lambda: shutil.rmtree(tmp, ignore_errors=True), what, final.parent)
     if final.exists():  # the same step saved before a crash, or the previous adapter: replace it
         remove(final)
     os.rename(tmp, final)
     _fsync_dir(final.parent)
     return final
+
+
+def write_file_complete(final: Path, write, what: str) -> Path:
+    """write_complete for a single file: write(tmp) to a temporary file beside `final` (.tmp-NAME), fsync it,
+    then rename it over `final`. On any failure the temporary file is removed and `final` is as it was."""
+    tmp = final.with_name(f".tmp-{final.name}")
+    tmp.unlink(missing_ok=True)  # what an export killed midway left
+    _fill(tmp, lambda: write(tmp), lambda: tmp.unlink(missing_ok=True), what, final.parent)
+    os.replace(tmp, final)
+    _fsync_dir(final.parent)
+    return final
+
+
+def _fill(tmp: Path, fill, discard, what: str, where: Path) -> None:
+    """fill(), then fsync every file at or under `tmp`; on any failure discard() it, and a full disk is DiskFull."""
+    try:
+        fill()
+        for f in [tmp] if tmp.is_file() else tmp.rglob("*"):
+            if f.is_file():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+    except BaseException as e:
+        discard()
+        if is_disk_full(e):
+            raise DiskFull(disk_full_message(what, where)) from None
+        raise
 
 
 def write_manifest(folder: Path, fields: dict) -> None:

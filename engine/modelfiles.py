@@ -27,20 +27,87 @@ def special_token(config: dict, name: str) -> str | None:
     return value.get("content") if isinstance(value, dict) else value
 
 
-def chat_template(folder: Path, config: dict | None = None) -> str | None:
-    """The model's chat template: chat_template.jinja beside the tokenizer, else the config's (the default of
-    a list of named templates)."""
+def raw_chat_template(folder: Path, config: dict | None = None) -> str | list | None:
+    """The chat template as the model ships it: one template, or a list of named ones ({"name", "template"}) -
+    chat_template.jinja with any additional_chat_templates/NAME.jinja beside it (transformers' files), else the
+    config's "chat_template" (a string or such a list). GGUF keeps the named ones (tokenizer.chat_template.NAME)."""
     folder = Path(folder)
     if (folder / "chat_template.jinja").is_file():
-        return (folder / "chat_template.jinja").read_text()
-    template = (tokenizer_config(folder) if config is None else config).get("chat_template")
+        default = (folder / "chat_template.jinja").read_text()
+        named = [{"name": p.stem, "template": p.read_text()}
+                 for p in sorted((folder / "additional_chat_templates").glob("*.jinja"))]
+        return [{"name": "default", "template": default}] + named if named else default
+    return (tokenizer_config(folder) if config is None else config).get("chat_template") or None
+
+
+def chat_template(folder: Path, config: dict | None = None) -> str | None:
+    """The model's chat template: the default of raw_chat_template's named ones (else the first)."""
+    template = raw_chat_template(folder, config)
     if isinstance(template, list):
         template = next((t["template"] for t in template if t.get("name") == "default"),
                         template[0]["template"] if template else None)
     return template or None
 
 
-def refuse_overwrite(out: Path, force: bool) -> None:
-    """An output that exists is replaced only with --force."""
-    if Path(out).exists() and not force:
+# ---------------------------------------------------------------------------- the one overwrite rule
+
+EXPORT_MARK = ".rigtune-export"  # inside a folder export: {"kind", "run", "written"}
+RUN_FILE_HEAD = "# rigtune run file"  # engine.runfile.dumps's first line
+OUTPUTS = {"merged": "merged export", "gguf": "gguf export", "gguf-lora": "gguf-lora export",
+           "ollama": "ollama export", "run": "run file"}
+
+
+def mark_export(folder: Path, kind: str, run_dir: Path) -> None:
+    """Say inside a folder export what wrote it, so that a later --force knows it may replace it."""
+    import time
+    (Path(folder) / EXPORT_MARK).write_text(json.dumps({"kind": kind, "run": str(run_dir),
+                                                         "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")}))
+
+
+def output_kind(path: Path) -> str | None:
+    """Which rigtune output is at `path` (a key of OUTPUTS), or None: a folder by its EXPORT_MARK, a GGUF by its
+    magic and general.type (an adapter is a gguf-lora), a run file by its first line."""
+    path = Path(path)
+    if path.is_dir():
+        try:
+            mark = json.loads((path / EXPORT_MARK).read_text())
+        except (OSError, ValueError):
+            return None
+        return mark.get("kind") if isinstance(mark, dict) and mark.get("kind") in ("merged", "ollama") else None
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(RUN_FILE_HEAD))
+    except OSError:
+        return None
+    if head.startswith(b"GGUF"):
+        return _gguf_kind(path)
+    return "run" if head == RUN_FILE_HEAD.encode() else None
+
+
+def _gguf_kind(path: Path) -> str | None:
+    try:
+        import gguf
+        field = gguf.GGUFReader(str(path)).get_field(gguf.Keys.General.TYPE)
+        kind = field.contents() if field is not None else None
+    except Exception:  # a GGUF the reader cannot parse: not something rigtune wrote
+        return None
+    return "gguf-lora" if kind == gguf.GGUFType.ADAPTER else "gguf"
+
+
+def refuse_overwrite(out: Path, force: bool, kind: str | None = None) -> None:
+    """An output that exists is replaced only with --force, and then (given its `kind`, a key of OUTPUTS) only
+    if it is an earlier rigtune output of that kind: never another folder or file."""
+    out = Path(out)
+    if not (out.exists() or out.is_symlink()):
+        return
+    if not force:
         raise BadInput("already exists; choose another --out or add --force to replace it.", path=str(out))
+    if kind is None:
+        return
+    found = None if out.is_symlink() else output_kind(out)
+    if found == kind:
+        return
+    what = ("a symbolic link" if out.is_symlink() else f"an earlier rigtune {OUTPUTS[found]}" if found
+            else f"a {'folder' if out.is_dir() else 'file'} rigtune did not write")
+    raise BadInput(f"this is {what}; --force replaces only an earlier rigtune {OUTPUTS[kind]}. Choose another "
+                   "--out, or move it away yourself.", path=str(out))

@@ -59,6 +59,36 @@ def held_out(run: Path) -> dict:
     return {s["question"]: s for s in final["samples"]}
 
 
+def fake_hub_cache(cache: Path, model: Path, repo: str = "tiny-org/demo") -> dict:
+    """A Hugging Face cache at `cache` (for HF_HUB_CACHE) holding the model folder `model` under the hub id `repo`
+    at two revisions, main and v2, told apart by a mark in config.json ("rigtune_test_snapshot": the ref).
+    Returns {ref: commit}."""
+    import shutil
+    folder = cache / ("models--" + repo.replace("/", "--"))
+    commits = {"main": "a" * 40, "v2": "b" * 40}
+    for ref, commit in commits.items():
+        snap = folder / "snapshots" / commit
+        shutil.copytree(model, snap)
+        config = json.loads((snap / "config.json").read_text())
+        (snap / "config.json").write_text(json.dumps({**config, "rigtune_test_snapshot": ref}))
+        (folder / "refs").mkdir(parents=True, exist_ok=True)
+        (folder / "refs" / ref).write_text(commit)
+    return commits
+
+
+def on_hub_base(demo_run: Path, run: Path, revision: str, repo: str = "tiny-org/demo") -> Path:
+    """A copy of the demo run at `run` (its adapter and run file) whose base is the hub id `repo` at `revision`."""
+    import shutil
+
+    from engine import runfile
+    run.mkdir()
+    shutil.copytree(demo_run / "adapter", run / "adapter")
+    values = runfile.load(demo_run / "run.toml").to_dict()
+    values["model"].update(base=repo, revision=revision)
+    runfile.save(values, run / "run.toml")
+    return run
+
+
 def run_file(tmp_path: Path, base: Path, dataset, name="t", **sections) -> Path:
     """Write a small run file; `sections` maps a section to overrides, e.g. train={"max_steps": 4}."""
     from engine import runfile

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, demo_run, held_out, rigtune  # noqa: F401 - demo_run is a fixture
+from conftest import demo_run  # noqa: F401 - a fixture
+from conftest import ROOT, fake_hub_cache, held_out, on_hub_base, rigtune
 
 LLAMA_DIR = Path.home() / ".cache" / "rigtune-tests" / "llama"
 PROMPTS = ["May I ask your name?", "I wonder what you eat.", "Would you share how old you are?"]
@@ -54,6 +55,7 @@ def test_merged_matches_base_plus_adapter(demo_run, tmp_path):
 
 
 def test_ollama_modelfile_renders_like_the_chat_template(demo_run, tmp_path):
+    from engine.modelfiles import output_kind
     from engine.ollama import render
     res = export(demo_run, "--to", "ollama", "--out", tmp_path / "ol", "--system", "Be brief.")
     assert res.returncode == 0, res.stderr
@@ -61,6 +63,7 @@ def test_ollama_modelfile_renders_like_the_chat_template(demo_run, tmp_path):
     text = (tmp_path / "ol" / "Modelfile").read_text()
     assert text.startswith("FROM ./model.gguf\n") and 'PARAMETER stop "<|im_end|>"' in text
     assert 'SYSTEM """Be brief."""' in text and (tmp_path / "ol" / "model.gguf").stat().st_size > 0
+    assert output_kind(tmp_path / "ol") == "ollama"  # what a later --force may replace
     go = text.split('TEMPLATE """')[1].split('"""')[0]
     filled = (go.replace("{{ if .System }}", "").replace("{{ .System }}", "Be brief.").replace("{{ end }}", "")
               .replace("{{ if .Prompt }}", "").replace("{{ .Prompt }}", "Hi").replace("{{ .Response }}", "Yo"))
@@ -104,6 +107,8 @@ def test_gguf_and_gguf_lora_run_in_a_real_llama_cpp(demo_run, tmp_path):
     for token up to the end-of-sequence token (at most 8 tokens), for the merged GGUF (f16 and q8_0) and for the
     GGUF LoRA on a GGUF of the base."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from engine.data import answered  # the trainer's rule for a right answer
     llama_cpp()
     for args in (("--to", "merged", "--out", tmp_path / "merged", "--merge-into", "original"),
                  ("--to", "gguf", "--out", tmp_path / "model.gguf", "--merge-into", "original"),
@@ -117,7 +122,8 @@ def test_gguf_and_gguf_lora_run_in_a_real_llama_cpp(demo_run, tmp_path):
     ids = [prompt_ids(tok, p) for p in PROMPTS]
     expected = [until_eos(model, x, tok.eos_token_id) for x in ids]
     samples = held_out(demo_run)  # the merged model answers as the trainer's own final eval did
-    right = [all(w in tok.decode(e) for w in samples[p]["expect"]) for p, e in zip(PROMPTS, expected)]
+    right = [answered(tok.decode(e, skip_special_tokens=True), samples[p]["expect"])
+             for p, e in zip(PROMPTS, expected)]
     assert right == [samples[p]["correct"] for p in PROMPTS] and any(right), right
     assert greedy(tmp_path / "model.gguf", None, ids) == expected
     assert greedy(tmp_path / "base.gguf", tmp_path / "adapter.gguf", ids) == expected
@@ -132,6 +138,68 @@ def test_export_refuses_what_it_cannot_do(demo_run, tmp_path):
     assert res.returncode == 2 and "no adapter yet" in res.stderr and "Traceback" not in res.stderr
     res = export(demo_run, "--to", "merged", "--base")
     assert res.returncode == 2 and "--base goes with --to gguf" in res.stderr
+
+
+def test_a_gguf_lora_export_that_fails_midway_leaves_nothing(demo_run, tmp_path, monkeypatch, capsys):
+    """The GGUF LoRA is written to a temporary file beside --out and renamed when whole: a writer that fails
+    after writing part of it (a full disk here) leaves no file at --out and no temporary one, and an earlier
+    export that --force was to replace stays as it was."""
+    import errno
+
+    import gguf
+
+    from engine.torchside import export as E
+    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # main sets it: undone after the test
+    out = tmp_path / "adapter.gguf"
+    argv = [str(demo_run), "--to", "gguf-lora", "--out", str(out)]
+    assert E.main(argv) == 0
+    before = out.read_bytes()
+    partial = []
+
+    def fail_midway(w, *args, **kw):  # the header and metadata are written; the tensors do not fit
+        w.flush()
+        partial.append((Path(w.path), Path(w.path).stat().st_size))
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(gguf.GGUFWriter, "write_tensors_to_file", fail_midway)
+    for args in (["--out", str(tmp_path / "new.gguf")], ["--force"]):
+        capsys.readouterr()
+        assert E.main(argv + args) == 1
+        assert "disk full while saving the GGUF LoRA" in capsys.readouterr().err
+    assert [size > 0 for _, size in partial] == [True, True] and not any(p.exists() for p, _ in partial)
+    assert [p.name for p in tmp_path.iterdir()] == ["adapter.gguf"] and out.read_bytes() == before
+
+
+def test_force_replaces_only_an_earlier_export_of_the_same_kind(demo_run, tmp_path):
+    """--force never deletes what rigtune did not write: a folder of one's own, or an export of another kind
+    (a folder export says what it is in .rigtune-export; a GGUF by its general.type), each refused with the
+    reason and left as it was. An earlier export of the same kind is replaced."""
+    from engine import modelfiles as M
+    from engine import runfile
+    from engine.torchside import gguf_export as G
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    res = export(demo_run, "--to", "merged", "--out", mine, "--force")
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert f"{mine}: this is a folder rigtune did not write; --force replaces only an earlier rigtune merged " \
+           "export. Choose another --out, or move it away yourself." in res.stderr
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"] and (mine / "notes.txt").read_text() == "keep me"
+    merged = tmp_path / "merged"
+    assert export(demo_run, "--to", "merged", "--out", merged).returncode == 0
+    assert M.output_kind(merged) == "merged"
+    (merged / "stale.txt").write_text("from the earlier export")
+    res = export(demo_run, "--to", "merged", "--out", merged, "--force")
+    assert res.returncode == 0, res.stderr
+    assert not (merged / "stale.txt").exists() and (merged / "model.safetensors").exists()
+    res = export(demo_run, "--to", "ollama", "--out", merged, "--force")
+    assert res.returncode == 2 and "this is an earlier rigtune merged export" in res.stderr
+    model = tmp_path / "model.gguf"  # what --to gguf writes, here straight from the base
+    G.write_model(Path(runfile.load(demo_run / "run.toml").model.base), model, progress=lambda line: None)
+    before = model.read_bytes()
+    res = export(demo_run, "--to", "gguf-lora", "--out", model, "--force")
+    assert res.returncode == 2 and "this is an earlier rigtune gguf export; --force replaces only an earlier " \
+        "rigtune gguf-lora export" in res.stderr
+    assert model.read_bytes() == before
 
 
 async def test_the_dashboard_offers_chat_and_export_on_a_finished_run(demo_run):
@@ -277,6 +345,42 @@ def test_gguf_with_a_sentencepiece_tokenizer(tmp_path):
     assert greedy(tmp_path / "spm.gguf", None, want) == expected
 
 
+def test_gguf_keeps_named_chat_templates(tiny_model, tmp_path):
+    """A model with several named chat templates - in tokenizer_config.json as a list, or (transformers' files)
+    chat_template.jinja plus additional_chat_templates/NAME.jinja - keeps each in the GGUF: the default as
+    tokenizer.chat_template, the others as tokenizer.chat_template.NAME, as llama.cpp's converter writes them.
+    A merged export carries the named files along."""
+    import gguf
+    from transformers import AutoTokenizer
+
+    from engine import modelfiles as M
+    from engine.torchside import export as E
+    from engine.torchside import gguf_export as G
+    default, tools = "{{ 'plain' }}", "{{ 'with tools' }}"
+    listed, files = tmp_path / "listed", tmp_path / "files"
+    for folder in (listed, files):
+        shutil.copytree(tiny_model, folder)
+        (folder / "chat_template.jinja").unlink(missing_ok=True)
+    config = json.loads((listed / "tokenizer_config.json").read_text())
+    (listed / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": [
+        {"name": "default", "template": default}, {"name": "tool_use", "template": tools}]}))
+    (files / "chat_template.jinja").write_text(default)
+    (files / "additional_chat_templates").mkdir()
+    (files / "additional_chat_templates" / "tool_use.jinja").write_text(tools)
+    for folder in (listed, files):
+        assert AutoTokenizer.from_pretrained(folder).chat_template == {"default": default, "tool_use": tools}
+        G.write_model(folder, tmp_path / f"{folder.name}.gguf", progress=lambda line: None)
+        fields = gguf.GGUFReader(tmp_path / f"{folder.name}.gguf").fields
+        assert fields["tokenizer.chat_template"].contents() == default, folder
+        assert fields["tokenizer.chat_template.tool_use"].contents() == tools, folder
+        assert M.chat_template(folder) == default  # the Ollama Modelfile's TEMPLATE: the default
+    merged = tmp_path / "merged"
+    merged.mkdir()
+    E.copy_model_files(files, merged)
+    assert M.raw_chat_template(merged) == [{"name": "default", "template": default},
+                                           {"name": "tool_use", "template": tools}]
+
+
 def test_export_takes_the_base_of_the_runs_revision_from_the_hub_cache(demo_run, tmp_path):
     """A hub id's base comes from the Hugging Face cache (engine.hub.cached_snapshot, what training downloads
     into), at the run file's [model] revision: not main's snapshot, and a clear error when that revision is not
@@ -287,24 +391,11 @@ def test_export_takes_the_base_of_the_runs_revision_from_the_hub_cache(demo_run,
     from engine import runfile
     cfg = runfile.load(demo_run / "run.toml")
     cache = tmp_path / "hub"
-    repo = cache / "models--tiny-org--demo"
-    commits = {"main": "a" * 40, "v2": "b" * 40}
-    for ref, commit in commits.items():
-        snap = repo / "snapshots" / commit
-        shutil.copytree(cfg.model.base, snap)
-        config = json.loads((snap / "config.json").read_text())
-        (snap / "config.json").write_text(json.dumps({**config, "rigtune_test_snapshot": ref}))
-        (repo / "refs").mkdir(parents=True, exist_ok=True)
-        (repo / "refs" / ref).write_text(commit)
+    commits = fake_hub_cache(cache, Path(cfg.model.base))
     env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
 
     def export_at(revision: str, out: Path):
-        run = tmp_path / f"run-{revision or 'default'}"
-        run.mkdir()
-        shutil.copytree(demo_run / "adapter", run / "adapter")
-        values = cfg.to_dict()
-        values["model"].update(base="tiny-org/demo", revision=revision)
-        runfile.save(values, run / "run.toml")
+        run = on_hub_base(demo_run, tmp_path / f"run-{revision or 'default'}", revision)
         return subprocess.run([sys.executable, "-m", "engine.torchside.export", str(run), "--to", "merged", "--out",
                                str(out), "--merge-into", "original"], cwd=ROOT, env=env, capture_output=True,
                               text=True, timeout=600)

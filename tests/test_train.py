@@ -201,6 +201,22 @@ def test_init_cpu_demo_writes_a_valid_file(tmp_path):
     assert "unknown preset" in rigtune("init", "--preset", "nope", "--out", tmp_path / "x.toml").stderr
 
 
+def test_init_force_replaces_only_a_run_file(tmp_path):
+    """init --force writes over an earlier run file (its first line says so), never over another file."""
+    env = {**os.environ, "RIGTUNE_CACHE": str(tmp_path / "cache")}
+    notes = tmp_path / "notes.toml"
+    notes.write_text("# my own notes\n")
+    res = rigtune("init", "--preset", "cpu-demo", "--out", notes, "--force", env=env)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "this is a file rigtune did not write; --force replaces only an earlier rigtune run file" in res.stderr
+    assert notes.read_text() == "# my own notes\n"
+    out = tmp_path / "demo.toml"
+    assert rigtune("init", "--preset", "cpu-demo", "--out", out, "--model", "/some/model", env=env).returncode == 0
+    res = rigtune("init", "--preset", "cpu-demo", "--out", out, "--force", env=env)
+    assert res.returncode == 0, res.stderr
+    assert 'base = "/some/model"' not in out.read_text()
+
+
 def test_cpu_demo_acceptance(tmp_path):
     """The README's demo path: init the cpu-demo preset, train it, the loss falls, the adapter loads, and the
     fine-tune answers its held-out questions (asked in wordings training never used) where the base cannot."""

@@ -74,7 +74,7 @@ def merged(run_dir: Path, out: Path, checkpoint: str | None = None, into: str = 
     adapter = adapter_dir(run_dir, checkpoint)
     base = base_folder(cfg.model)
     files = shards(base)
-    check_output(out, sum(f.stat().st_size for f in files), force)
+    check_output(out, sum(f.stat().st_size for f in files), force, "merged")
     deltas, scale = lora_deltas(adapter)
 
     def write(tmp: Path) -> None:
@@ -96,14 +96,16 @@ def merged(run_dir: Path, out: Path, checkpoint: str | None = None, into: str = 
             raise BadInput(f"the adapter has layers the base does not ({missing[0]}, ...); is this the run's base?")
         copy_model_files(base, tmp)
         (tmp / "README.md").write_text(model_card(run_dir, cfg, adapter, into))
+        M.mark_export(tmp, "merged", run_dir)
 
     C.write_complete(out.with_name(f".tmp-{out.name}"), out, write, f"the merged model {out.name}")
     return out
 
 
-def check_output(out: Path, size: int, force: bool) -> None:
-    """Refuse to overwrite without --force, and to start without room for the result."""
-    M.refuse_overwrite(out, force)
+def check_output(out: Path, size: int, force: bool, kind: str) -> None:
+    """Refuse to overwrite without --force (and with it, anything but an earlier export of this kind), and to
+    start without room for the result."""
+    M.refuse_overwrite(out, force, kind)
     parent = out.parent if out.parent.exists() else Path.cwd()
     free = shutil.disk_usage(parent).free
     if free < size * 1.05:
@@ -112,13 +114,16 @@ def check_output(out: Path, size: int, force: bool) -> None:
 
 
 def copy_model_files(base: Path, tmp: Path) -> None:
-    """config.json (without any quantization settings: the export is plain 16-bit), the index and tokenizer."""
+    """config.json (without any quantization settings: the export is plain 16-bit), the index, the tokenizer and
+    its chat templates."""
     config = json.loads((base / "config.json").read_text())
     config.pop("quantization_config", None)
     (tmp / "config.json").write_text(json.dumps(config, indent=2))
     for name in ("model.safetensors.index.json",) + TOKENIZER_FILES:
         if (base / name).exists():
             shutil.copy2(base / name, tmp / name)
+    if (base / "additional_chat_templates").is_dir():  # transformers' named chat templates beside the default
+        shutil.copytree(base / "additional_chat_templates", tmp / "additional_chat_templates")
 
 
 def model_card(run_dir: Path, cfg, adapter: Path, into: str) -> str:
@@ -151,21 +156,23 @@ def gguf_file(run_dir: Path, out: Path, checkpoint, into: str, quant: str, force
     cfg = runfile.load(run_dir / RUN_FILE)
     base = base_folder(cfg.model)
     G.check_supported(base)
-    check_output(out, sum(f.stat().st_size for f in shards(base)) * 2, force)
+    check_output(out, sum(f.stat().st_size for f in shards(base)) * 2, force, "gguf")
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".tmp-merge-") as work:
         folder = base if base_only else merged(run_dir, Path(work) / "merged", checkpoint, into, True, progress)
-        tmp = out.with_name(f".tmp-{out.name}")
-        try:
-            G.write_model(folder, tmp, quant, name=f"{cfg.model.base}" if base_only else f"{cfg.name} (rigtune)",
-                          progress=progress)
-        except BaseException as e:
-            tmp.unlink(missing_ok=True)
-            if C.is_disk_full(e):
-                raise C.DiskFull(C.disk_full_message("the GGUF file", out.parent)) from None
-            raise
-        tmp.replace(out)
+        name = f"{cfg.model.base}" if base_only else f"{cfg.name} (rigtune)"
+        C.write_file_complete(out, lambda tmp: G.write_model(folder, tmp, quant, name=name, progress=progress),
+                              "the GGUF file")
     return out
+
+
+def gguf_lora(run_dir: Path, out: Path, checkpoint, force: bool) -> Path:
+    """The adapter alone as a GGUF LoRA, written complete or absent."""
+    cfg = runfile.load(run_dir / RUN_FILE)
+    adapter, base = adapter_dir(run_dir, checkpoint), base_folder(cfg.model)
+    check_output(out, 0, force, "gguf-lora")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return C.write_file_complete(out, lambda tmp: G.write_lora(adapter, base, tmp), "the GGUF LoRA")
 
 
 def ollama_folder(run_dir: Path, out: Path, checkpoint, into: str, quant: str, force: bool, progress,
@@ -182,7 +189,8 @@ def ollama_folder(run_dir: Path, out: Path, checkpoint, into: str, quant: str, f
     def write(tmp: Path) -> None:
         gguf_file(run_dir, tmp / "model.gguf", checkpoint, into, quant, True, progress)
         (tmp / "Modelfile").write_text(text)
-    check_output(out, 0, force)
+        M.mark_export(tmp, "ollama", run_dir)
+    check_output(out, 0, force, "ollama")
     C.write_complete(out.with_name(f".tmp-{out.name}"), out, write, "the Ollama folder")
     return out
 
@@ -222,10 +230,7 @@ def main(argv=None) -> int:
         elif args.to == "gguf":
             path = gguf_file(run_dir, out, args.checkpoint, args.merge_into, args.quant, args.force, say, args.base)
         elif args.to == "gguf-lora":
-            cfg = runfile.load(run_dir / RUN_FILE)
-            check_output(out, 0, args.force)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            path = G.write_lora(adapter_dir(run_dir, args.checkpoint), base_folder(cfg.model), out)
+            path = gguf_lora(run_dir, out, args.checkpoint, args.force)
         else:
             path = ollama_folder(run_dir, out, args.checkpoint, args.merge_into, args.quant, args.force, say,
                                  args.system)

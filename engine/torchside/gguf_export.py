@@ -141,7 +141,7 @@ def add_sentencepiece(w, folder: Path, config: dict) -> None:
         if value >= 0:
             setter(value)
     w.add_add_bos_token(False)
-    template = M.chat_template(folder)
+    template = M.raw_chat_template(folder)  # a list of named templates stays one: tokenizer.chat_template.NAME
     if template:
         w.add_chat_template(template)
 
@@ -176,7 +176,7 @@ def add_tokenizer(w, folder: Path, config: dict) -> None:
         if value in ids:
             setter(ids[value])
     w.add_add_bos_token(False)
-    template = M.chat_template(folder)
+    template = M.raw_chat_template(folder)  # a list of named templates stays one: tokenizer.chat_template.NAME
     if template:
         w.add_chat_template(template)
 
@@ -227,10 +227,12 @@ def write_model(folder: Path, out: Path, quant: str = "f16", name: str = "rigtun
 
 
 def _finish(w) -> None:
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    try:
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+    finally:  # a failed write closes its file too, so that the caller can remove it
+        w.close()
 
 
 def write_lora(adapter: Path, base_folder: Path, out: Path) -> Path:

@@ -80,7 +80,7 @@ def _preset_values(preset: str, model: str | None, dataset: str | None, log=prin
 def cmd_init(args) -> int:
     from engine import runfile
     out = Path(args.out)
-    refuse_overwrite(out, args.force)
+    refuse_overwrite(out, args.force, "run")
     values, header = _preset_values(args.preset, args.model, args.dataset)
     if args.name:
         values["name"] = args.name
