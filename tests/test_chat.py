@@ -3,6 +3,7 @@ and the chat screen driven with Pilot, against a stand-in backend speaking the s
 against the real one."""
 import asyncio
 import json
+import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -10,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, demo_run, held_out, rigtune  # noqa: F401 - demo_run is a fixture
+from conftest import demo_run  # noqa: F401 - a fixture
+from conftest import ROOT, fake_hub_cache, held_out, on_hub_base, rigtune
 from runfixtures import write_run
 
 STAND_IN = [sys.executable, str(ROOT / "tests" / "fakes" / "chat_backend.py")]
@@ -43,6 +45,29 @@ def test_chat_refuses_what_is_not_there(tmp_path, demo_run):
     unfinished = write_run(tmp_path / "live", steps=3, total=10, state="training")
     res = rigtune("chat", unfinished, "--prompt", "hi")
     assert res.returncode == 2 and "no adapter yet" in res.stderr
+
+
+def test_chat_takes_a_hub_base_from_the_cache_at_the_runs_revision(demo_run, tmp_path):
+    """A run whose base is a hub id chats on the cached snapshot of its [model] revision, the one rigtune
+    checked and export uses (engine.torchside.weights.base_folder): offline, with an endpoint nothing answers on.
+    A revision that is not in the cache is a clear error saying how to fetch it, not a library's."""
+    from engine import runfile
+    cfg = runfile.load(demo_run / "run.toml")
+    fake_hub_cache(tmp_path / "hub", Path(cfg.model.base))
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1",
+           "HF_ENDPOINT": "http://127.0.0.1:9"}
+    question, sample = learned(demo_run)
+
+    def chat_at(revision: str):
+        run = on_hub_base(demo_run, tmp_path / f"run-{revision}", revision)
+        return rigtune("chat", run, "--prompt", question, "--max-new-tokens", "24", env=env)
+    res = chat_at("v2")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == sample["completion"]
+    res = chat_at("v3")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "(tiny-org/demo at revision v3) are not on this machine" in res.stderr
+    assert "rigtune fetch tiny-org/demo --revision v3" in res.stderr
 
 
 async def _settled(pilot, test, tries=300, state=None):

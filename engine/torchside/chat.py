@@ -51,15 +51,19 @@ class LineStreamer:
 
 
 def load(run_dir: Path, checkpoint: str | None):
-    """(PeftModel in eval mode, tokenizer, device) for the run's adapter or a checkpoint's."""
+    """(PeftModel in eval mode, tokenizer, device, the run file) for the run's adapter or a checkpoint's."""
     import torch
     from peft import PeftModel
 
     from .model import load_base, load_tokenizer
+    from .weights import base_folder
     cfg = runfile.load(run_dir / RUN_FILE)
+    values = cfg.to_dict()  # a hub id's weights from the cache at the run's revision, never fetched from here
+    values["model"].update(base=str(base_folder(cfg.model)), revision="")  # that folder is the revision
+    local = runfile.RunConfig(values, path=cfg.path, text=cfg.text)
     device = torch.device("cuda:0" if cfg.hardware.gpus and torch.cuda.is_available() else "cpu")
-    tokenizer = load_tokenizer(cfg)
-    base = load_base(cfg, device)
+    tokenizer = load_tokenizer(local)
+    base = load_base(local, device)
     model = PeftModel.from_pretrained(base, str(adapter_dir(run_dir, checkpoint)))
     model.eval()
     return model, tokenizer, device, cfg

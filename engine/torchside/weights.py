@@ -22,7 +22,7 @@ def base_folder(model) -> Path:
         asked = f"{model.base} at revision {revision}" if revision else model.base
         fetch = f"rigtune fetch {model.base}" + (f" --revision {revision}" if revision else "")
         raise BadInput(f"the base model's weights ({asked}) are not on this machine; they are downloaded when the "
-                       f"run trains - export on the machine that trained it, or run `{fetch}` here first.",
+                       f"run trains - export or chat on the machine that trained it, or run `{fetch}` here first.",
                        key="model.base")
     return snap
 
