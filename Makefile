@@ -28,10 +28,16 @@ MACHINE_TESTS := tests/test_scan.py tests/test_presets.py tests/test_planner.py 
 	tests/test_layout.py tests/test_cli.py tests/test_runfile.py tests/test_snapshots.py tests/test_dashboard.py
 
 # The layer contracts (pyproject.toml, [tool.importlinter]) first, then the suite, then the faked-GPU run.
+# pytest-xdist runs the suite on both cores (most tests train in a one-thread subprocess); tests that share the
+# trained demo run are one xdist_group, so it is trained once. The snapshot tests run apart, without xdist, so
+# that syrupy's report (which also catches snapshots no test uses any more) is kept; the faked-GPU run compares
+# them again under xdist, where each worker still fails on a changed screen.
+XDIST := -n 2 --dist loadgroup
 test: install
 	$(VENV)/bin/lint-imports --no-cache
-	$(PY) -m pytest -q
-	RIGTUNE_FAKE_NVML=$(CURDIR)/tests/profiles/rtx4090.json $(PY) -m pytest -q $(MACHINE_TESTS)
+	$(PY) -m pytest -q $(XDIST) --ignore=tests/test_snapshots.py
+	$(PY) -m pytest -q tests/test_snapshots.py
+	RIGTUNE_FAKE_NVML=$(CURDIR)/tests/profiles/rtx4090.json $(PY) -m pytest -q $(XDIST) $(MACHINE_TESTS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .import_linter_cache

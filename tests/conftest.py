@@ -39,6 +39,14 @@ def tiny_model(tmp_path_factory) -> Path:
                        heads=4, kv_heads=2, intermediate=128)
 
 
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (`make test` runs the suite on both cores), every test that reads the trained demo run
+    is sent to one worker, so that the demo trains once per run, as it does without xdist."""
+    for item in items:
+        if "demo_run" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("demo"))
+
+
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory) -> Path:
     """The CPU demo, trained once per test session (about a minute): a real adapter to chat with and export."""
@@ -46,6 +54,7 @@ def demo_run(tmp_path_factory) -> Path:
     env = {**os.environ, "RIGTUNE_CACHE": str(home / "cache")}
     res = rigtune("demo", "--no-tui", cwd=home, env=env, timeout=600)
     assert res.returncode == 0, res.stderr
+    (home / "demo.out").write_text(res.stdout)  # what `rigtune demo --no-tui` printed, for the acceptance test
     return home / "runs" / "cpu-demo"
 
 

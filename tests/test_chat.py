@@ -9,9 +9,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import pytest
 
-from conftest import demo_run  # noqa: F401 - a fixture
 from conftest import ROOT, fake_hub_cache, held_out, on_hub_base, rigtune
 from runfixtures import write_run
 

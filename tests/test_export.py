@@ -2,6 +2,7 @@
 GGUF LoRA against a real llama.cpp (node-llama-cpp's prebuilt CPU binaries, installed from the npm registry
 into a cache folder; skipped with the reason where node/npm or the registry are missing), and the Ollama
 Modelfile against the chat template it is made from."""
+import fcntl
 import json
 import shutil
 import subprocess
@@ -10,7 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import demo_run  # noqa: F401 - a fixture
 from conftest import ROOT, fake_hub_cache, held_out, on_hub_base, rigtune
 
 LLAMA_DIR = Path.home() / ".cache" / "rigtune-tests" / "llama"
@@ -77,13 +77,17 @@ def llama_cpp() -> Path:
     """node-llama-cpp installed in a cache folder (once; under a minute), or skip saying why."""
     if not (shutil.which("node") and shutil.which("npm")):
         pytest.skip("node and npm are not installed: the real llama.cpp test needs node-llama-cpp")
-    if not (LLAMA_DIR / "node_modules" / "node-llama-cpp").exists():
-        LLAMA_DIR.mkdir(parents=True, exist_ok=True)
-        res = subprocess.run(["npm", "install", "--no-audit", "--no-fund", "node-llama-cpp@3"], cwd=LLAMA_DIR,
-                             capture_output=True, text=True, timeout=600)
-        if res.returncode != 0:
-            pytest.skip(f"npm could not install node-llama-cpp: {res.stderr.strip().splitlines()[-1:]}")
-    shutil.copy(ROOT / "tests" / "llama_greedy.mjs", LLAMA_DIR / "llama_greedy.mjs")
+    LLAMA_DIR.mkdir(parents=True, exist_ok=True)
+    with open(LLAMA_DIR / ".install.lock", "w") as lock:  # one installer at a time (the suite runs under xdist)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (LLAMA_DIR / "node_modules" / "node-llama-cpp").exists():
+            res = subprocess.run(["npm", "install", "--no-audit", "--no-fund", "node-llama-cpp@3"], cwd=LLAMA_DIR,
+                                 capture_output=True, text=True, timeout=600)
+            if res.returncode != 0:
+                pytest.skip(f"npm could not install node-llama-cpp: {res.stderr.strip().splitlines()[-1:]}")
+        script = (ROOT / "tests" / "llama_greedy.mjs").read_bytes()
+        if not (LLAMA_DIR / "llama_greedy.mjs").is_file() or (LLAMA_DIR / "llama_greedy.mjs").read_bytes() != script:
+            (LLAMA_DIR / "llama_greedy.mjs").write_bytes(script)
     return LLAMA_DIR
 
 

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from engine import data as D
+from engine import runfile
 from conftest import DEMO, ROOT, events, rigtune, run_file, small_slice
 
 
@@ -217,15 +218,19 @@ def test_init_force_replaces_only_a_run_file(tmp_path):
     assert 'base = "/some/model"' not in out.read_text()
 
 
-def test_cpu_demo_acceptance(tmp_path):
+def test_cpu_demo_acceptance(demo_run, tmp_path):
     """The README's demo path: init the cpu-demo preset, train it, the loss falls, the adapter loads, and the
-    fine-tune answers its held-out questions (asked in wordings training never used) where the base cannot."""
-    env = {**os.environ, "RIGTUNE_CACHE": str(tmp_path / "cache")}
+    fine-tune answers its held-out questions (asked in wordings training never used) where the base cannot.
+    The training is the suite's one demo run (`rigtune demo --no-tui`, the conftest fixture the chat and export
+    tests read too); `init --preset cpu-demo` writes the very run file it trained."""
+    env = {**os.environ, "RIGTUNE_CACHE": str(demo_run.parent.parent / "cache")}
     out = tmp_path / "demo.toml"
     assert rigtune("init", "--preset", "cpu-demo", "--out", out, env=env, cwd=tmp_path).returncode == 0
-    res = rigtune("train", out, "--no-tui", env=env, cwd=tmp_path, timeout=600)
-    assert res.returncode == 0, res.stderr
-    run = tmp_path / "runs" / "cpu-demo"
+    written, trained = runfile.load(out).values, runfile.load(demo_run / "run.toml").values
+    assert written["output_root"] == "runs" and trained["output_root"] == str(demo_run.parent)  # made absolute
+    assert {**written, "output_root": None} == {**trained, "output_root": None}
+    stdout = (demo_run.parent.parent / "demo.out").read_text()
+    run = demo_run
     evs = events(run)
     losses = [e["loss"] for e in steps_of(evs)]
     total = evs[0]["total_steps"]
@@ -240,7 +245,7 @@ def test_cpu_demo_acceptance(tmp_path):
     for x in final["samples"]:  # the counts follow the demo data's rule, answer by answer
         assert x["correct"] == D.answered(x["completion"], x["expect"])
         assert x["base_correct"] == D.answered(x["base_completion"], x["expect"])
-    assert f"held-out check: {final['sample_correct']} of 8 answered right" in res.stdout
+    assert f"held-out check: {final['sample_correct']} of 8 answered right" in stdout
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
     base = AutoModelForCausalLM.from_pretrained(json.loads(json.dumps(evs[0]["model"])))
