@@ -181,48 +181,111 @@ def add_tokenizer(w, folder: Path, config: dict) -> None:
         w.add_chat_template(template)
 
 
-QUANTS = {"f16": "F16", "bf16": "BF16", "q8_0": "Q8_0", "f32": "F32"}  # f32: for exact comparisons in tests
+BLOCK_BYTES = 64 << 20  # float32 bytes read and converted at a time
 
 
-def write_model(folder: Path, out: Path, quant: str = "f16", name: str = "rigtune fine-tune", progress=print) -> Path:
-    """A merged model folder (safetensors) as one GGUF file, tensor by tensor."""
+class Planned:
+    """One GGUF tensor: its header entry, and its data as GGUFWriter.write_tensor_data writes it (it asks for nbytes
+    and tofile(fout); a numpy array would have to hold the whole tensor, this writes it block by block)."""
+
+    def __init__(self, target: str, shape, ggml_type, nbytes: int, blocks, shard: Path | None = None):
+        import numpy as np
+        self.target, self.shape, self.ggml_type, self.nbytes = target, tuple(shape), ggml_type, nbytes
+        self.dtype = np.float32  # add_tensor_info's argument; ggml_type (its raw_dtype) is what the file holds
+        self.blocks, self.shard = blocks, shard
+
+    def tofile(self, fout) -> None:
+        written = 0
+        for data in self.blocks():
+            data.tofile(fout)
+            written += data.nbytes
+        if written != self.nbytes:
+            raise RuntimeError(f"{self.target}: wrote {written} bytes, planned {self.nbytes}")
+
+
+def _blocks(shard: Path, hf: str, shape, ggml_type, heads: int | None):
+    """Reads hf from the shard in blocks of rows (whole heads where q/k rows are permuted), converted."""
     import gguf
     import numpy as np
     from safetensors import safe_open
 
+    def read():
+        rows, row_bytes = shape[0], 4 * int(np.prod(shape[1:], dtype=np.int64))
+        unit = rows // heads if heads else 1
+        step = max(unit, BLOCK_BYTES // row_bytes // unit * unit)
+        for a in range(0, rows, step):
+            with safe_open(str(shard), framework="pt") as f:  # reopened per block: its mapped pages go with it
+                t = f.get_slice(hf)[a:a + step].float()
+            if heads:
+                t = permute(t, t.shape[0] // unit)
+            data = t.numpy()
+            if ggml_type == gguf.GGMLQuantizationType.F32:
+                yield data
+            elif ggml_type == gguf.GGMLQuantizationType.F16:
+                yield data.astype(np.float16)
+            else:  # bf16 and q8_0: packed bytes
+                yield gguf.quants.quantize(data, ggml_type)
+    return read
+
+
+def tensor_plan(folder: Path, config: dict, qtype) -> list:
+    """Every tensor the GGUF file holds, in order, from the safetensors headers (shapes; nothing loaded)."""
+    import gguf
+    import numpy as np
+    from safetensors import safe_open
+    arch, arch_name, _ = gguf_arch(config)
+    names = gguf.get_tensor_name_map(arch, config["num_hidden_layers"])
+    F32, F16 = gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16
+    block = gguf.GGML_QUANT_SIZES[qtype][0]
+    plan, seen = [], set()
+    for shard in shards(folder):
+        with safe_open(str(shard), framework="pt") as f:
+            shapes = {hf: f.get_slice(hf).get_shape() for hf in f.keys()}
+        for hf, shape in shapes.items():
+            seen.add(hf)
+            target = names.get_name(hf, try_suffixes=(".weight", ".bias"))
+            if target is None:
+                raise BadInput(f"tensor {hf} has no GGUF name for the {arch_name} architecture.", key="--to")
+            # norms stay f32, as llama.cpp keeps them; f16 where the quant's blocks do not fit the rows
+            kind = F32 if len(shape) == 1 or qtype == F32 else F16 if qtype == F16 or shape[-1] % block else qtype
+            nbytes = int(np.prod(gguf.quant_shape_to_byte_shape(shape, kind), dtype=np.int64))
+            plan.append(Planned(target, shape, kind, nbytes, _blocks(shard, hf, shape, kind, _heads(config, hf)),
+                                shard))
+    if config.get("tie_word_embeddings") is False and "lm_head.weight" not in seen:
+        raise BadInput("the model has untied output weights but no lm_head.weight tensor.", key="--to")
+    return plan
+
+
+QUANTS = {"f16": "F16", "bf16": "BF16", "q8_0": "Q8_0", "f32": "F32"}  # f32: for exact comparisons in tests
+
+
+def write_model(folder: Path, out: Path, quant: str = "f16", name: str = "rigtune fine-tune", progress=print) -> Path:
+    """A merged model folder (safetensors) as one GGUF file, streamed: every tensor's shape and type goes into
+    the header first (from the safetensors headers, nothing loaded), then each tensor's data is read, converted
+    and written a block of rows at a time, so memory holds one block, not the model."""
+    import gguf
+
     config = check_supported(folder)
     qtype = getattr(gguf.GGMLQuantizationType, QUANTS[quant])
     arch, arch_name, _ = gguf_arch(config)
-    names = gguf.get_tensor_name_map(arch, config["num_hidden_layers"])
     w = gguf.GGUFWriter(str(out), arch_name)
     add_metadata(w, config, name)
     w.add_file_type({"f16": gguf.LlamaFileType.MOSTLY_F16, "bf16": gguf.LlamaFileType.MOSTLY_BF16,
                      "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "f32": gguf.LlamaFileType.ALL_F32}[quant])
     add_tokenizer(w, folder, config)
-    block = gguf.GGML_QUANT_SIZES[qtype][0]
-    seen = set()
-    for shard in shards(folder):
-        with safe_open(str(shard), framework="pt") as f:
-            for hf in f.keys():
-                seen.add(hf)
-                t = f.get_tensor(hf).float()
-                heads = _heads(config, hf)
-                if heads:
-                    t = permute(t, heads)
-                data = t.numpy().astype(np.float32)
-                target = names.get_name(hf, try_suffixes=(".weight", ".bias"))
-                if target is None:
-                    raise BadInput(f"tensor {hf} has no GGUF name for the {arch_name} architecture.", key="--to")
-                if data.ndim == 1 or qtype == gguf.GGMLQuantizationType.F32:  # norms stay f32, as llama.cpp keeps them
-                    w.add_tensor(target, data)
-                elif qtype == gguf.GGMLQuantizationType.F16 or data.shape[-1] % block:  # rows the blocks do not fit
-                    w.add_tensor(target, data.astype(np.float16))
-                else:  # bf16 and q8_0: packed bytes, the logical shape follows from the type
-                    w.add_tensor(target, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
-        progress(f"converted {shard.name}")
-    if config.get("tie_word_embeddings") is False and "lm_head.weight" not in seen:
-        raise BadInput("the model has untied output weights but no lm_head.weight tensor.", key="--to")
-    _finish(w)
+    plan = tensor_plan(folder, config, qtype)
+    for t in plan:
+        w.add_tensor_info(t.target, t.shape, t.dtype, t.nbytes, raw_dtype=t.ggml_type)
+    try:
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_ti_data_to_file()
+        for i, t in enumerate(plan):
+            w.write_tensor_data(t)  # the writer asks it for nbytes and tofile(fout): see Planned
+            if t.shard and (i + 1 == len(plan) or plan[i + 1].shard != t.shard):
+                progress(f"converted {t.shard.name}")
+    finally:  # a failed write closes its file too, so that the caller can remove it
+        w.close()
     return out
 
 
