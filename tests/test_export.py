@@ -352,6 +352,79 @@ def test_gguf_with_a_sentencepiece_tokenizer(tmp_path):
     assert greedy(tmp_path / "spm.gguf", None, want) == expected
 
 
+LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 32}
+
+
+def test_gguf_of_a_llama3_rope_scaled_llama_runs_in_llama_cpp(tmp_path):
+    """Llama 3.x's "llama3" RoPE scaling travels as llama.cpp's rope_freqs tensor: one factor per frequency, the
+    plain inverse frequency over transformers' scaled one. A tiny random Llama scaled from 32 positions (rope_theta
+    500000, head_dim 32: frequencies kept, smoothed and divided by 8) continues prompts longer than 32 tokens in
+    llama.cpp exactly as in transformers (f32). Without the tensor llama.cpp runs plain RoPE and differs."""
+    import gguf
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    from engine.torchside import gguf_export as G
+    from engine.torchside.tiny import build_tokenizer
+    llama_cpp()
+    texts = [json.loads(x)["output"] for x in (ROOT / "presets" / "demo.jsonl").read_text().splitlines()]
+    tok = build_tokenizer(texts, 400)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         rope_theta=500000.0, rope_scaling=dict(LLAMA3_ROPE), bos_token_id=tok.bos_token_id,
+                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, initializer_range=0.4)
+    torch.manual_seed(0)
+    folder = tmp_path / "llama3"
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    saved = json.loads((folder / "config.json").read_text())
+    plain = LlamaConfig(hidden_size=128, num_attention_heads=4, rope_theta=500000.0)  # the same RoPE, unscaled
+    ratio = LlamaRotaryEmbedding.compute_default_rope_parameters(plain)[0] / ROPE_INIT_FUNCTIONS["llama3"](config)[0]
+    factors = torch.from_numpy(G.rope_factors(saved))
+    assert factors.shape == (16,) and torch.allclose(factors, ratio, rtol=1e-5, atol=0), (factors, ratio)
+    assert factors.min() == 1 and factors.max() == 8 and ((factors > 1) & (factors < 8)).any()  # all 3 regimes
+    hub_style = {k: v for k, v in saved.items() if k != "rope_parameters"} | {
+        "rope_theta": 500000.0, "rope_scaling": LLAMA3_ROPE}  # how the hub's Llama 3.1 config.json spells it
+    assert torch.equal(torch.from_numpy(G.rope_factors(hub_style)), factors)
+    G.write_model(folder, tmp_path / "llama3.gguf", quant="f32", progress=lambda line: None)
+    written = {t.name: t for t in gguf.GGUFReader(tmp_path / "llama3.gguf").tensors}
+    assert torch.equal(torch.from_numpy(written["rope_freqs.weight"].data.copy()), factors)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(folder)
+    ids = [tok(" ".join(texts[i:i + 8]), add_special_tokens=False)["input_ids"] for i in (0, 8, 16)]
+    assert all(len(x) > 40 for x in ids), [len(x) for x in ids]  # past the 32 positions the scaling starts from
+    expected = [until_eos(model, x, tok.eos_token_id) for x in ids]
+    assert len({tuple(e) for e in expected}) == len(expected)
+    assert greedy(tmp_path / "llama3.gguf", None, ids) == expected
+
+
+@pytest.mark.parametrize("scaling", [{"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32},
+                                     {"type": "linear", "factor": 2.0}, {"rope_type": "dynamic", "factor": 2.0}])
+def test_gguf_refuses_rope_scaling_it_cannot_write(tiny_model, tmp_path, scaling):
+    """RoPE scaling rigtune does not write (llama.cpp would run it as plain RoPE) is refused before anything is
+    written, naming rope_scaling and the type; so is "llama3" on a family llama.cpp gives no rope_freqs to."""
+    from engine.errors import BadInput
+    from engine.torchside import gguf_export as G
+    kind = scaling.get("rope_type") or scaling["type"]
+    for spelling in ("rope_scaling", "rope_parameters"):
+        folder = tmp_path / spelling
+        shutil.copytree(tiny_model, folder)
+        config = json.loads((folder / "config.json").read_text())
+        config.pop("rope_parameters", None)
+        (folder / "config.json").write_text(json.dumps({**config, spelling: scaling}))
+        with pytest.raises(BadInput) as e:
+            G.write_model(folder, tmp_path / "no.gguf", progress=lambda line: None)
+        assert "key 'rope_scaling'" in str(e.value) and repr(kind) in str(e.value)
+        assert not (tmp_path / "no.gguf").exists()
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "architectures": ["Qwen2ForCausalLM"],
+                                                    "rope_parameters": dict(LLAMA3_ROPE)}))
+    with pytest.raises(BadInput, match="'llama3'"):
+        G.check_supported(folder)
+
+
 def test_gguf_keeps_named_chat_templates(tiny_model, tmp_path):
     """A model with several named chat templates - in tokenizer_config.json as a list, or (transformers' files)
     chat_template.jinja plus additional_chat_templates/NAME.jinja - keeps each in the GGUF: the default as

@@ -38,8 +38,51 @@ def check_supported(folder: Path) -> dict:
     if arch not in ARCHS:
         raise BadInput(f"GGUF export covers {', '.join(ARCHS)}; this model is {arch}. Export --to merged and "
                        "convert it with llama.cpp's convert_hf_to_gguf.py.", key="--to")
+    kind = rope(config)["rope_type"]
+    if kind not in ("default", "llama3") or (kind == "llama3" and ARCHS[arch][0] != "LLAMA"):
+        raise BadInput(f"this {arch} uses RoPE scaling of type {kind!r}, which rigtune's GGUF export does not write "
+                       "(it writes plain RoPE and, for Llama, Llama 3.x's 'llama3'); llama.cpp would run it as plain "
+                       "RoPE. Export --to merged and convert it with llama.cpp's convert_hf_to_gguf.py.",
+                       key="rope_scaling")
     pre_tokenizer(folder)
     return config
+
+
+def rope(config: dict) -> dict:
+    """The RoPE parameters however config.json spells them: rope_theta and rope_scaling (the hub's files,
+    transformers 4) or rope_parameters (transformers 5 writes rope_theta inside it). rope_type "default" is plain."""
+    params = dict(config.get("rope_scaling") or {}) | dict(config.get("rope_parameters") or {})
+    params.setdefault("rope_theta", config.get("rope_theta", 10000.0))
+    params["rope_type"] = params.get("rope_type") or params.get("type") or "default"
+    return params
+
+
+def rope_factors(config: dict):
+    """llama.cpp's rope_freqs tensor for Llama 3.x's "llama3" RoPE scaling (None for plain RoPE): one float32 per
+    frequency, the plain inverse frequency over the scaled one (llama.cpp divides each angle by it), computed as
+    its converter does. Unlike the converter, original_max_position_embeddings is read where transformers reads
+    it (in the scaling parameters) instead of the top level, where Llama 3.1's config has none (8192 assumed)."""
+    import math
+
+    import torch
+    r = rope(config)
+    if r["rope_type"] != "llama3":
+        return None
+    dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    freqs = 1.0 / (r["rope_theta"] ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+    factor, low, high = r.get("factor", 8.0), r.get("low_freq_factor", 1.0), r.get("high_freq_factor", 4.0)
+    old = r.get("original_max_position_embeddings", 8192)
+    factors = []
+    for freq in freqs.tolist():
+        wavelen = 2 * math.pi / freq
+        if wavelen < old / high:
+            factors.append(1.0)
+        elif wavelen > old / low:
+            factors.append(factor)
+        else:
+            smooth = (old / wavelen - low) / (high - low)
+            factors.append(1 / ((1 - smooth) / factor + smooth))
+    return torch.tensor(factors, dtype=torch.float32).numpy()
 
 
 def is_sentencepiece(folder: Path) -> bool:
@@ -106,7 +149,7 @@ def add_metadata(w, config: dict, name: str) -> None:
         w.add_key_length(head_dim)
         w.add_value_length(head_dim)
     w.add_layer_norm_rms_eps(config.get("rms_norm_eps", 1e-5))
-    w.add_rope_freq_base(config.get("rope_theta", 10000.0))
+    w.add_rope_freq_base(rope(config)["rope_theta"])
     w.add_vocab_size(config["vocab_size"])
 
 
@@ -238,6 +281,10 @@ def tensor_plan(folder: Path, config: dict, qtype) -> list:
     F32, F16 = gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16
     block = gguf.GGML_QUANT_SIZES[qtype][0]
     plan, seen = [], set()
+    factors = rope_factors(config)
+    if factors is not None:
+        plan.append(Planned(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight", factors.shape, F32,
+                            factors.nbytes, lambda: [factors]))
     for shard in shards(folder):
         with safe_open(str(shard), framework="pt") as f:
             shapes = {hf: f.get_slice(hf).get_shape() for hf in f.keys()}
