@@ -52,6 +52,7 @@ def chat_template(folder: Path, config: dict | None = None) -> str | None:
 # ---------------------------------------------------------------------------- the one overwrite rule
 
 EXPORT_MARK = ".rigtune-export"  # inside a folder export: {"kind", "run", "written"}
+GGUF_MARK = "rigtune.export"     # a GGUF's metadata key holding the kind: "gguf" or "gguf-lora"
 RUN_FILE_HEAD = "# rigtune run file"  # engine.runfile.dumps's first line
 OUTPUTS = {"merged": "merged export", "gguf": "gguf export", "gguf-lora": "gguf-lora export",
            "ollama": "ollama export", "run": "run file"}
@@ -66,7 +67,7 @@ def mark_export(folder: Path, kind: str, run_dir: Path) -> None:
 
 def output_kind(path: Path) -> str | None:
     """Which rigtune output is at `path` (a key of OUTPUTS), or None: a folder by its EXPORT_MARK, a GGUF by its
-    magic and general.type (an adapter is a gguf-lora), a run file by its first line."""
+    GGUF_MARK (a GGUF from anywhere else, a downloaded model say, is not rigtune's), a run file by its first line."""
     path = Path(path)
     if path.is_dir():
         try:
@@ -87,11 +88,11 @@ def output_kind(path: Path) -> str | None:
 def _gguf_kind(path: Path) -> str | None:
     try:
         import gguf
-        field = gguf.GGUFReader(str(path)).get_field(gguf.Keys.General.TYPE)
+        field = gguf.GGUFReader(str(path)).get_field(GGUF_MARK)
         kind = field.contents() if field is not None else None
     except Exception:  # a GGUF the reader cannot parse: not something rigtune wrote
         return None
-    return "gguf-lora" if kind == gguf.GGUFType.ADAPTER else "gguf"
+    return kind if kind in ("gguf", "gguf-lora") else None
 
 
 def refuse_overwrite(out: Path, force: bool, kind: str | None = None) -> None:

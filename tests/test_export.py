@@ -178,7 +178,7 @@ def test_a_gguf_lora_export_that_fails_midway_leaves_nothing(demo_run, tmp_path,
 
 def test_force_replaces_only_an_earlier_export_of_the_same_kind(demo_run, tmp_path):
     """--force never deletes what rigtune did not write: a folder of one's own, or an export of another kind
-    (a folder export says what it is in .rigtune-export; a GGUF by its general.type), each refused with the
+    (a folder export says what it is in .rigtune-export; a GGUF in its rigtune.export key), each refused with the
     reason and left as it was. An earlier export of the same kind is replaced."""
     from engine import modelfiles as M
     from engine import runfile
@@ -207,6 +207,27 @@ def test_force_replaces_only_an_earlier_export_of_the_same_kind(demo_run, tmp_pa
     assert res.returncode == 2 and "this is an earlier rigtune gguf export; --force replaces only an earlier " \
         "rigtune gguf-lora export" in res.stderr
     assert model.read_bytes() == before
+
+
+def test_force_leaves_a_gguf_rigtune_did_not_write(tmp_path):
+    """A GGUF from elsewhere (a downloaded model, say) is not an earlier export, even with --force."""
+    import gguf
+
+    from engine import modelfiles as M
+    theirs = tmp_path / "theirs.gguf"
+    w = gguf.GGUFWriter(str(theirs), "llama")
+    w.add_name("someone else's model")
+    w.add_tensor("token_embd.weight", torch.zeros(4, 8).numpy())
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    assert M.output_kind(theirs) is None
+    before = theirs.read_bytes()
+    with pytest.raises(M.BadInput, match="this is a file rigtune did not write; --force replaces only an earlier "
+                                          "rigtune gguf export"):
+        M.refuse_overwrite(theirs, True, "gguf")
+    assert theirs.read_bytes() == before
 
 
 async def test_the_dashboard_offers_chat_and_export_on_a_finished_run(demo_run):

@@ -317,6 +317,7 @@ def write_model(folder: Path, out: Path, quant: str = "f16", name: str = "rigtun
     arch, arch_name, _ = gguf_arch(config)
     w = gguf.GGUFWriter(str(out), arch_name)
     add_metadata(w, config, name)
+    w.add_string(M.GGUF_MARK, "gguf")  # so that a later --force knows rigtune wrote it
     w.add_file_type({"f16": gguf.LlamaFileType.MOSTLY_F16, "bf16": gguf.LlamaFileType.MOSTLY_BF16,
                      "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "f32": gguf.LlamaFileType.ALL_F32}[quant])
     add_tokenizer(w, folder, config)
@@ -359,6 +360,7 @@ def write_lora(adapter: Path, base_folder: Path, out: Path) -> Path:
     names = gguf.get_tensor_name_map(arch, config["num_hidden_layers"])
     w = gguf.GGUFWriter(str(out), arch_name)
     w.add_string(gguf.Keys.General.TYPE, gguf.GGUFType.ADAPTER)
+    w.add_string(M.GGUF_MARK, "gguf-lora")
     w.add_string(gguf.Keys.Adapter.TYPE, "lora")
     w.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(acfg["lora_alpha"]))
     for name, t in sorted(load_file(str(adapter / "adapter_model.safetensors")).items()):
