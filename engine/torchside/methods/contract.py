@@ -23,7 +23,9 @@ class Method(Protocol):
     def loss(self, run, items: list) -> tuple:
         """Forward one micro-batch on run.model: (its loss summed over its units, a tensor to backpropagate;
         {figure name: value summed over its units}). The loop takes the mean over the step's units (all
-        ranks) of both, and writes the figures into the step event after the common keys."""
+        ranks) of both, and writes the figures into the step event after the common keys. Every rank must return
+        the same figure names in the same order, even for an empty micro-batch: each is one all-reduce, and a
+        name one rank lacks leaves the others waiting for it."""
 
     def evaluate(self, run, step: int) -> None:
         """The eval event at `step` (and whatever else the method checks there); on rank 0, and on every rank
