@@ -93,16 +93,19 @@ def is_disk_full(e: BaseException) -> bool:
     return False
 
 
-def disk_full_message(what: str, where: Path) -> str:
+AFTER_SAVE = "the last good checkpoint is kept. Free some space, then resume with --resume."
+AFTER_EXPORT = "nothing half-written was left there. Free some space, then export again."
+
+
+def disk_full_message(what: str, where: Path, after: str = AFTER_SAVE) -> str:
     try:
         free = f" ({shutil.disk_usage(where).free / 2**20:.0f} MiB free)"
     except OSError:  # the folder is gone: say nothing about its free space rather than fail here
         free = ""
-    return (f"disk full while saving {what} in {where}{free}; the last good checkpoint is kept. Free some "
-            "space, then resume with --resume.")
+    return f"disk full while saving {what} in {where}{free}; {after}"
 
 
-def write_complete(tmp: Path, final: Path, write, what: str) -> Path:
+def write_complete(tmp: Path, final: Path, write, what: str, after: str = AFTER_SAVE) -> Path:
     """Run write(tmp) into a fresh temporary directory, fsync it, then rename it to `final` (replacing an
     older one atomically). On any failure the temporary directory is removed and `final` is as it was; a
     full disk, however the writing library reports it, becomes DiskFull with one clear sentence."""
@@ -111,7 +114,7 @@ def write_complete(tmp: Path, final: Path, write, what: str) -> Path:
     def fill() -> None:
         tmp.mkdir(parents=True)
         write(tmp)
-    _fill(tmp, fill, lambda: shutil.rmtree(tmp, ignore_errors=True), what, final.parent)
+    _fill(tmp, fill, lambda: shutil.rmtree(tmp, ignore_errors=True), what, final.parent, after)
     if final.exists():  # the same step saved before a crash, or the previous adapter: replace it
         remove(final)
     os.rename(tmp, final)
@@ -119,18 +122,18 @@ def write_complete(tmp: Path, final: Path, write, what: str) -> Path:
     return final
 
 
-def write_file_complete(final: Path, write, what: str) -> Path:
+def write_file_complete(final: Path, write, what: str, after: str = AFTER_EXPORT) -> Path:
     """write_complete for a single file: write(tmp) to a temporary file beside `final` (.tmp-NAME), fsync it,
     then rename it over `final`. On any failure the temporary file is removed and `final` is as it was."""
     tmp = final.with_name(f".tmp-{final.name}")
     tmp.unlink(missing_ok=True)  # what an export killed midway left
-    _fill(tmp, lambda: write(tmp), lambda: tmp.unlink(missing_ok=True), what, final.parent)
+    _fill(tmp, lambda: write(tmp), lambda: tmp.unlink(missing_ok=True), what, final.parent, after)
     os.replace(tmp, final)
     _fsync_dir(final.parent)
     return final
 
 
-def _fill(tmp: Path, fill, discard, what: str, where: Path) -> None:
+def _fill(tmp: Path, fill, discard, what: str, where: Path, after: str) -> None:
     """fill(), then fsync every file at or under `tmp`; on any failure discard() it, and a full disk is DiskFull."""
     try:
         fill()
@@ -141,7 +144,7 @@ def _fill(tmp: Path, fill, discard, what: str, where: Path) -> None:
     except BaseException as e:
         discard()
         if is_disk_full(e):
-            raise DiskFull(disk_full_message(what, where)) from None
+            raise DiskFull(disk_full_message(what, where, after)) from None
         raise
 
 

@@ -98,7 +98,7 @@ def merged(run_dir: Path, out: Path, checkpoint: str | None = None, into: str = 
         (tmp / "README.md").write_text(model_card(run_dir, cfg, adapter, into))
         M.mark_export(tmp, "merged", run_dir)
 
-    C.write_complete(out.with_name(f".tmp-{out.name}"), out, write, f"the merged model {out.name}")
+    C.write_complete(out.with_name(f".tmp-{out.name}"), out, write, f"the merged model {out.name}", C.AFTER_EXPORT)
     return out
 
 
@@ -191,7 +191,7 @@ def ollama_folder(run_dir: Path, out: Path, checkpoint, into: str, quant: str, f
         (tmp / "Modelfile").write_text(text)
         M.mark_export(tmp, "ollama", run_dir)
     check_output(out, 0, force, "ollama")
-    C.write_complete(out.with_name(f".tmp-{out.name}"), out, write, "the Ollama folder")
+    C.write_complete(out.with_name(f".tmp-{out.name}"), out, write, "the Ollama folder", C.AFTER_EXPORT)
     return out
 
 
