@@ -56,11 +56,9 @@ def load(run_dir: Path, checkpoint: str | None):
     from peft import PeftModel
 
     from .model import load_base, load_tokenizer
-    from .weights import base_folder
+    from .weights import base_folder, loading_from
     cfg = runfile.load(run_dir / RUN_FILE)
-    values = cfg.to_dict()  # a hub id's weights from the cache at the run's revision, never fetched from here
-    values["model"].update(base=str(base_folder(cfg.model)), revision="")  # that folder is the revision
-    local = runfile.RunConfig(values, path=cfg.path, text=cfg.text)
+    local = loading_from(cfg, base_folder(cfg.model))  # a hub id's cached weights, never fetched from here
     device = torch.device("cuda:0" if cfg.hardware.gpus and torch.cuda.is_available() else "cpu")
     tokenizer = load_tokenizer(local)
     base = load_base(local, device)

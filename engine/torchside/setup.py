@@ -78,6 +78,7 @@ def fetch_base(run: Run) -> None:
     machine's first process downloads while the others wait; then every process loads the local snapshot."""
     from .. import hub
     from ..modelref import is_local_model
+    from .weights import loading_from
     cfg = run.cfg
     run.load_cfg = cfg
     if is_local_model(cfg.model.base):
@@ -95,9 +96,7 @@ def fetch_base(run: Run) -> None:
             run.status(state="loading", step=0, total_steps=0, message=f"downloading {cfg.model.base}")
         snap = hub.download(cfg.model.base, cfg.model.revision or None, progress if run.main else None,
                             trust_remote_code=cfg.model.trust_remote_code, every_s=1.0)
-    values = cfg.to_dict()
-    values["model"]["base"] = str(snap)
-    run.load_cfg = runfile.RunConfig(values, path=cfg.path, text=cfg.text)
+    run.load_cfg = loading_from(cfg, snap)
 
 
 def setup_data(run: Run) -> None:

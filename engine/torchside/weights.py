@@ -27,6 +27,15 @@ def base_folder(model) -> Path:
     return snap
 
 
+def loading_from(cfg, folder: Path):
+    """`cfg` with model.base the folder that holds its weights on this machine (a hub id's cached snapshot), for
+    the loaders; its revision is cleared, that folder being the revision."""
+    from .. import runfile
+    values = cfg.to_dict()
+    values["model"].update(base=str(folder), revision="")
+    return runfile.RunConfig(values, path=cfg.path, text=cfg.text)
+
+
 def shards(folder: Path) -> list:
     """The safetensors files of a model folder, in order (those its index names, or every *.safetensors)."""
     index = folder / "model.safetensors.index.json"
