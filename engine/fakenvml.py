@@ -4,7 +4,14 @@ hand, not captured from a machine), for tests and demos of machines we don't hav
 Profile: {"driver": "550.54.14", "cuda": 12040, "gpus": [{"name", "memory_total_mib", "memory_used_mib",
 "cc": [8, 9], "bus_id", "nvlink": [remote bus id per active link], "p2p": [peer indices], "pcie": [gen, width],
 "temperature": C, "power_limit_w": W, "power_w": W, "utilization": %, "processes": [{"pid", "used_mib"}],
-"fail": {"cc" | "nvlink" | "nvlink_remote": "an NVML error message to raise from that query"}}]}
+"fail": {"cc" | "nvlink" | "nvlink_remote": "an NVML error message to raise from that query"},
+"energy_mj": a number or a list}]}
+
+"energy_mj" is the GPU's energy counter (nvmlDeviceGetTotalEnergyConsumption: millijoules since the driver
+loaded): one reading, or successive readings - each call returns the next, and the last one repeats - so a
+test knows exactly what a meter that reads it at the start and at every step will add up. A GPU without it
+answers that query with NVMLError("Not Supported"), as boards before Volta do; a meter then integrates
+"power_w" (nvmlDeviceGetPowerUsage) instead. Each FakeNvml object keeps its own place in the readings.
 """
 from __future__ import annotations
 
@@ -38,6 +45,7 @@ class FakeNvml:
         self.profile = profile
         self.gpus = profile.get("gpus", [])
         self.fail_init = profile.get("fail_init")
+        self._energy_reads: dict = {}  # GPU index -> energy counter readings taken
 
     # lifecycle and system
     def nvmlInit(self):
@@ -107,6 +115,16 @@ class FakeNvml:
 
     def nvmlDeviceGetEnforcedPowerLimit(self, h):
         return int(self.gpus[h].get("power_limit_w", 300) * 1000)
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, h):
+        readings = self.gpus[h].get("energy_mj")
+        if readings is None:
+            raise NVMLError("Not Supported")
+        if not isinstance(readings, list):
+            readings = [readings]
+        n = self._energy_reads.get(h, 0)
+        self._energy_reads[h] = n + 1
+        return int(readings[min(n, len(readings) - 1)])
 
     def nvmlDeviceGetPowerUsage(self, h):
         return int(self.gpus[h].get("power_w", 30) * 1000)
