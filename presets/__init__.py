@@ -47,7 +47,8 @@ def load_parts() -> dict:
 
 
 def load_cards() -> dict:
-    """{name: {"aliases", "vram_gib", "bf16_tflops", "mem_gbps", "class"}} from cards.toml."""
+    """{name: {"aliases", "vram_gib", "bf16_tflops", "mem_gbps", "class", and where known "rent_usd_per_hour",
+    "rent_offer", "rent_source", "rent_date"}} from cards.toml."""
     with open(CARDS, "rb") as f:
         return tomllib.load(f)["cards"]
 

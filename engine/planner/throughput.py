@@ -38,6 +38,10 @@ class Card:
     mem_gbps: float
     kind: str
     aliases: tuple = ()
+    rent_usd_per_hour: float | None = None  # renting one, where a published price is known (cards.toml's rent_*)
+    rent_offer: str = ""
+    rent_source: str = ""
+    rent_date: str = ""
 
     @property
     def achieved_tflops(self) -> float:
@@ -51,7 +55,8 @@ def _norm(text: str) -> str:
 @functools.lru_cache(maxsize=1)
 def load_cards() -> dict:
     """presets/cards.toml as Cards, read once (every plan, suggestion and link cost looks cards up)."""
-    return {name: Card(name, c["vram_gib"], c["bf16_tflops"], c["mem_gbps"], c["class"], tuple(c.get("aliases", ())))
+    return {name: Card(name, c["vram_gib"], c["bf16_tflops"], c["mem_gbps"], c["class"], tuple(c.get("aliases", ())),
+                       c.get("rent_usd_per_hour"), c.get("rent_offer", ""), c.get("rent_source", ""), c.get("rent_date", ""))
             for name, c in presets.load_cards().items()}
 
 
