@@ -130,6 +130,11 @@ SECTIONS: dict[str, list[Key]] = {
         Key("activation_offload", "bool", False, "Keep the activations saved for backward in CPU RAM instead of GPU "
            "memory: less VRAM, slower steps."),
     ],
+    "run": [
+        Key("electricity_usd_per_kwh", "float", 0.18, "Your electricity price, USD per kWh: what the run's measured "
+            "energy costs. The default is the U.S. average residential price the EIA expects for 2026 (18.02 cents/kWh, "
+            "Short-Term Energy Outlook, December 2025); put your own bill's.", min=0, max=10),
+    ],
 }
 
 TOP_KEYS = {k.name: k for k in TOP}

@@ -51,6 +51,9 @@ def test_trust_remote_code_is_off_by_default():
     (GOOD.replace("[data]", "[model]\n").replace('path = "d.jsonl"', "") + "[data]\n", None, ["defined twice"]),
     (GOOD + "[train]\nlora_r = 8\n", 7, ["unknown key"]),
     (GOOD + "[train]\nr = 8\n", 7, ["'r' belongs in [lora]"]),
+    (GOOD + "[run]\nelectricity_usd_per_kwh = -0.1\n", 7, ["out of range", "a number from 0 to 10"]),
+    (GOOD + "[run]\nelectricity_usd_per_kw = 0.3\n", 7, ["Did you mean 'electricity_usd_per_kwh'"]),
+    (GOOD + "[train]\nelectricity_usd_per_kwh = 0.3\n", 7, ["'electricity_usd_per_kwh' belongs in [run]"]),
 ])
 def test_bad_run_files_name_line_and_key(tmp_path, capsys, text, line, words):
     path = tmp_path / "bad.toml"
