@@ -45,10 +45,15 @@ class Item:
     source: str = ""
     date: str = ""
     kind: str = ""             # gpu | bridge | ram | disk | psu | cpu
+    card: str = ""             # gpu items: the card (parts.toml's name) and how many the box has after this one
+    cards: int = 0
+    payback: dict | None = None  # gpu items: after how many runs they pay for themselves (engine.cost.add_payback)
 
     def to_json(self) -> dict:
+        runs = [self.payback["runs_low"], self.payback["runs_high"]] if self.payback else None
         return {"kind": self.kind, "part": self.part, "why": self.why, "usd_low": self.usd_low, "usd_high": self.usd_high,
-                "unlocks": self.unlocks, "price_source": self.source or None, "price_date": self.date or None}
+                "unlocks": self.unlocks, "price_source": self.source or None, "price_date": self.date or None,
+                "payback_runs": runs if runs and runs[0] is not None else None, "payback": self.payback}
 
 
 @dataclass
@@ -57,6 +62,7 @@ class Bill:
     items: list
     fine_tunes: dict
     notes: list = field(default_factory=list)
+    arch: object = None        # the target's model (a tier's or --model's), for the cards' payback
 
     @property
     def usd_low(self) -> float:
@@ -150,7 +156,7 @@ def _card_item(box: Box, card: str, count: int, why: str, tier: T.Tier | None = 
                 f"{facts['condition']}" + (" (replacing the cards here)" if replace_all and box.gpus else ""), why,
                 facts["usd_low"] * count if facts["usd_low"] is not None else None,
                 facts["usd_high"] * count if facts["usd_high"] is not None else None,
-                source=facts["source"], date=facts["date"], kind="gpu")
+                source=facts["source"], date=facts["date"], kind="gpu", card=card, cards=len(new.gpus))
     return item, new
 
 
@@ -373,7 +379,7 @@ def _finish(target: str, box: Box, items: list, notes: list, arch) -> Bill:
         items.append(cpu)
     if not items:
         notes.insert(0, "nothing to buy: this machine already meets the target.")
-    return Bill(target=target, items=items, fine_tunes=fine_tunes(box), notes=notes)
+    return Bill(target=target, items=items, fine_tunes=fine_tunes(box), notes=notes, arch=arch)
 
 
 def describe(bill: Bill) -> str:
@@ -387,6 +393,8 @@ def describe(bill: Bill) -> str:
             lines.append(f"   unlocks: {'; '.join(item.unlocks)}")
         if item.source:
             lines.append(f"   price from {item.source}, taken {item.date}")
+        if item.payback:
+            lines.append(f"   {payback_words(item.payback)}")
     if bill.items:
         unknown = bill.prices_unknown
         lines.append(f"total: ${bill.usd_low:,.0f}-{bill.usd_high:,.0f}"
@@ -395,6 +403,18 @@ def describe(bill: Bill) -> str:
     lines.append("the finished box fine-tunes (seq 2048):")
     lines += [f"  {describe_fit(size, f)}" for size, f in bill.fine_tunes.items()]
     return "\n".join(lines)
+
+
+def payback_words(p: dict) -> str:
+    """'pays for itself after 18-24 runs like ...: renting ... costs $x a run, electricity here about $y'."""
+    if p["runs_low"] is None and not p["rented"]:
+        return f"payback: not known ({p['note']})"
+    cost = (f"renting {p['rented']} costs ${p['cloud_usd_per_run']:,.2f} a run of {p['hours_per_run']:g} h, "
+            f"electricity here about ${p['electricity_usd_per_run']:,.2f} (at full board power)")
+    if p["runs_low"] is None:
+        return f"payback: {p['note']}; {cost}"
+    runs = f"{p['runs_low']:,}" + (f"-{p['runs_high']:,}" if p["runs_high"] != p["runs_low"] else "")
+    return f"pays for itself after {runs} runs like {p['run']}: {cost}"
 
 
 def default_tier(machine) -> T.Tier:

@@ -169,3 +169,58 @@ def test_every_price_has_a_source_and_a_date():
         assert part["usd_low"] <= part["usd_high"] and part["source"] and part["date"][:2] == "20", part
     for name, tier in T.tiers().items():
         assert tier.gpu_name in data["gpus"], name  # a tier's card must be a part the bill knows
+
+
+def test_a_card_pays_for_itself_after_runs_like_a_typical_one(tmp_path):
+    """No GPU run here yet: the 1500 tier's RTX 4090 against renting one for a typical run of the tier's model."""
+    import math
+
+    from engine import cost
+    bill = B.for_tier(machine(None, ram_gib=128), T.tiers()["1500"])
+    cost.add_payback(bill, tmp_path / "no-runs")
+    (card_item,) = [i for i in bill.items if i.kind == "gpu"]
+    p = card_item.payback
+    inp, _ = T.plan_for(T.tiers()["1500"], P.resolve_model("Llama-3.1-8B"), optimizer="adamw_8bit")
+    hours = 10_000_000 / P.tokens_per_s(inp, P.load_cards()["RTX 4090"]) / 3600
+    cloud, home = hours * 0.34, (450 + 150 + 150) / 1000 * hours * 0.18  # cards.toml's rent, parts.toml's watts
+    assert p["run"] == "a typical run (10M tokens of Llama-3.1-8B at seq 2048)"
+    assert (p["cloud_usd_per_run"], p["electricity_usd_per_run"]) == (round(cloud, 4), round(home, 4))
+    assert (p["runs_low"], p["runs_high"]) == (math.ceil(1200 / (cloud - home)), math.ceil(1400 / (cloud - home)))
+    assert card_item.to_json()["payback_runs"] == [p["runs_low"], p["runs_high"]]
+    assert all(i.to_json()["payback_runs"] is None for i in bill.items if i.kind != "gpu")
+    assert f"pays for itself after {p['runs_low']:,}-{p['runs_high']:,} runs like a typical run" in B.describe(bill)
+
+
+def test_build_pays_back_against_the_last_gpu_run_in_runs(tmp_path):
+    """`build --json --runs DIR`: the newest GPU run there (its model, tokens and electricity price) is the run a
+    card is paid back with; a newer CPU run is not; at a high enough price the card never pays for itself."""
+    import os
+
+    from engine import runfile
+    profile = json.loads((PROFILES / "no-gpu.json").read_text())
+    profile["host"] = dict(HOST, ram_gib=128)
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(profile))
+    runs = tmp_path / "runs"
+
+    def past_run(name, gpus, tokens, price):
+        d = runs / name
+        d.mkdir(parents=True)
+        runfile.save(runfile.defaults(name=name, model={"base": "Llama-3.1-8B"}, data={"path": "d.jsonl"},
+                                      hardware={"gpus": gpus}), d / "run.toml")
+        final = {"event": "final", "time": 1.0, "gpus": len(gpus), "tokens": tokens, "electricity_usd_per_kwh": price}
+        (d / "metrics.jsonl").write_text(json.dumps({"event": "start", "time": 0.0}) + "\n" + json.dumps(final) + "\n")
+    past_run("gpu-run", [0], 2_000_000, 0.30)
+    past_run("cpu-run", [], 900, 0.30)
+    os.utime(runs / "gpu-run" / "metrics.jsonl", (1, 1))  # the CPU run is the newest
+    env = {**os.environ, "RIGTUNE_FAKE_NVML": str(path)}
+    res = rigtune("build", "--tier", "1500", "--json", "--runs", runs, env=env)
+    assert res.returncode == 0, res.stderr
+    card_item = json.loads(res.stdout)["items"][0]
+    p = card_item["payback"]
+    assert p["run"] == "the last GPU run here (gpu-run: 2M tokens of Llama-3.1-8B)"
+    assert p["electricity_usd_per_run"] == round((450 + 300) / 1000 * p["hours_per_run"] * 0.30, 4)
+    assert card_item["payback_runs"] == [p["runs_low"], p["runs_high"]] and p["runs_low"] > 0
+    past_run("gpu-dear", [0], 2_000_000, 9.0)  # electricity at $9/kWh costs more than renting the card
+    p = json.loads(rigtune("build", "--tier", "1500", "--json", "--runs", runs, env=env).stdout)["items"][0]["payback"]
+    assert p["runs_low"] is None and p["note"].startswith("never") and "gpu-dear" in p["run"]

@@ -165,6 +165,8 @@ def cmd_build(args) -> int:
         if args.tier and args.tier not in tiers:
             raise BadInput(f"unknown tier '{args.tier}'; tiers (presets/tiers.toml): {', '.join(tiers)}.", key="--tier")
         bill = B.for_tier(m, tiers[args.tier] if args.tier else B.default_tier(m))
+    from engine.cost import add_payback
+    add_payback(bill, Path(args.runs))  # each card against renting it, for runs like the last GPU run in --runs
     print(json.dumps(bill.to_json(), indent=1) if args.json else B.describe(bill))
     return 0
 
@@ -205,6 +207,8 @@ def _add_build(sub) -> None:
     p.add_argument("--tier", help="a tier id from presets/tiers.toml (default: the first one this machine misses)")
     p.add_argument("--model", help="plan the box for this model instead (a catalog name, folder or config.json)")
     p.add_argument("--seq-len", type=int, help="with --model: the sequence length (default 2048)")
+    p.add_argument("--runs", default="runs", help="where past runs are: a card's payback is for runs like the last "
+                                                  "GPU run there (else a typical run)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_build)
 
