@@ -62,6 +62,9 @@ class RunView:
         self.elapsed_s = 0.0
         self._last_step_time = None
         self.sampled_until = 0           # steps up to here are an evenly spaced sample (big streams)
+        self.energy: dict = {}           # the start event's energy_* fields: how energy is measured, or why not
+        self.energy_kwh = self.cost_usd = None  # so far: the latest step event that carried them
+        self.final: dict | None = None   # the final event: energy, cost and the cloud estimate
         self.read_log = read_log
 
     # ---------------------------------------------------------------------- reading
@@ -180,6 +183,8 @@ class RunView:
                 if dt > 0:
                     self.sec_per_step = dt if not self.sec_per_step else 0.9 * self.sec_per_step + 0.1 * dt
             self._last_step_time = t
+            if ev.get("energy_kwh") is not None:
+                self.energy_kwh, self.cost_usd = ev["energy_kwh"], ev.get("cost_usd")
         elif kind == "eval":
             if ev.get("eval_loss") is not None:
                 self.eval_steps.append(ev["step"])
@@ -194,11 +199,14 @@ class RunView:
             self.checkpoints = [c for c in self.checkpoints if c.step != ev["step"]]
             self.checkpoints.append(Checkpoint(ev["step"], ev.get("path", ""), ev.get("time", 0.0)))
         elif kind == "start":
-            self.start, self.end = ev, None
+            self.start, self.end, self.final = ev, None, None
+            self.energy = {k: v for k, v in ev.items() if k.startswith("energy_")}
             self.total_steps = ev.get("total_steps") or self.total_steps
             self._last_step_time = None
         elif kind == "end":
             self.end = ev
+        elif kind == "final":
+            self.final = ev
         elif kind == "download":
             self.download = ev
 
@@ -265,6 +273,22 @@ class RunView:
     def last_loss(self) -> float | None:
         return self.losses[-1] if self.losses else None
 
+    def energy_lines(self) -> list:
+        """Energy and cost for a panel: so far, or at the end with the cloud estimate beside them; nothing for a
+        run whose trainer did not meter energy (written before rigtune did)."""
+        from .energy import energy_words, fmt_usd
+        f = self.final
+        if f is not None:
+            n, est = f.get("cloud_cards") or 1, f.get("cloud_usd_estimate")
+            card = f"{n}x {f.get('cloud_card')}" if n > 1 else f.get("cloud_card")
+            return [energy_words(f.get("energy_kwh"), f.get("cost_usd"), f.get("covers") or ""),
+                    f"cloud ~{fmt_usd(est)} ({card})" if est is not None else "cloud: no estimate"]
+        if self.energy_kwh is not None:
+            return [energy_words(self.energy_kwh, self.cost_usd, self.energy.get("energy_covers") or "GPU+CPU")]
+        if self.energy and not self.energy.get("energy_covers"):
+            return [energy_words(None, None)]
+        return []
+
     @property
     def eta_s(self) -> float | None:
         if self.finished or not self.total_steps or not self.sec_per_step:
@@ -290,6 +314,22 @@ def downsample(xs, ys, width: int) -> tuple[list, list]:
     cy = np.concatenate(([0.0], np.cumsum(np.nan_to_num(y, nan=0.0))))
     counts = ends - starts
     return ((cx[ends] - cx[starts]) / counts).tolist(), ((cy[ends] - cy[starts]) / counts).tolist()
+
+
+def fmt_final(ev: dict) -> str:
+    """The final event in words: the measured energy and its cost, and the same tokens on a rented card."""
+    from .energy import fmt_kwh, fmt_usd
+    if ev.get("energy_kwh") is None:
+        home = f"energy: not measured ({ev.get('not_measured') or 'no reading'})"
+    else:
+        part = f" ({ev.get('covers')} only; {ev['not_measured']})" if ev.get("not_measured") else ""
+        home = (f"energy {fmt_kwh(ev['energy_kwh'])}{part}, {fmt_usd(ev['cost_usd'])} at "
+                f"${ev.get('electricity_usd_per_kwh'):g}/kWh, by {ev.get('method')}")
+    if ev.get("cloud_usd_estimate") is None:
+        return f"{home}; {ev.get('cloud_note') or 'no cloud estimate'}"
+    return (f"{home}; the same {ev.get('tokens') or 0:,} tokens on {ev.get('cloud_cards')} x {ev.get('cloud_card')}, "
+            f"rented: ~{fmt_usd(ev['cloud_usd_estimate'])} (planned {ev.get('cloud_tokens_per_s') or 0:,} tokens/s at "
+            f"${ev.get('cloud_usd_per_hour'):g}/h, {ev.get('cloud_offer')}, price of {ev.get('cloud_price_date')})")
 
 
 def recent_runs(root="runs", limit: int = 20) -> list:
@@ -376,6 +416,8 @@ class Follower(RunView):
             return f"  {loss}" + (f"  sample: {completion!r}" if s else "")
         if kind == "checkpoint":
             return f"  checkpoint {ev['path']}"
+        if kind == "final":
+            return f"  {fmt_final(ev)}"
         if kind == "download":
             return self._download_line(ev)
         if kind in ("warning", "oom_fallback"):

@@ -4,6 +4,7 @@ import os
 from pathlib import Path
 
 T0 = 1_790_000_000.0
+ENERGY_KWH_PER_STEP = 0.0105  # a round figure for the panels to show, not a physical one for 2 s steps
 
 
 def step_event(s, total, t0=T0):
@@ -26,20 +27,41 @@ def held_out_event(step):
             "samples": samples, "sample_correct": 3, "sample_total": 4, "base_correct": 0}
 
 
+def final_event(steps: int, kwh_per_step: float = ENERGY_KWH_PER_STEP) -> dict:
+    """The final event of a metered run on one RTX 4090 (GPU energy only, no RAPL), priced at $0.30/kWh."""
+    kwh = round(kwh_per_step * steps, 6)
+    return {"event": "final", "time": T0 + 2.0 * steps + 0.5, "energy_kwh": kwh, "cost_usd": round(kwh * 0.3, 6),
+            "gpu_kwh": kwh, "cpu_kwh": None, "covers": "GPU", "method": "NVML energy counter (GPU 0)",
+            "not_measured": "no CPU energy: no RAPL energy counter (/sys/class/powercap not present)",
+            "electricity_usd_per_kwh": 0.3, "tokens": 4096 * steps, "hours": round(2.0 * steps / 3600, 6), "gpus": 1,
+            "cloud_usd_estimate": 0.0123, "cloud_card": "RTX 4090", "cloud_cards": 1, "cloud_usd_per_hour": 0.34,
+            "cloud_offer": "RunPod, on demand, 1 GPU", "cloud_price_source": "deploybase.ai", "cloud_price_date": "2026-03-10",
+            "cloud_tokens_per_s": 13000, "cloud_hours": 0.036, "cloud_note": None}
+
+
 def write_run(run: Path, steps: int, total: int, state: str = "training", pid=None, end: str | None = None,
               log_lines=("[rigtune] format alpaca: 100 records", "[rigtune] 1 process(es), 40 steps"),
-              held_out: bool = False):
+              held_out: bool = False, energy: bool = False):
+    """`energy`: the trainer metered the run's GPU (energy and cost in the step events, and a final event)."""
     run.mkdir(parents=True, exist_ok=True)
     events = [{"event": "start", "time": T0, "world_size": 1, "strategy": "single", "model": "tiny",
                "trainable_params": 155648, "total_steps": total, "resumed_from": None}]
+    if energy:
+        events[0].update(energy_method="NVML energy counter (GPU 0)", energy_covers="GPU", electricity_usd_per_kwh=0.3,
+                         energy_not_measured="no CPU energy: no RAPL energy counter (/sys/class/powercap not present)")
     for s in range(1, steps + 1):
         events.append(step_event(s, total))
+        if energy:
+            kwh = round(ENERGY_KWH_PER_STEP * s, 6)
+            events[-1].update(energy_kwh=kwh, cost_usd=round(kwh * 0.3, 6))
         if s % 10 == 0:
             events.append({"event": "eval", "time": T0 + 2.0 * s, "step": s, "eval_loss": round(3.2 / (1 + s / 5), 6),
                            "sample": {"prompt": "What colour is a banana?", "completion": f"A banana is yellow. ({s})"}})
             events.append({"event": "checkpoint", "time": T0 + 2.0 * s, "step": s, "path": f"checkpoints/step-{s:06d}"})
     if held_out:
         events.append(held_out_event(steps))
+    if end and energy:
+        events.append(final_event(steps))
     if end:
         events.append({"event": "end", "time": T0 + 2.0 * steps + 1, "step": steps, "reason": end,
                        "message": {"finished": f"finished {total} steps", "stopped": f"stopped on request at step {steps} of {total}",

@@ -42,6 +42,14 @@ def test_dashboard_finished_with_a_held_out_check(snap_compare, tmp_path, size):
 
 
 @pytest.mark.parametrize("size", SIZES)
+def test_dashboard_finished_with_energy(snap_compare, tmp_path, size):
+    """A metered GPU run's end: its energy and cost, and the same tokens on a rented card, under tokens seen."""
+    run = write_run(tmp_path / "demo", steps=40, total=40, state="finished", end="finished", energy=True)
+    app = RigtuneApp(run_dir=run, sampler=FakeSampler())
+    assert snap_compare(app, terminal_size=size, run_before=wait_attached)
+
+
+@pytest.mark.parametrize("size", SIZES)
 def test_dashboard_crashed_cpu(snap_compare, tmp_path, size):
     run = write_run(tmp_path / "demo", steps=17, total=40, state="training", pid=999999)
     app = RigtuneApp(run_dir=run, sampler=FakeSampler(gpus=False))

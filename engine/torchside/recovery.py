@@ -27,6 +27,7 @@ def resume_from_checkpoint(run: Run, allow_changes: bool) -> None:
         state = load_checkpoint(path, run.loaded.model, run.optimizer,
                                 run.params if run.loaded.sharded_adapters else None)
         run.start_step, run.elapsed_before, run.resumed_from = state["step"], state.get("elapsed_s", 0.0), str(path)
+        run.energy.restore(state.get("energy"))
 
 
 def gathered(run: Run) -> tuple:
@@ -48,7 +49,7 @@ def save(run: Run, step: int) -> None:
                  "position_in_epoch": step % layout.steps_per_epoch, "steps_per_epoch": layout.steps_per_epoch,
                  "micro_batch_size": layout.mbs, "gradient_accumulation_steps": layout.accum,
                  "seed": run.cfg.train.seed, "world_size": run.world, "rng": "reseeded from (seed, step, rank) each step",
-                 "elapsed_s": run.elapsed()}
+                 "elapsed_s": run.elapsed(), "energy": run.energy.state()}
         path = save_checkpoint(run.run_dir, step, run.loaded.model, run.optimizer, state,
                                run.cfg.train.keep_checkpoints, run.shape, run.data_print, run.faults,
                                adapter_state=adapter_state, optimizer_state=optimizer_state)

@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..energy import RunEnergy
 from ..events import EventLog, write_status
 from .batches import Layout
 from .process import Faults, StopFlag
@@ -52,6 +53,7 @@ class Run:
     lock: object = None
     tracking: bool = False          # report_to trackers are running (rank 0)
     load_memory: dict = field(default_factory=dict)  # the load's GPU peak, kept apart from training's
+    energy: RunEnergy = field(default_factory=lambda: RunEnergy(0.0))  # energy, cost and tokens so far
 
     @property
     def device(self):
@@ -85,12 +87,23 @@ def log_step(run: Run, step: int, *, loss: float | None = None, lr: float = 0.0,
                   loss=None if loss is None else round(loss, 6), lr=lr,
                   grad_norm=None if grad_norm is None else round(grad_norm, 6), tokens=tokens,
                   trained_tokens=trained_tokens, tokens_per_s=round(tokens / seconds, 1) if tokens and seconds else 0.0,
-                  elapsed_s=run.elapsed(), **extra)
+                  elapsed_s=run.elapsed(), **extra, **run.energy.step_fields())
     run.status(state="training", step=step, total_steps=run.total)
     if run.tracking and not skipped:
         run.accelerator.log({"train/loss": loss, "train/lr": lr, "train/grad_norm": grad_norm,
                              "train/tokens_per_s": tokens / seconds if tokens and seconds else 0.0,
                              **{f"train/{k}": v for k, v in (figures or {}).items()}}, step=step)
+
+
+def final_figures(run: Run) -> dict:
+    """The final event: the run's energy and its cost, and what the same tokens would cost on a rented card
+    (engine.energy, engine.cost), planned from the loaded model's shape."""
+    from .. import planner as P
+    try:
+        arch = P.arch_from_config(run.loaded.model.config.to_dict(), run.cfg.model.base)
+    except Exception:  # noqa: BLE001 - a shape the planner cannot read: the final event says there is no estimate
+        arch = None
+    return run.energy.final(run.cfg, arch, run.elapsed())
 
 
 def warn(run: Run, message: str) -> None:

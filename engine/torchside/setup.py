@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .. import checkpoint as C
 from .. import runfile
+from ..energy import RunEnergy
 from ..errors import BadInput
 from ..events import RUN_FILE, EventLog
 from .batches import Layout
@@ -42,6 +43,7 @@ def setup(run_dir: Path, resume: bool, allow_changes: bool) -> Run:
               stop=StopFlag(), faults=Faults(os.environ.get("RIGTUNE_FAULT", "")),
               lock=take_lock(run_dir) if main else None, method=method_for(cfg))
     run.status(state="loading", step=0, total_steps=0, message="")
+    run.energy = RunEnergy.start(cfg, main)  # from here: loading the model is the run's energy too
     if main:
         C.clean_temp(run_dir)
         for name in runfile.missing_trackers(cfg.train.report_to):
@@ -174,7 +176,8 @@ def announce(run: Run) -> None:
                   trainable_params=trainable, kernels=kernels, activation_offload=tc.activation_offload,
                   total_steps=run.total, resumed_from=run.resumed_from, data=run.report.summary(),
                   format=run.report.format, train_sequences=len(run.seqs), steps_per_epoch=run.layout.steps_per_epoch,
-                  start_step=run.start_step, skipped_checkpoints=[f"{n}: {r}" for n, r in run.skipped])
+                  start_step=run.start_step, skipped_checkpoints=[f"{n}: {r}" for n, r in run.skipped],
+                  **run.energy.start_fields())
     need = C.estimate_bytes(trainable, tc.keep_checkpoints, tc.optimizer)
     free = shutil.disk_usage(run.run_dir).free
     if free < need:

@@ -33,7 +33,7 @@ from ..errors import BadInput
 from ..events import ADAPTER, EventLog, read_status_raw, write_status
 from .process import Aborted, TrainingFailed, quiet_libraries
 from .recovery import gathered, is_oom, recover_from_oom, save, skip_bad_step
-from .runstate import Run, log_step
+from .runstate import Run, final_figures, log_step
 from .saving import save_adapter
 from .setup import announce, lr_factor, mark_load_done, setup
 
@@ -61,6 +61,7 @@ def train(run_dir: Path, resume: bool, allow_changes: bool = False) -> int:
                 raise
             step = recover_from_oom(run, step)
             continue
+        run.energy.count(size.tokens)  # processed, whether or not the update is applied
         grad_norm = clip_gradients(run)
         if run.gather_sum(0.0 if math.isfinite(step_loss) and math.isfinite(grad_norm) else 1.0) > 0:
             bad_steps = skip_bad_step(run, step, step_loss, bad_steps)  # every rank skips the update together
@@ -138,6 +139,7 @@ def finish(run: Run, step: int, reason: str, message: str) -> None:
     if run.main:
         run.log.write("memory", **measured_memory(run.device), **run.load_memory, **shards)
         save_adapter(run.run_dir, run.loaded.model, adapter_state)
+        run.log.write("final", **final_figures(run))
         run.log.write("end", sync=True, step=step, reason=reason, message=message or f"finished {run.total} steps")
         run.status(state=reason, step=step, total_steps=run.total)
         print(f"[rigtune] {reason} at step {step}; adapter in {run.run_dir / ADAPTER}", flush=True)

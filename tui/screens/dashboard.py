@@ -77,6 +77,7 @@ class Dashboard(Screen):
         self._log_resized = False
         self._shown_ckpts = None
         self._shown_held_out = False
+        self._throughput_rows = 2  # app.tcss's #throughput height
 
     def compose(self) -> ComposeResult:
         yield Panel(id="status")
@@ -205,8 +206,12 @@ class Dashboard(Screen):
         self.query_one("#lr-label", Panel).show(f"lr {v.lrs[-1]:.2e}" if v.lrs else "lr")
         self.query_one("#gn-label", Panel).show(f"grad norm {v.grad_norms[-1]:.3f}" if v.grad_norms else "grad norm")
         tokens = f"{v.tokens_seen / 1e6:.2f}M" if v.tokens_seen >= 1e6 else f"{v.tokens_seen:,}"
-        self.query_one("#throughput", Panel).show(
-            f"tok/s {v.tokens_per_s:,.0f} (avg {v.tokens_per_s_avg:,.0f})\ntokens seen {tokens}")
+        lines = [f"tok/s {v.tokens_per_s:,.0f} (avg {v.tokens_per_s_avg:,.0f})", f"tokens seen {tokens}",
+                 *v.energy_lines()]  # energy and cost so far; at the end, the cloud estimate beside them
+        panel = self.query_one("#throughput", Panel)
+        if len(lines) != self._throughput_rows:  # a Panel never asks for a layout: only when its rows change
+            self._throughput_rows = panel.styles.height = len(lines)
+        panel.show("\n".join(lines))
 
     def update_hardware(self) -> None:
         snap = self.sampler.latest if self.sampler else None
