@@ -10,6 +10,9 @@ from .errors import BadInput
 # a hub id: "name" or "owner/name", letters, digits, '-', '_', '.' (the hub's own rule), at most 96 characters
 HUB_ID = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9._-]{0,95}/)?[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 DEMO_MODEL = "rigtune:tiny-demo"  # the placeholder presets use (engine.runvalues), built at launch
+# in a folder that holds a model's config.json and no weights: loading it gives random weights of that shape
+# (engine.probe builds such folders; engine.torchside.shape loads them)
+SHAPE_MARK = "rigtune-shape.json"
 
 
 def is_local_model(base: str) -> bool:

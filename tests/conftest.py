@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TEXTUAL_ANIMATIONS", "none")  # snapshots must not depend on animation timing
+# what the suite's training runs measure stays out of this machine's store (engine.calibration): one per process
+os.environ.setdefault("RIGTUNE_MEASURED", os.path.join(tempfile.mkdtemp(prefix="rigtune-measured-"), "measured.json"))
 
 
 def peer(name: str) -> Path:

@@ -349,16 +349,6 @@ def test_plan_cli_json_and_errors(tiny_model):
     assert "nor a card rigtune knows" in rigtune("plan", "--model", "Llama-2-7B", "--gpus", "big").stderr
 
 
-def test_planner_learns_from_past_runs(tmp_path):
-    import json
-    run = tmp_path / "runs" / "a"
-    run.mkdir(parents=True)
-    (run / "plan.json").write_text(json.dumps({"model": "Llama-2-7B", "per_gpu_peak_gib": 10.0}))
-    (run / "metrics.jsonl").write_text(json.dumps({"event": "memory", "time": 1, "peak_gib": 11.0}) + "\n")
-    assert "+10%" in P.past_runs(tmp_path / "runs", "Llama-2-7B")
-    assert P.past_runs(tmp_path / "runs", "Llama-2-13B") is None
-
-
 def _accuracy_bench():
     import importlib.util
     spec = importlib.util.spec_from_file_location("acc", ROOT / "bench" / "planner_accuracy" / "run.py")
@@ -404,17 +394,6 @@ def test_activation_offload_moves_activations_from_vram_to_ram():
     moved = P.breakdown(long)["activations"] - P.breakdown(off)["activations"]
     assert moved > 1.0 and P.ram_needed(off) == pytest.approx(P.ram_needed(long) + moved)
     assert P.max_seq_len(off) > P.max_seq_len(long)
-
-
-def test_past_runs_name_a_damaged_run_instead_of_skipping_it_silently(tmp_path):
-    good, torn = tmp_path / "good", tmp_path / "torn"
-    for d in (good, torn):
-        d.mkdir()
-        (d / "plan.json").write_text(json.dumps({"model": "Llama-2-7B", "per_gpu_peak_gib": 10.0}))
-    (good / "metrics.jsonl").write_text(json.dumps({"event": "memory", "peak_gib": 11.0}) + "\n{\"event\": \"mem")
-    note = P.past_runs(tmp_path, "Llama-2-7B")  # torn has no metrics.jsonl at all
-    assert note.startswith("past runs of Llama-2-7B here: measured peaks were +10%") and "(1 run)" in note
-    assert "Skipped unreadable run(s): torn." in note
 
 
 def test_sharded_adapters_take_a_70b_at_rank_64_onto_two_24gb_cards():

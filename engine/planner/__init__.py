@@ -19,7 +19,7 @@ from .arch import (FAMILIES, GIB, Arch, arch_from_config, catalog_model, config_
 from .memory import (ALL_LINEAR, CUDA_CONTEXT_GIB, DTYPE_BYTES, FIT_MARGIN, FRAGMENTATION, LOSS_BYTES, NF4_BITS,
                      PROCESS_RAM_GIB, PlanInput, adapter_params, adapters_sharded, breakdown, fits, headroom,
                      liger_loss_bytes, linear_bytes, max_micro_batch, max_seq_len, peak, processes, ram_needed, verdict)
-from .runplan import Plan, input_from_run, past_runs, plan, tight_words
+from .runplan import Plan, input_from_run, plan, tight_words
 from .strategy import StrategyRow, choose_strategy, strategy_table
 from .throughput import (ACHIEVED, DEFAULT_CARD, DEQUANT_BYTES, LINK_GBPS, PCIE_GBPS, Card, card_named, card_of_size,
                          flops_per_token, fmt_estimate, link_cost, link_note, link_seconds, load_cards,

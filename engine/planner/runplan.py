@@ -1,13 +1,10 @@
 """The plan of a run: plan() puts the memory terms, the strategy, the advice and the time together into a Plan
-(what `rigtune plan --json` prints), from a run file's values (input_from_run); past_runs says how far off
-the plans were on this machine's earlier runs."""
+(what `rigtune plan --json` prints), from a run file's values (input_from_run). What this machine measured
+(engine.calibration) is laid over it by the caller."""
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 
-from ..events import METRICS, PLAN
 from .advice import suggest
 from .arch import GIB, Arch
 from .memory import (DTYPE_BYTES, FIT_MARGIN, PlanInput, breakdown, headroom, max_micro_batch, max_seq_len, ram_needed,
@@ -39,6 +36,7 @@ class Plan:
     download_gib: float = 0.0        # the weights' download
     headroom_gib: float = 0.0        # the card less the planned per-GPU peak (negative when it is over the card)
     verdict: str = ""                # fits | tight (under the card, within FIT_MARGIN of it) | does not fit
+    measured: dict | None = None     # what this machine measured at these settings (engine.calibration.apply)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -121,37 +119,3 @@ def input_from_run(cfg, arch: Arch, gpus: list, ram_gib: float | None, link: str
         attn=cfg.model.attn_implementation, quantization=cfg.model.quantization, double_quant=cfg.model.double_quant,
         compute_dtype=cfg.model.compute_dtype, strategy=cfg.hardware.strategy, cpu_offload=cfg.hardware.cpu_offload,
         ram_gib=ram_gib, loss_chunk=cfg.train.loss_chunk_tokens, activation_offload=cfg.train.activation_offload)
-
-
-# ---------------------------------------------------------------------------- learning from past runs
-
-def past_runs(runs_root: Path, arch_name: str) -> str | None:
-    """How far off the planner was on this machine's earlier runs of the same model: each run directory's
-    plan.json (written at launch) against the `memory` event its trainer wrote."""
-    if not runs_root.is_dir():
-        return None
-    errors, unreadable = [], []
-    for plan_file in runs_root.glob(f"*/{PLAN}"):
-        try:
-            planned = json.loads(plan_file.read_text())
-            lines = (plan_file.parent / METRICS).read_text(errors="replace").splitlines()
-        except (OSError, ValueError):  # a damaged or half-deleted run: named in the note, not counted
-            unreadable.append(plan_file.parent.name)
-            continue
-        if planned.get("model") != arch_name or not planned.get("per_gpu_peak_gib"):
-            continue
-        measured = None
-        for line in lines:
-            if '"memory"' in line:
-                try:
-                    measured = json.loads(line).get("peak_gib") or measured
-                except ValueError:  # a torn last line of a killed trainer: no memory event in it
-                    continue
-        if measured:
-            errors.append((measured - planned["per_gpu_peak_gib"]) / planned["per_gpu_peak_gib"])
-    skipped = f" Skipped unreadable run(s): {', '.join(sorted(unreadable))}." if unreadable else ""
-    if not errors:
-        return skipped.strip() or None
-    mean = sum(errors) / len(errors)
-    return (f"past runs of {arch_name} here: measured peaks were {mean:+.0%} against the plan on average "
-            f"({len(errors)} run{'s' if len(errors) > 1 else ''}).{skipped}")

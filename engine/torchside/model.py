@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..errors import BadInput
 from .head import detach_head, text_of
@@ -92,12 +93,17 @@ def load_base(cfg, device):
     import torch
     from transformers import AutoModelForCausalLM
 
+    from ..modelref import SHAPE_MARK
+    from .shape import random_base
     m = cfg.model
     kwargs = dict(_hub_kwargs(m), dtype=getattr(torch, m.compute_dtype),
                   attn_implementation=attn_implementation(cfg), device_map={"": device}, low_cpu_mem_usage=True,
                   quantization_config=quantization_config(cfg))
     try:
-        model = AutoModelForCausalLM.from_pretrained(m.base, **kwargs)
+        if (Path(m.base) / SHAPE_MARK).exists():  # a model's shape alone (engine.probe): random weights of it
+            model = random_base(cfg, Path(m.base), device, kwargs["attn_implementation"], kwargs["quantization_config"])
+        else:
+            model = AutoModelForCausalLM.from_pretrained(m.base, **kwargs)
     except (OSError, ValueError) as e:
         raise BadInput(f"cannot load model '{m.base}' ({str(e).splitlines()[0][:300]}).", key="model.base") from None
     keep_cpu_weights_as_loaded(model)

@@ -40,7 +40,9 @@ def gathered(run: Run) -> tuple:
 
 
 def save(run: Run, step: int) -> None:
-    """A checkpoint of `step` (rank 0 writes it; the others wait)."""
+    """A checkpoint of `step` (rank 0 writes it; the others wait). A probe's trial keeps none."""
+    if run.probe:
+        return
     adapter_state, optimizer_state = gathered(run)
     if run.main:
         run.status(state="checkpointing", step=step, total_steps=run.total)

@@ -54,6 +54,8 @@ class Run:
     tracking: bool = False          # report_to trackers are running (rank 0)
     load_memory: dict = field(default_factory=dict)  # the load's GPU peak, kept apart from training's
     energy: RunEnergy = field(default_factory=lambda: RunEnergy(0.0))  # energy, cost and tokens so far
+    probe: bool = False             # a trial of `rigtune probe`: it measures, and keeps no checkpoint or adapter
+    speeds: list = field(default_factory=list)  # this process's logged tokens/s, for the measured figures (calibration)
 
     @property
     def device(self):
@@ -83,6 +85,8 @@ def log_step(run: Run, step: int, *, loss: float | None = None, lr: float = 0.0,
     extra = {k: None if v is None else round(v, 6) for k, v in (figures or {}).items()}
     if skipped:
         extra["skipped"] = True
+    elif tokens and seconds:
+        run.speeds.append(tokens / seconds)
     run.log.write("step", step=step, epoch=round(step / run.layout.steps_per_epoch, 4),
                   loss=None if loss is None else round(loss, 6), lr=lr,
                   grad_norm=None if grad_norm is None else round(grad_norm, 6), tokens=tokens,

@@ -17,13 +17,15 @@ from ..events import RUN_FILE, EventLog
 from .batches import Layout
 from .fsdp import local
 from .methods import method_for
+from .methods.probe import Probe
 from .process import Faults, StopFlag, TrainingFailed, take_lock
 from .recovery import resume_from_checkpoint
 from .runstate import Run, warn
 
 
-def setup(run_dir: Path, resume: bool, allow_changes: bool) -> Run:
-    """Processes, data, model, optimizer and the step to start from."""
+def setup(run_dir: Path, resume: bool, allow_changes: bool, probe: bool = False) -> Run:
+    """Processes, data, model, optimizer and the step to start from. `probe`: one of `rigtune probe`'s trials
+    (methods/probe.py: random rows, nothing saved)."""
     from accelerate import Accelerator
     from accelerate.utils import DistributedType
 
@@ -41,7 +43,7 @@ def setup(run_dir: Path, resume: bool, allow_changes: bool) -> Run:
     run = Run(cfg=cfg, run_dir=run_dir, accelerator=accelerator, rank=accelerator.process_index, world=world,
               main=main, sharded=hw.strategy == "fsdp", log=EventLog(run_dir) if main else None,
               stop=StopFlag(), faults=Faults(os.environ.get("RIGTUNE_FAULT", "")),
-              lock=take_lock(run_dir) if main else None, method=method_for(cfg))
+              lock=take_lock(run_dir) if main else None, method=Probe() if probe else method_for(cfg), probe=probe)
     run.status(state="loading", step=0, total_steps=0, message="")
     run.energy = RunEnergy.start(cfg, main)  # from here: loading the model is the run's energy too
     if main:
@@ -105,8 +107,9 @@ def setup_data(run: Run) -> None:
     """The same on every rank: the tokenizer, the method's training and eval items, the step count."""
     from .model import load_tokenizer
     cfg, tc = run.cfg, run.cfg.train
-    run.tokenizer = load_tokenizer(run.load_cfg)
-    run.pad_id = run.tokenizer.pad_token_id
+    if getattr(run.method, "needs_tokenizer", True):
+        run.tokenizer = load_tokenizer(run.load_cfg)
+        run.pad_id = run.tokenizer.pad_token_id
     run.method.prepare(run)
     run.layout = Layout(run.seqs, tc.micro_batch_size, tc.gradient_accumulation_steps, run.world, tc.seed)
     run.total = tc.max_steps or math.ceil(tc.epochs * run.layout.steps_per_epoch)

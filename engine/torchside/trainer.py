@@ -28,6 +28,7 @@ import time
 import traceback
 from pathlib import Path
 
+from .. import calibration
 from .. import checkpoint as C
 from ..errors import BadInput
 from ..events import ADAPTER, EventLog, read_status_raw, write_status
@@ -40,9 +41,9 @@ from .setup import announce, lr_factor, mark_load_done, setup
 
 # ---------------------------------------------------------------------------- the loop
 
-def train(run_dir: Path, resume: bool, allow_changes: bool = False) -> int:
+def train(run_dir: Path, resume: bool, allow_changes: bool = False, probe: bool = False) -> int:
     import torch
-    run = setup(run_dir, resume, allow_changes)
+    run = setup(run_dir, resume, allow_changes, probe)
     announce(run)
     mark_load_done(run)
     tc = run.cfg.train
@@ -137,8 +138,11 @@ def finish(run: Run, step: int, reason: str, message: str) -> None:
     adapter_state, _ = gathered(run)
     shards = shard_sizes(run)
     if run.main:
-        run.log.write("memory", **measured_memory(run.device), **run.load_memory, **shards)
-        save_adapter(run.run_dir, run.loaded.model, adapter_state)
+        memory = measured_memory(run.device)
+        run.log.write("memory", **memory, **run.load_memory, **shards)
+        if not run.probe:  # a probe's trial keeps no adapter; a run's peak and speed join the probe's figures
+            save_adapter(run.run_dir, run.loaded.model, adapter_state)
+            calibration.add_run(run.cfg, memory, run.speeds, run.run_dir.name)
         run.log.write("final", **final_figures(run))
         run.log.write("end", sync=True, step=step, reason=reason, message=message or f"finished {run.total} steps")
         run.status(state=reason, step=step, total_steps=run.total)
@@ -183,12 +187,13 @@ def main(argv=None) -> int:
     ap.add_argument("run_dir")
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--allow-changes", action="store_true")
+    ap.add_argument("--probe", action="store_true", help="one trial of `rigtune probe` (engine.probe)")
     args = ap.parse_args(argv)
     run_dir = Path(args.run_dir).resolve()
     main_rank = os.environ.get("LOCAL_RANK", "0") == "0"
     reason = "error"
     try:
-        return train(run_dir, args.resume, args.allow_changes)
+        return train(run_dir, args.resume, args.allow_changes, args.probe)
     except BadInput as e:
         code, msg = 2, str(e)
     except (TrainingFailed, C.DiskFull) as e:

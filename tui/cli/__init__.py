@@ -1,5 +1,5 @@
 """The `rigtune` command line: one module per command group, each registering its subcommands on the parser
-built here (machine: scan, plan, build; run: init, check, demo, train; watch: watch, stop; model: fetch, chat,
+built here (machine: scan, plan, probe, build; run: init, check, demo, train; watch: watch, stop; model: fetch, chat,
 export; wizard: the bare `rigtune`). Heavy libraries (torch, transformers) are imported inside the commands
 that need them, so `rigtune --help` stays instant."""
 from __future__ import annotations
@@ -11,7 +11,7 @@ from . import machine, model, run, watch, wizard
 from .common import USAGE, run_command
 
 # the order `rigtune --help` lists the subcommands in
-HELP_ORDER = ("demo", "watch", "scan", "plan", "init", "check", "train", "chat", "export", "build", "fetch", "stop")
+HELP_ORDER = ("demo", "watch", "scan", "plan", "probe", "init", "check", "train", "chat", "export", "build", "fetch", "stop")
 PARSERS = {**machine.PARSERS, **run.PARSERS, **watch.PARSERS, **model.PARSERS}
 
 

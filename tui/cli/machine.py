@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from engine import calibration
 from engine.errors import BadInput
+from engine.modelref import DEMO_MODEL
 
 
 # ---------------------------------------------------------------------------- scan and plan
@@ -32,11 +34,17 @@ def _plan_input(args):
     model = args.model or (cfg.model.base if cfg else None)
     if not model:
         raise BadInput("say which model to plan for: --model NAME|DIR|config.json, or a run file.", key="--model")
-    arch = _arch_online(model, cfg.model.revision if cfg else None)
+    arch = _arch_online(_built(model), cfg.model.revision if cfg else None)
+    if model == DEMO_MODEL:  # named as the run file names it, not by its cache folder
+        arch = P.replace(arch, name=model)
     ram, link = None, "nvlink"
     if args.gpus:
         gpus, card = P.parse_gpus(args.gpus)
         note = f"planning for --gpus {args.gpus}"
+    elif cfg and not cfg.hardware.gpus:  # a CPU run (the demo): its memory is this machine's RAM
+        import psutil
+        ram = round(psutil.virtual_memory().total / 2**30, 2)
+        gpus, card, note = [ram], "", "planning for this machine's CPU (the run file lists no GPU): memory is RAM"
     elif cfg and cfg.hardware.tier in T.tiers():
         tier = T.tiers()[cfg.hardware.tier]
         gpus, ram, link, note = list(tier.gpus), tier.ram_gib, tier.link, f"planning for the {tier.label} tier"
@@ -63,6 +71,16 @@ def _plan_input(args):
     inp = P.replace(inp, **{k: v for k, v in flags.items() if v is not None})
     pick = args.strategy is None and cfg is None
     return inp, pick, note, cfg
+
+
+def _built(model: str) -> str:
+    """The demo model's folder for its placeholder (built once, about 20 s), any other model as named."""
+    if model != DEMO_MODEL:
+        return model
+    import sys
+
+    from engine.demo import demo_model
+    return str(demo_model(lambda line: print(line, file=sys.stderr)))
 
 
 def _arch_online(model: str, revision: str | None = None):
@@ -106,21 +124,20 @@ def cmd_plan(args) -> int:
     import json
     from engine import planner as P
     inp, pick, note, cfg = _plan_input(args)
+    m, failed = _measured(args, cfg, inp)
     tokens, why_not = args.tokens, ""
-    if tokens is None and cfg is not None and inp.card:
+    if tokens is None and cfg is not None and (inp.card or (m and m.get("tokens_per_s"))):
         tokens, why_not = _run_tokens(cfg, inp)
     p = P.plan(inp, pick_strategy=pick, total_tokens=tokens)
     if why_not:
         p.notes.append(why_not)
-    elif not inp.card:
-        p.notes.append("no time estimate: name the card (--gpus 2x4090, 1xA100-80); "
-                       f"cards rigtune knows: {', '.join(P.load_cards())}.")
+    elif not inp.card and not (m and m.get("tokens_per_s")):
+        p.notes.append("no time estimate: name the card (--gpus 2x4090, 1xA100-80), or measure this box with "
+                       f"`rigtune probe RUN_FILE`; cards rigtune knows: {', '.join(P.load_cards())}.")
     elif tokens is None:
         p.notes.append(f"~{p.tokens_per_s_estimate:,} tokens/s on {p.card}; give --tokens N (or a run file) for "
                        "the duration.")
-    past = P.past_runs(Path(args.runs), inp.arch.name)
-    if past:
-        p.notes.append(past)
+    calibration.apply(p, m, failed, tokens, on_cpu=bool(cfg and not cfg.hardware.gpus and not args.gpus))
     if args.json:
         print(json.dumps(p.to_json(), indent=1))
         return 0
@@ -132,18 +149,72 @@ def cmd_plan(args) -> int:
     for k, v in p.breakdown_gib.items():
         print(f"  {k:<{width}} {v:7.2f} GiB")
     said = {"fits": "FITS", "tight": "TIGHT (may run out of memory)"}.get(p.verdict, "DOES NOT FIT")
-    print(f"  {'per GPU':<{width}} {p.per_gpu_peak_gib:7.2f} GiB of {p.gpu_gib:g}  ->  {said}")
+    where = "in RAM" if cfg is not None and not cfg.hardware.gpus and not args.gpus else "per GPU"
+    print(f"  {where:<{width}} {p.per_gpu_peak_gib:7.2f} GiB of {p.gpu_gib:g}  ->  {said}")
     if p.max_seq_len or p.max_micro_batch:
         print(f"longest sequence at this micro-batch: {p.max_seq_len}; largest micro-batch at this length: "
               f"{p.max_micro_batch}")
     else:
         print("no sequence length fits at this micro-batch, and no micro-batch at this length")
+    if p.measured and p.measured.get("max_seq_len"):
+        print(f"measured on this box: longest sequence at this micro-batch {p.measured['max_seq_len']}; largest "
+              f"micro-batch at this length {p.measured['max_micro_batch']}")
     if p.suggestion:
         print(f"to fit{' with the margin' if p.verdict == 'tight' else ''}, set all of:")
         for key, value in p.suggestion.items():
             print(f"  {key} = {json.dumps(value)}")
     for n in p.notes:
         print(f"- {n}")
+    return 0
+
+
+def _measured(args, cfg, inp):
+    """(measured, ran out) on this machine for the run file at the plan's settings (flags included); nothing
+    for a what-if plan of other cards (--gpus) or without a run file."""
+    if cfg is None or args.gpus:
+        return None, None
+    settings = calibration.settings_of(cfg)
+    settings.update({k: v for k, v in {"lora_r": args.lora_r, "optimizer": args.optimizer, "attn": args.attn,
+                                        "gradient_checkpointing": args.gradient_checkpointing,
+                                        "quantization": args.quantization, "strategy": args.strategy}.items()
+                     if v is not None})
+    if args.lora_targets:
+        settings["lora_targets"] = inp.lora_targets if isinstance(inp.lora_targets, str) else sorted(inp.lora_targets)
+    if args.cpu_offload:
+        settings["cpu_offload"] = True
+    return calibration.for_run(cfg, inp.arch, inp.seq_len, inp.micro_batch, settings)
+
+
+# ---------------------------------------------------------------------------- probe
+
+def cmd_probe(args) -> int:
+    import json
+    import sys
+
+    from engine import probe as PR
+    cfg = PR.load_run_file(args.run_file)
+    say = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else \
+        (lambda line: print(line, flush=True))
+    if not args.json:
+        say(f"measuring {'this machine' if cfg.hardware.gpus else 'this CPU'} at {cfg.path or 'the run file'}'s "
+            "settings: random weights of the model's real shape (they weigh and run like the real ones), so "
+            "nothing is downloaded but its config.json; each trial is its own process")
+    try:
+        r = PR.probe(cfg, time_limit_s=args.time_limit, progress=say)
+    except PR.ProbeFailed as e:
+        print(f"rigtune probe: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(r.to_json(), indent=1))
+        return 0
+    what = "peak RSS" if r.device == "cpu" else "peak GPU memory"
+    speed = f", {r.tokens_per_s:,.0f} tokens/s" if r.tokens_per_s else ""
+    print(f"{r.model} at max_seq_len {r.seq_len}, micro-batch {r.micro_batch}: {what} {r.peak_gib:.2f} GiB{speed}")
+    print(f"longest sequence at micro-batch {r.micro_batch}: {r.max_seq_len} (bounded by {r.limits['max_seq_len']})")
+    print(f"largest micro-batch at max_seq_len {r.seq_len}: {r.max_micro_batch} (bounded by "
+          f"{r.limits['max_micro_batch']})")
+    print(f"{len(r.trials)} trials in {r.seconds:.0f} s; kept for `rigtune plan`, the wizard and the time estimate "
+          f"on this machine ({r.machine['gpu']}, torch {r.machine['torch']})")
     return 0
 
 
@@ -197,7 +268,6 @@ def _add_plan(sub) -> None:
     p.add_argument("--strategy", choices=["single", "ddp", "fsdp"])
     p.add_argument("--cpu-offload", action="store_true")
     p.add_argument("--tokens", type=int, help="tokens to train in all (for the duration, without a run file)")
-    p.add_argument("--runs", default="runs", help="where past runs are, to compare plans with measurements")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_plan)
 
@@ -213,4 +283,14 @@ def _add_build(sub) -> None:
     p.set_defaults(func=cmd_build)
 
 
-PARSERS = {"scan": _add_scan, "plan": _add_plan, "build": _add_build}
+def _add_probe(sub) -> None:
+    p = sub.add_parser("probe", help="measure this machine at a run file's settings (peak memory, tokens/s, the "
+                                     "longest sequence and largest micro-batch that fit)")
+    p.add_argument("run_file", nargs="?", help="the run to measure (default on a machine without a GPU: the CPU demo)")
+    p.add_argument("--time-limit", type=float, default=600, metavar="SECONDS",
+                   help="stop searching after this long and keep what was measured (default 600)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_probe)
+
+
+PARSERS = {"scan": _add_scan, "plan": _add_plan, "probe": _add_probe, "build": _add_build}
