@@ -24,7 +24,7 @@ class FitMeter(Static):
         self.update(out)
 
     def show_plan(self, model: str, plan, strategies: list, why: str, ram_needed_gib: float, ram_gib: float,
-                  link_note: str | None = None) -> None:
+                  link_note: str | None = None, hint: str | None = None) -> None:
         out = Text()
         ratio = plan.per_gpu_peak_gib / plan.gpu_gib
         tight = plan.verdict == "tight"
@@ -33,6 +33,10 @@ class FitMeter(Static):
         out.append(f"per GPU {plan.per_gpu_peak_gib:.1f} / {plan.gpu_gib:g} GiB"
                    f"{' TIGHT' if tight else ''}\n", style=f"bold {color}")
         self._bar(out, plan)
+        m = plan.measured
+        if m:  # what this box measured (engine.calibration), beside the planned figure
+            speed = f", {m['tokens_per_s']:,.0f} tok/s" if m.get("tokens_per_s") else ""
+            out.append(f"measured here: {m['peak_gib']:.1f} GiB{speed}\n", style="bold green")
         out.append(f"RAM {ram_needed_gib:.0f} / {ram_gib:.0f} GiB\n", style="green" if ram_needed_gib <= ram_gib else "red")
         out.append("strategies:\n")
         for row in strategies:
@@ -45,7 +49,10 @@ class FitMeter(Static):
             out.append(link_note + "\n", style="yellow")
         if tight:  # under the card, but not by the planner's error margin
             out.append(tight_words(plan.per_gpu_peak_gib, plan.gpu_gib) + "\n", style="yellow")
-        if plan.fits:
+        if plan.fits and m and m.get("max_seq_len"):
+            out.append(f"longest seq {m['max_seq_len']}, max micro-batch {m['max_micro_batch']} (measured)\n",
+                       style="dim")
+        elif plan.fits:
             out.append(f"longest seq {plan.max_seq_len}, max micro-batch {plan.max_micro_batch}\n", style="dim")
         elif plan.suggestion:
             style = "yellow" if tight else "red"
@@ -63,11 +70,15 @@ class FitMeter(Static):
                     out.append(" (a mixture of experts: its experts stay in bf16 in this stack)", style="red")
             out.append(".\n", style="red")
         after = " after the fix" if plan.suggestion else ""
-        if plan.duration_s_estimate:
+        if plan.duration_s_estimate and m and m.get("tokens_per_s"):
+            out.append(f"time: {fmt_estimate(plan.duration_s_estimate)} at the measured speed\n", style="bold")
+        elif plan.duration_s_estimate:
             out.append(f"time{after}: {fmt_estimate(plan.duration_s_estimate)} on {plan.card} "
                        f"(~{plan.tokens_per_s_estimate:,} tokens/s)\n", style="bold")
         elif plan.tokens_per_s_estimate:
             out.append(f"~{plan.tokens_per_s_estimate:,} tokens/s on {plan.card}{after}\n", style="dim")
+        if hint:
+            out.append(hint + "\n", style="dim")
         self.update(out)
 
     @staticmethod

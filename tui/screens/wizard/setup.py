@@ -9,8 +9,9 @@ from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Footer, Input, Label, Select, Static, Switch, TabbedContent, TabPane
 
+from engine import calibration, runfile, runvalues
 from engine import planner as P
-from engine import runfile, runvalues
+from engine.runvalues import THIS_MACHINE
 from engine.errors import BadInput
 
 from ...widgets.fitmeter import FitMeter
@@ -18,10 +19,14 @@ from ..common import on_ui
 from .state import DEMO, Step
 from .form import BAD, FIELDS, SELECTS, SWITCHES, field_of, get_value, key_of, text_of, toml_value
 
+PROBE_HINT = "p measures this box at these settings, in a minute or a few (tab out of a text field first)."
+
 
 class SetupStep(Step):
     BINDINGS = [Binding("enter", "next", "Review"), Binding("escape", "back", "Back"),
-                Binding("ctrl+f", "apply_fix", "Apply fix"), Binding("ctrl+t", "toggle_tab", "Data/Settings")]
+                Binding("ctrl+f", "apply_fix", "Apply fix"), Binding("ctrl+t", "toggle_tab", "Data/Settings"),
+                Binding("p", "probe", "Measure", priority=True)]
+    probing = False  # a probe is running (engine.probe): its progress is in the fit meter
 
     model_edited = False
     config_errors: dict  # hub id -> why its config.json could not be fetched (gated, missing, offline)
@@ -139,8 +144,7 @@ class SetupStep(Step):
         tier = self.state.tier()
         self.suggestion = None
         if tier is None or not tier.gpus:
-            fit.show_message("Fit meter", [("CPU run: no GPU memory to plan.", "dim"),
-                                           ("The demo needs about 1 GB of RAM.", "")])
+            self.show_cpu_fit(fit, values)
             return
         base = values["model"]["base"]
         try:
@@ -162,9 +166,73 @@ class SetupStep(Step):
         if self.preview is not None and tier.card:
             tokens = self.preview.run_tokens(cfg, inp.micro_batch * inp.accum * P.processes(inp))
         plan = P.plan(inp, total_tokens=tokens)
+        if self.state.tier_id == THIS_MACHINE:  # what this box measured (rigtune probe, earlier runs) beside the plan
+            m, failed = calibration.for_run(cfg, arch)
+            if m and m.get("tokens_per_s") and self.preview is not None and not tokens:
+                tokens = self.preview.run_tokens(cfg, inp.micro_batch * inp.accum * P.processes(inp))
+            calibration.apply(plan, m, failed, tokens)
         rows, why = P.strategy_table(inp)
         self.suggestion = plan.suggestion
-        fit.show_plan(arch.name, plan, rows, why, P.ram_needed(inp), tier.ram_gib, P.link_note(inp))
+        fit.show_plan(arch.name, plan, rows, why, P.ram_needed(inp), tier.ram_gib, P.link_note(inp),
+                      PROBE_HINT if self.state.tier_id == THIS_MACHINE and not plan.measured else None)
+
+    def show_cpu_fit(self, fit: FitMeter, values: dict) -> None:
+        """A CPU run (the demo): no GPU memory to plan; what this CPU measured, when it has been probed."""
+        if self.probing:
+            return
+        cfg = runfile.RunConfig(values)
+        m = calibration.for_run(cfg)[0] if self.valid else None
+        if m is None:
+            fit.show_message("Fit meter", [("CPU run: no GPU memory to plan.", "dim"),
+                                           ("The demo needs about 1 GB of RAM.", ""), (PROBE_HINT, "dim")])
+            return
+        lines = [(calibration.describe(m, on_cpu=True), "green")]
+        if m.get("max_seq_len"):
+            lines.append((f"longest seq {m['max_seq_len']}, max micro-batch {m['max_micro_batch']} (measured)", "dim"))
+        if m.get("tokens_per_s") and self.preview is not None:
+            tokens = self.preview.run_tokens(cfg, cfg.train.micro_batch_size * cfg.train.gradient_accumulation_steps)
+            lines.append((f"time: {P.fmt_estimate(tokens / m['tokens_per_s'])} at the measured speed", "bold"))
+        fit.show_message("Fit meter (CPU run)", lines + [("p measures again.", "dim")])
+
+
+    def check_action(self, action: str, parameters) -> bool | None:
+        """p measures this box when it is the run's machine (this machine's tier, or the CPU demo), and only
+        outside a text field, where it is a letter to type."""
+        if action == "probe":
+            return self.state.tier_id in (THIS_MACHINE, DEMO) and not isinstance(self.focused, Input)
+        return True
+
+    def action_probe(self) -> None:
+        self.refresh_all()
+        if self.probing or not self.valid:
+            self.notify("A probe is running." if self.probing else "Fix the fields marked in red first.",
+                        severity="warning")
+            return
+        self.probing = True
+        self.query_one("#fit", FitMeter).show_message("Measuring this box", [("starting the first trial...", "dim")])
+        self.probe_worker(runfile.validate(self.collect()[0]))
+
+    @work(thread=True, exclusive=True, group="probe")
+    def probe_worker(self, cfg) -> None:
+        """`rigtune probe` for the form's run (engine.probe): each trial's line in the fit meter as it ends."""
+        from engine import probe as PR
+        lines: list = []
+
+        def progress(line: str) -> None:
+            lines.append(line)
+            on_ui(self, self.query_one("#fit", FitMeter).show_message, "Measuring this box",
+                  [(text, "dim") for text in lines[-8:]])
+        try:
+            PR.probe(cfg, progress=progress)
+            said = "measured: the fit meter now shows this box's figures"
+        except (PR.ProbeFailed, BadInput, RuntimeError) as e:
+            said = f"the probe stopped: {e}"
+        on_ui(self, self.probe_done, said)
+
+    def probe_done(self, said: str) -> None:
+        self.probing = False
+        self.notify(said, timeout=8, severity="information" if said.startswith("measured") else "error")
+        self.refresh_all()
 
     @on(Input.Changed)
     def field_changed(self, event: Input.Changed) -> None:
@@ -235,11 +303,15 @@ class SetupStep(Step):
             p = preview(values["data"]["path"], values["data"]["format"], base, values["data"]["max_seq_len"],
                         values["data"]["train_on_prompt"])
         except BadInput as e:
-            on_ui(self, self.show_preview, None, str(e))
+            on_ui(self, self.show_preview, None, str(e), values)
             return
-        on_ui(self, self.show_preview, p, None)
+        on_ui(self, self.show_preview, p, None, values)
 
-    def show_preview(self, p, error) -> None:
+    def show_preview(self, p, error, values: dict) -> None:
+        now = self.collect()[0]
+        if any(now[s][k] != values[s][k] for s, k in (("data", "path"), ("data", "format"), ("model", "base"),
+                                                      ("data", "max_seq_len"), ("data", "train_on_prompt"))):
+            return  # the form has changed since: a newer preview is on its way
         self.preview = p
         if p is not None:
             self.update_fit(self.collect()[0])  # the duration needs the dataset's size
