@@ -105,3 +105,15 @@ def test_time_model_follows_the_work():
     assert P.micro_batch_seconds(replace(seventy, cpu_offload=True), card)["offload"] > 0
     assert P.tokens_per_s(base, P.card_named("RTX 3090")) < P.tokens_per_s(base, card)
     assert P.fmt_estimate(6000) == "about 1 h 40 min" and P.fmt_estimate(600) == "about 10 min"
+
+
+def test_datacenter_device_names_as_nvml_reports_them_find_their_card():
+    """NVML names a datacenter card with its form factor and memory type; the time estimate and the cloud price
+    need the card behind the name (an A100-SXM4-80GB is priced as an A100 80GB, not as a fallback card)."""
+    named = {n: (P.card_named(n).name if P.card_named(n) else None) for n in (
+        "NVIDIA A100-SXM4-80GB", "NVIDIA A100-SXM4-40GB", "NVIDIA A100 80GB PCIe", "NVIDIA A100-PCIE-40GB",
+        "NVIDIA H100 80GB HBM3", "NVIDIA H100 PCIe", "NVIDIA H200", "Tesla T4", "NVIDIA H100 NVL")}
+    assert named == {"NVIDIA A100-SXM4-80GB": "A100 80GB", "NVIDIA A100-SXM4-40GB": "A100 40GB",
+                     "NVIDIA A100 80GB PCIe": "A100 80GB", "NVIDIA A100-PCIE-40GB": "A100 40GB",
+                     "NVIDIA H100 80GB HBM3": "H100 80GB", "NVIDIA H100 PCIe": "H100 80GB", "NVIDIA H200": "H200",
+                     "Tesla T4": "T4", "NVIDIA H100 NVL": None}  # the NVL has 94 GB: no card of the table

@@ -4,6 +4,7 @@ follows the memory model's settings (memory.py); bench/planner_accuracy/throughp
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass, replace
 
 import presets
@@ -60,17 +61,25 @@ def load_cards() -> dict:
             for name, c in presets.load_cards().items()}
 
 
+# what a datacenter device name adds to the card's: its form factor and memory type ("NVIDIA A100-SXM4-80GB",
+# "NVIDIA H100 80GB HBM3", "NVIDIA H100 PCIe")
+FORM_FACTOR = re.compile(r"sxm\d?|pcie|hbm\d?e?")
+
+
 def card_named(text: str) -> Card | None:
-    """A card from its name, an alias or a device name as NVML reports it ("NVIDIA GeForce RTX 4090")."""
+    """A card from its name, an alias or a device name as NVML reports it ("NVIDIA GeForce RTX 4090",
+    "NVIDIA A100-SXM4-80GB")."""
     want = _norm(text)
     if not want:
         return None
     cards = load_cards()
-    for card in cards.values():
-        if want in {_norm(card.name), *(_norm(a) for a in card.aliases)}:
-            return card
+    for name in (want, FORM_FACTOR.sub("", want)):
+        for card in cards.values():
+            if name in {_norm(card.name), *(_norm(a) for a in card.aliases)}:
+                return card
     # a device name: the longest card name inside it ("rtx4090d" is not a 4090, "rtx3090ti" matches its alias)
-    hits = [c for c in cards.values() if _norm(c.name) in want]
+    bare = FORM_FACTOR.sub("", want)
+    hits = [c for c in cards.values() if _norm(c.name) in want or _norm(c.name) in bare]
     return max(hits, key=lambda c: len(c.name)) if hits else None
 
 
