@@ -232,13 +232,18 @@ def to_example(rec, fmt: str, file: str, pos) -> Example:
     """One record as an Example. Any format may carry `expect`: the words (a list of strings) that a right
     answer to its prompt contains; rigtune checks held-out records that have it at the final eval."""
     ex = _to_example(rec, fmt, file, pos)
-    expect = rec.get("expect")
-    if expect is not None:
-        if not isinstance(expect, list) or not expect or not all(isinstance(w, str) and w.strip() for w in expect):
-            raise BadInput("'expect' must be a non-empty list of words a right answer contains.", path=file,
-                           record=pos, key="expect")
-        ex.expect = expect
+    ex.expect = expect_of(rec, file, pos)
     return ex
+
+
+def expect_of(rec, file: str, pos) -> list | None:
+    """A record's `expect` (held-out checks), checked; None when it has none."""
+    expect = rec.get("expect")
+    if expect is not None and (not isinstance(expect, list) or not expect
+                               or not all(isinstance(w, str) and w.strip() for w in expect)):
+        raise BadInput("'expect' must be a non-empty list of words a right answer contains.", path=file,
+                       record=pos, key="expect")
+    return expect
 
 
 def answered(completion: str, expect: list) -> bool:
