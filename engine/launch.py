@@ -144,8 +144,8 @@ def launch(cfg, resume: bool = False, cwd: Path | None = None, allow_changes: bo
     if resume:
         from . import checkpoint as C
         if data_files is None:
-            from .data import load_examples
-            data_files = load_examples(cfg.data.path, cfg.data.format)[2]
+            from .prefdata import load_for_method
+            data_files = load_for_method(cfg)[2]
         C.check_resume(runfile.run_dir(cfg, cwd), cfg, data_files, allow_changes)
     from .modelref import DEMO_MODEL, is_local_model
     if cfg.model.base != DEMO_MODEL and not is_local_model(cfg.model.base):
