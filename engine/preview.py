@@ -9,6 +9,7 @@ from pathlib import Path
 
 from . import data as D
 from . import modelfiles as M
+from . import prefdata
 
 
 class LightTokenizer:
@@ -58,14 +59,17 @@ class Preview:
     exact: bool = True             # token counts from the model's tokenizer (else estimated)
     example: list = field(default_factory=list)  # [(text, trained: bool)] pieces of the first example
     max_seq_len: int = 0
+    pair: dict | None = None       # preference data: the first pair's pieces, {"prompt", "chosen", "rejected"}
+    per_record: int = 1            # sequences per record: 2 for a pair (chosen and rejected)
 
     def run_tokens(self, cfg, batch: int) -> int:
         """Tokens the run `cfg` trains: the dataset (less its held-out share) x epochs, or max_steps x the
-        effective batch (`batch` sequences a step; packed sequences are full)."""
+        effective batch (`batch` records a step; packed sequences are full; a pair is two unpacked sequences)."""
         lengths = [min(n, self.max_seq_len) for n in self.lengths] or [0]
-        per_example = sum(lengths) / len(lengths)
+        per_example = sum(lengths) / len(lengths) * self.per_record
         if cfg.train.max_steps:
-            return round(cfg.train.max_steps * batch * (self.max_seq_len if cfg.data.packing else per_example))
+            full = self.max_seq_len if cfg.data.packing and self.per_record == 1 else per_example  # pairs: unpacked
+            return round(cfg.train.max_steps * batch * full)
         return round(per_example * self.records * (1 - cfg.data.eval_fraction) * cfg.train.epochs)
 
     def histogram(self, bins: int = 10) -> list:
@@ -81,28 +85,45 @@ class Preview:
 
 
 def preview(path: str, fmt: str, model_base: str, max_seq_len: int, train_on_prompt: bool = False,
-            sample_limit: int = 2000) -> Preview:
-    """Read and check the dataset (BadInput on errors), then measure it with the model's tokenizer when it is
-    local. At most `sample_limit` records are tokenized for the histogram; truncation is scaled to all."""
-    examples, fmt, files = D.load_examples(path, fmt)
+            sample_limit: int = 2000, method: str = "sft") -> Preview:
+    """Read and check the dataset as [train] `method` needs it (BadInput on errors, engine.prefdata.load), then
+    measure it with the model's tokenizer when it is local. At most `sample_limit` records are tokenized for the
+    histogram; truncation is scaled to all. Preference pairs count both sequences of each pair, and show the
+    first pair; other data shows its first example."""
+    records, fmt, files = prefdata.load(path, fmt, method)
     tok = None
     if (Path(model_base).expanduser() / "tokenizer.json").exists():
         tok = LightTokenizer(Path(model_base).expanduser())
-    p = Preview(format=fmt, records=len(examples), files=files, exact=tok is not None, max_seq_len=max_seq_len)
-    sample = examples[:sample_limit]
-    for ex in sample:
-        if tok is not None:
-            enc, _ = D.encode(tok, ex, 1 << 30, train_on_prompt)
-            n = len(enc.input_ids)
-        else:
-            text = ex.text if ex.text is not None else "".join(m["content"] for m in ex.messages)
-            n = len(text) // 4 + 8
-        p.lengths.append(n)
-    cut = sum(1 for n in p.lengths if n > max_seq_len)
-    p.truncated = round(cut * len(examples) / max(1, len(sample)))
-    first = examples[0]
+    p = Preview(format=fmt, records=len(records), files=files, exact=tok is not None, max_seq_len=max_seq_len)
+    sample = records[:sample_limit]
+    if fmt == prefdata.FORMAT:
+        p.per_record = 2
+        cut = 0
+        for pair in sample:
+            n = [_length(tok, pair.example(answer), False) for answer in (pair.chosen, pair.rejected)]
+            p.lengths += n
+            cut += max(n) > max_seq_len
+        p.pair = _pair_pieces(tok, records[0], max_seq_len)
+    else:
+        p.lengths = [_length(tok, ex, train_on_prompt) for ex in sample]
+        cut = sum(1 for n in p.lengths if n > max_seq_len)
+        p.example = _pieces(tok, records[0], max_seq_len, train_on_prompt)
+    p.truncated = round(cut * len(records) / max(1, len(sample)))
+    return p
+
+
+def _length(tok, ex, train_on_prompt: bool) -> int:
+    """Tokens of one example: exact with the model's tokenizer, else about one per four characters."""
     if tok is not None:
-        enc, _ = D.encode(tok, first, max_seq_len, train_on_prompt)
+        return len(D.encode(tok, ex, 1 << 30, train_on_prompt)[0].input_ids)
+    text = ex.text if ex.text is not None else "".join(m["content"] for m in ex.messages)
+    return len(text) // 4 + 8
+
+
+def _pieces(tok, ex, max_seq_len: int, train_on_prompt: bool) -> list:
+    """[(text, trained)] of one example as training sees it (from its characters without a tokenizer)."""
+    if tok is not None:
+        enc, _ = D.encode(tok, ex, max_seq_len, train_on_prompt)
         pieces, cur, cur_trained = [], [], None
         for tid, lab in zip(enc.input_ids, enc.labels):
             trained = lab != D.IGNORE
@@ -113,21 +134,30 @@ def preview(path: str, fmt: str, model_base: str, max_seq_len: int, train_on_pro
             cur_trained = trained
         if cur:
             pieces.append((tok.decode(cur), cur_trained))
-        p.example = pieces
-    elif first.text is not None:
-        p.example = [(first.text, True)]
-    else:
-        renderer = LightTemplate()
-        text, spans = D.render_spans(renderer, first, train_on_prompt)
-        pos = 0
-        for a, b in spans:
-            if a > pos:
-                p.example.append((text[pos:a], False))
-            p.example.append((text[a:b], True))
-            pos = b
-        if pos < len(text):
-            p.example.append((text[pos:], False))
-    return p
+        return pieces
+    if ex.text is not None:
+        return [(ex.text, True)]
+    text, spans = D.render_spans(LightTemplate(), ex, train_on_prompt)
+    pieces, pos = [], 0
+    for a, b in spans:
+        if a > pos:
+            pieces.append((text[pos:a], False))
+        pieces.append((text[a:b], True))
+        pos = b
+    if pos < len(text):
+        pieces.append((text[pos:], False))
+    return pieces
+
+
+def _pair_pieces(tok, pair, max_seq_len: int) -> dict:
+    """{"prompt", "chosen", "rejected": [(text, trained)]}: the masked prompt the two sequences share, and each
+    answer from its first trained token on."""
+    def split(pieces):
+        first = next((i for i, (_, trained) in enumerate(pieces) if trained), len(pieces))
+        return pieces[:first], pieces[first:]
+    prompt, chosen = split(_pieces(tok, pair.example(pair.chosen), max_seq_len, False))
+    rejected = split(_pieces(tok, pair.example(pair.rejected), max_seq_len, False))[1]
+    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
 
 
 class LightTemplate(LightTokenizer):

@@ -18,6 +18,7 @@ FIELDS = [
 ]
 # the choices come from the run-file schema
 SELECTS = [
+    ("method", "train", "method", list(runfile.SECTION_KEYS["train"]["method"].choices), "method"),
     ("optimizer", "train", "optimizer", list(runfile.SECTION_KEYS["train"]["optimizer"].choices), "optimizer"),
     ("strategy", "hardware", "strategy", list(runfile.SECTION_KEYS["hardware"]["strategy"].choices), "strategy"),
 ]

@@ -265,6 +265,8 @@ class SetupStep(Step):
             self.query_one("#f-model", Input).value = P.load_models()[event.value].hf_id
             return
         self.refresh_all()
+        if event.select.id == "f-method":  # the data must suit the method: pairs for dpo/orpo
+            self.load_preview()
 
     @on(Switch.Changed)
     def switch_changed(self, event: Switch.Changed) -> None:
@@ -301,7 +303,7 @@ class SetupStep(Step):
         base = runvalues.model_path(values["model"]["base"])
         try:
             p = preview(values["data"]["path"], values["data"]["format"], base, values["data"]["max_seq_len"],
-                        values["data"]["train_on_prompt"])
+                        values["data"]["train_on_prompt"], method=values["train"]["method"])
         except BadInput as e:
             on_ui(self, self.show_preview, None, str(e), values)
             return
@@ -310,7 +312,8 @@ class SetupStep(Step):
     def show_preview(self, p, error, values: dict) -> None:
         now = self.collect()[0]
         if any(now[s][k] != values[s][k] for s, k in (("data", "path"), ("data", "format"), ("model", "base"),
-                                                      ("data", "max_seq_len"), ("data", "train_on_prompt"))):
+                                                      ("data", "max_seq_len"), ("data", "train_on_prompt"),
+                                                      ("train", "method"))):
             return  # the form has changed since: a newer preview is on its way
         self.preview = p
         if p is not None:
@@ -336,11 +339,16 @@ class SetupStep(Step):
             t.append("▇" * max(1 if count else 0, round(count / top * 20)), style="red" if over else "cyan")
             t.append(f" {count}\n", style="dim")
         info.update(t)
-        ex = Text("first example - ", style="bold")
+        ex = Text("first pair - " if p.pair else "first example - ", style="bold")
         ex.append("trained", style="bold green")
         ex.append(" / masked:\n", style="bold")
-        for piece, trained in p.example:
-            ex.append(piece[:400], style="green" if trained else "dim")
+        parts = [(f"{name}: ", p.pair[name]) for name in ("prompt", "chosen", "rejected")] if p.pair else [("", p.example)]
+        for label, pieces in parts:
+            ex.append(label, style="bold")
+            for piece, trained in pieces:
+                ex.append(piece[:400], style="green" if trained else "dim")
+            if label and not ex.plain.endswith("\n"):
+                ex.append("\n")
         example.update(ex)
 
     def action_apply_fix(self) -> None:
