@@ -112,3 +112,31 @@ def refuse_overwrite(out: Path, force: bool, kind: str | None = None) -> None:
             else f"a {'folder' if out.is_dir() else 'file'} rigtune did not write")
     raise BadInput(f"this is {what}; --force replaces only an earlier rigtune {OUTPUTS[kind]}. Choose another "
                    "--out, or move it away yourself.", path=str(out))
+
+
+# ---------------------------------------------------------------------------- a starting adapter
+
+def start_adapter(cfg) -> Path | None:
+    """The folder of [model] adapter (a run directory - its adapter/ - or an adapter folder itself), checked
+    against the run file's [lora] settings; None when the run starts from a fresh adapter. BadInput names the
+    key and what would be valid."""
+    if not cfg.model.adapter:
+        return None
+    where = {"path": cfg.path, "line": cfg.line_of("model", "adapter"), "key": "model.adapter"}
+    given = Path(cfg.model.adapter).expanduser()
+    folder = given / "adapter" if (given / "adapter" / "adapter_config.json").is_file() else given
+    if not (folder / "adapter_config.json").is_file() or not (folder / "adapter_model.safetensors").is_file():
+        raise BadInput(f"{given} holds no LoRA adapter (adapter_config.json and adapter_model.safetensors); give a "
+                       "finished run's directory or its adapter/ folder.", **where)
+    try:
+        saved = json.loads((folder / "adapter_config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise BadInput(f"{folder / 'adapter_config.json'} is not readable JSON ({e}).", **where) from None
+    targets = cfg.lora.target_modules
+    theirs = saved.get("target_modules")
+    same_targets = targets == "all-linear" or sorted(targets) == sorted(theirs or [])
+    if saved.get("r") != cfg.lora.r or float(saved.get("lora_alpha", 0)) != float(cfg.lora.alpha) or not same_targets:
+        raise BadInput(f"the adapter in {folder} was trained with r {saved.get('r')}, alpha {saved.get('lora_alpha')} "
+                       f"and target_modules {theirs}; set [lora] r, alpha and target_modules to the same to start "
+                       "from it.", **where)
+    return folder

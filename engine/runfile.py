@@ -84,6 +84,8 @@ SECTIONS: dict[str, list[Key]] = {
         Key("compute_dtype", "str", "bfloat16", "Dtype of the matmuls and of unquantised weights.",
            choices=("bfloat16", "float16", "float32")),
         Key("attn_implementation", "str", "sdpa", "Attention kernel.", choices=("sdpa", "flash_attention_2", "eager")),
+        Key("adapter", "str", "", "Start from this LoRA adapter (a run directory or its adapter/ folder), e.g. an SFT "
+            "run's before DPO or ORPO; with the same r, alpha and target_modules. Empty: a fresh adapter."),
     ],
     "lora": [
         Key("r", "int", 16, "LoRA rank.", min=1, max=1024),
@@ -93,7 +95,8 @@ SECTIONS: dict[str, list[Key]] = {
     ],
     "data": [
         Key("path", "str", REQUIRED, "Dataset: a .json/.jsonl/.parquet/.csv file, a folder of them, or a Hugging Face dataset id."),
-        Key("format", "str", "auto", "Record format; auto detects it.", choices=("auto", "alpaca", "sharegpt", "messages", "text")),
+        Key("format", "str", "auto", "Record format; auto detects it. preference: chosen/rejected pairs (dpo, orpo).",
+            choices=("auto", "alpaca", "sharegpt", "messages", "text", "preference")),
         Key("max_seq_len", "int", 2048, "Longest sequence in tokens; longer examples are truncated.", min=16, max=1_048_576),
         Key("packing", "bool", True, "Pack several examples into one sequence (they never attend to each other)."),
         Key("eval_fraction", "float", 0.02, "Share of records held out for evaluation (deterministic split).", min=0, max=0.5),
@@ -129,6 +132,15 @@ SECTIONS: dict[str, list[Key]] = {
         Key("report_to", "list[str]", [], "Experiment trackers: \"tensorboard\" (event files in RUN_DIR/tensorboard), \"wandb\", \"mlflow\"; each needs its package installed and follows its own settings (WANDB_MODE, MLFLOW_TRACKING_URI)."),
         Key("activation_offload", "bool", False, "Keep the activations saved for backward in CPU RAM instead of GPU "
            "memory: less VRAM, slower steps."),
+        Key("method", "str", "sft", "sft: supervised fine-tuning on answers; dpo: direct preference optimization on "
+            "chosen/rejected pairs against a reference (the starting model); orpo: odds-ratio preference "
+            "optimization, no reference.", choices=("sft", "dpo", "orpo")),
+        Key("beta", "float", 0.1, "dpo: how far the policy may move from the reference (larger: closer to it); orpo: "
+            "the scale of the logged rewards.", min=0, min_open=True, max=100),
+        Key("loss_type", "str", "sigmoid", "dpo's loss: sigmoid (the DPO paper) or ipo (squared, on per-token "
+            "average log-probabilities).", choices=("sigmoid", "ipo")),
+        Key("orpo_lambda", "float", 0.1, "orpo: weight of the odds-ratio term beside the chosen answer's "
+            "cross-entropy.", min=0, max=100),
     ],
     "run": [
         Key("electricity_usd_per_kwh", "float", 0.18, "Your electricity price, USD per kWh: what the run's measured "

@@ -65,6 +65,8 @@ class RunView:
         self.energy: dict = {}           # the start event's energy_* fields: how energy is measured, or why not
         self.energy_kwh = self.cost_usd = None  # so far: the latest step event that carried them
         self.final: dict | None = None   # the final event: energy, cost and the cloud estimate
+        self.preference: dict = {}       # DPO/ORPO: the latest step's reward_margin, reward_accuracy and the latest
+                                         # eval's pref_accuracy (base_pref_accuracy at the end)
         self.read_log = read_log
 
     # ---------------------------------------------------------------------- reading
@@ -185,16 +187,19 @@ class RunView:
             self._last_step_time = t
             if ev.get("energy_kwh") is not None:
                 self.energy_kwh, self.cost_usd = ev["energy_kwh"], ev.get("cost_usd")
+            self.preference.update({k: ev[k] for k in PREFERENCE_STEP if ev.get(k) is not None})
         elif kind == "eval":
             if ev.get("eval_loss") is not None:
                 self.eval_steps.append(ev["step"])
                 self.eval_losses.append(ev["eval_loss"])
             if ev.get("sample"):
                 self.sample, self.sample_step = ev["sample"], ev["step"]
+            self.preference.update({k: ev[k] for k in PREFERENCE_EVAL if ev.get(k) is not None})
             if ev.get("sample_total"):
                 self.held_out = {"correct": ev["sample_correct"], "total": ev["sample_total"],
                                  "base_correct": ev.get("base_correct"), "samples": ev.get("samples") or [],
-                                 "step": ev["step"]}
+                                 "step": ev["step"],
+                                 "base_label": "starting model" if self.start.get("adapter") else "base model"}
         elif kind == "checkpoint":
             self.checkpoints = [c for c in self.checkpoints if c.step != ev["step"]]
             self.checkpoints.append(Checkpoint(ev["step"], ev.get("path", ""), ev.get("time", 0.0)))
@@ -294,6 +299,10 @@ class RunView:
         if self.finished or not self.total_steps or not self.sec_per_step:
             return None
         return max(0.0, (self.total_steps - self.step) * self.sec_per_step)
+
+
+PREFERENCE_STEP = ("reward_margin", "reward_accuracy")
+PREFERENCE_EVAL = ("pref_accuracy", "base_pref_accuracy")
 
 
 def downsample(xs, ys, width: int) -> tuple[list, list]:
@@ -404,15 +413,21 @@ class Follower(RunView):
         if kind == "step" and ev.get("skipped"):
             return f"step {ev['step']}/{total}  skipped: loss or gradient was NaN/inf"
         if kind == "step":
-            return (f"step {ev['step']}/{total}  loss {ev['loss']:.4f}  lr {ev['lr']:.2e}  "
+            pref = (f"  margin {ev['reward_margin']:.3f}  acc {ev['reward_accuracy']:.2f}"
+                    if ev.get("reward_margin") is not None else "")
+            return (f"step {ev['step']}/{total}  loss {ev['loss']:.4f}{pref}  lr {ev['lr']:.2e}  "
                     f"{ev.get('tokens_per_s') or 0:.0f} tok/s  ETA {fmt_duration(self.eta_s)}")
         if kind == "eval":
             s = ev.get("sample") or {}
             loss = f"eval_loss {ev['eval_loss']:.4f}" if ev.get("eval_loss") is not None else "eval"
             completion = (s.get("completion") or "").replace("\n", " ")[:60]
+            if ev.get("pref_accuracy") is not None:
+                loss += f"  preference accuracy {ev['pref_accuracy']:.2f}" + (
+                    f" (the starting model: {ev['base_pref_accuracy']:.2f})" if ev.get("base_pref_accuracy") is not None
+                    else "")
             if ev.get("sample_total"):
                 return (f"  {loss}  held-out check: {ev['sample_correct']} of {ev['sample_total']} answered right "
-                        f"(the base model: {ev.get('base_correct')})")
+                        f"(the {'starting' if self.start.get('adapter') else 'base'} model: {ev.get('base_correct')})")
             return f"  {loss}" + (f"  sample: {completion!r}" if s else "")
         if kind == "checkpoint":
             return f"  checkpoint {ev['path']}"

@@ -76,6 +76,7 @@ class PlanInput:
     accum: int = 1                   # gradient accumulation steps (kept with the micro-batch by suggest())
     kernels: str = "none"            # liger: Liger's fused kernels (what kernels = "auto" runs on a CUDA card)
     card: str = ""                   # a name from presets/cards.toml: the time estimate's card ("" = unknown)
+    rows_per_item: int = 1           # sequences per micro-batch item: 2 for a preference pair (chosen, rejected)
 
 
 def _targets(inp: PlanInput) -> list:
@@ -104,7 +105,7 @@ def breakdown(inp: PlanInput) -> dict:
     cb = DTYPE_BYTES[inp.compute_dtype]
     n = len(inp.gpus) if inp.strategy == "fsdp" else 1
     s, b = inp.seq_len, inp.micro_batch
-    tokens = s * b
+    tokens = s * b * inp.rows_per_item
     h, i, q, kv = a.hidden, a.intermediate, a.q_dim, a.kv_dim
 
     # weights

@@ -60,6 +60,10 @@ def plan(inp: PlanInput, pick_strategy: bool = False, total_tokens: int | None =
                      f"memory, in {inp.compute_dtype} (this stack quantizes only its attention layers to 4-bit; "
                      f"{inp.arch.expert_params * DTYPE_BYTES[inp.compute_dtype] / GIB:.1f} GiB of experts), and each "
                      f"token runs through {inp.arch.experts_active}; LoRA trains the attention layers.")
+    if inp.rows_per_item == 2:
+        notes.append(f"preference pairs: each micro-batch item is a chosen and a rejected answer, {2 * inp.micro_batch} "
+                     "sequences per forward; DPO's reference log-probabilities are one no-grad pass over the pairs "
+                     "before the first step (no second model in memory).")
     if inp.strategy == "fsdp":
         notes.append("FSDP plans are the least certain: against published FSDP-QLoRA peaks this model ranges from "
                      "41% under to 18% over (bench/planner_accuracy); [train] oom_fallback = true halves the "
@@ -118,4 +122,5 @@ def input_from_run(cfg, arch: Arch, gpus: list, ram_gib: float | None, link: str
         optimizer=cfg.train.optimizer, gradient_checkpointing=cfg.train.gradient_checkpointing,
         attn=cfg.model.attn_implementation, quantization=cfg.model.quantization, double_quant=cfg.model.double_quant,
         compute_dtype=cfg.model.compute_dtype, strategy=cfg.hardware.strategy, cpu_offload=cfg.hardware.cpu_offload,
-        ram_gib=ram_gib, loss_chunk=cfg.train.loss_chunk_tokens, activation_offload=cfg.train.activation_offload)
+        ram_gib=ram_gib, loss_chunk=cfg.train.loss_chunk_tokens, activation_offload=cfg.train.activation_offload,
+        rows_per_item=2 if cfg.train.method in ("dpo", "orpo") else 1)

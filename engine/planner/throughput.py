@@ -137,7 +137,7 @@ def flops_per_token(inp: PlanInput) -> float:
 def micro_batch_seconds(inp: PlanInput, card: Card) -> dict:
     """Seconds per micro-batch on one card, by part: compute, dequantize, link (card to card), offload."""
     a = inp.arch
-    tokens = inp.seq_len * inp.micro_batch
+    tokens = inp.seq_len * inp.micro_batch * inp.rows_per_item
     passes = 3 if inp.gradient_checkpointing else 2
     parts = {"compute": tokens * flops_per_token(inp) / (card.achieved_tflops * 1e12), "dequantize": 0.0,
              "link": link_seconds(inp), "offload": 0.0}
@@ -153,7 +153,8 @@ def micro_batch_seconds(inp: PlanInput, card: Card) -> dict:
 
 def tokens_per_s(inp: PlanInput, card: Card) -> float:
     """Tokens per second of the whole run (every card's micro-batches)."""
-    return processes(inp) * inp.seq_len * inp.micro_batch / sum(micro_batch_seconds(inp, card).values())
+    tokens = processes(inp) * inp.seq_len * inp.micro_batch * inp.rows_per_item
+    return tokens / sum(micro_batch_seconds(inp, card).values())
 
 
 def link_seconds(inp: PlanInput, link: str | None = None) -> float:

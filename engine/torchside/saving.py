@@ -79,20 +79,29 @@ def load_checkpoint(path: Path, model, optimizer, sharded_params: list | None = 
     """Put a checkpoint's adapter and optimizer state into `model` and `optimizer`; its trainer state. With
     sharded adapters (`sharded_params`, the optimizer's parameters) each rank takes its slice of the whole
     tensors, so a checkpoint written by any number of ranks resumes on any other."""
-    from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
-    adapter = load_file(str(path / "adapter_model.safetensors"))
     meta = json.loads((path / "optimizer.json").read_text())
     state = unflatten_state(load_file(str(path / "optimizer.safetensors")), meta)
-    if sharded_params is None:
-        set_peft_model_state_dict(model, adapter)
-    else:
+    load_adapter_weights(model, path / "adapter_model.safetensors", sharded_params is not None)
+    if sharded_params is not None:
         from . import fsdp
-        names = _peft_names(model)  # the file's names are peft's (no adapter name): the model's names for them
-        fsdp.load_full_adapter_state(model, {names[k]: v for k, v in adapter.items() if k in names})
         state = fsdp.shard_optimizer_state(state, sharded_params)
     optimizer.load_state_dict(state)
     return json.loads((path / "trainer_state.json").read_text())
+
+
+def load_adapter_weights(model, file: Path, sharded: bool) -> None:
+    """An adapter file's tensors (peft's names) into the model's adapters; with sharded adapters each rank takes
+    its slice of the whole tensors."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+    adapter = load_file(str(file))
+    if not sharded:
+        set_peft_model_state_dict(model, adapter)
+        return
+    from . import fsdp
+    names = _peft_names(model)  # the file's names are peft's (no adapter name): the model's names for them
+    fsdp.load_full_adapter_state(model, {names[k]: v for k, v in adapter.items() if k in names})
 
 
 def _peft_names(model) -> dict:

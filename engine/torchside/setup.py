@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from .. import checkpoint as C
-from .. import runfile
+from .. import modelfiles, runfile
 from ..energy import RunEnergy
 from ..errors import BadInput
 from ..events import RUN_FILE, EventLog
@@ -129,6 +129,10 @@ def setup_model(run: Run, resume: bool, allow_changes: bool) -> None:
         from .model import load_model
         run.loaded = load_model(run.load_cfg, run.device)
     model = run.loaded.model
+    start = modelfiles.start_adapter(run.cfg)
+    if start is not None:  # [model] adapter: training starts from it (and, for DPO, it is the reference)
+        from .saving import load_adapter_weights
+        load_adapter_weights(model, start / "adapter_model.safetensors", run.loaded.sharded_adapters)
     run.params = [p for p in model.parameters() if p.requires_grad]
     run.initial_adapter = {n: local(p).detach().to("cpu", copy=True)  # this rank's shard when sharded
                            for n, p in model.named_parameters() if p.requires_grad}
@@ -177,6 +181,7 @@ def announce(run: Run) -> None:
     trainable = sum(p.numel() for p in run.params)
     run.log.write("start", world_size=run.world, strategy=run.cfg.hardware.strategy, model=run.cfg.model.base,
                   trainable_params=trainable, kernels=kernels, activation_offload=tc.activation_offload,
+                  method=tc.method, adapter=run.cfg.model.adapter or None,
                   total_steps=run.total, resumed_from=run.resumed_from, data=run.report.summary(),
                   format=run.report.format, train_sequences=len(run.seqs), steps_per_epoch=run.layout.steps_per_epoch,
                   start_step=run.start_step, skipped_checkpoints=[f"{n}: {r}" for n, r in run.skipped],

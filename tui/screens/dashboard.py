@@ -41,9 +41,10 @@ def held_out_text(check: dict, width: int) -> Text:
     q = max(12, (width - 4) * 3 // 10)
     a = max(10, (width - 4 - q) // 2)
     t = Text()
+    base = check.get("base_label", "base model")
     t.append(f"held-out check (step {check['step']}): {check['correct']} of {check['total']} answered right; "
-             f"the base model: {check['base_correct']} of {check['total']}\n", style="bold")
-    t.append(f"  {cell('question', q)} {cell('base model', a)} fine-tuned\n", style="dim")
+             f"the {base}: {check['base_correct']} of {check['total']}\n", style="bold")
+    t.append(f"  {cell('question', q)} {cell(base, a)} fine-tuned\n", style="dim")
     for s in check["samples"]:
         t.append("✓ " if s.get("correct") else "✗ ", style="green" if s.get("correct") else "red")
         t.append(cell(s.get("question", ""), q) + " ")
@@ -171,6 +172,11 @@ class Dashboard(Screen):
             parts.append((f"  ETA {fmt_duration(v.eta_s)}", ""))
         if v.last_loss is not None:
             parts.append((f"  loss {v.last_loss:.4f}", "bold"))
+        pref = v.preference
+        if pref.get("reward_margin") is not None:  # DPO/ORPO: how far the policy prefers chosen, and how often
+            parts.append((f"  margin {pref['reward_margin']:.3f} acc {pref['reward_accuracy']:.2f}", "bold magenta"))
+        if pref.get("pref_accuracy") is not None:
+            parts.append((f"  held-out pref {pref['pref_accuracy']:.2f}", "magenta"))
         world = v.start.get("world_size") or 1
         if world > 1:  # a multi-process run says how it is spread
             parts.append((f"  {v.start.get('strategy', '')} x{world}", "cyan"))

@@ -17,8 +17,9 @@ class SFT:
 
     def prepare(self, run) -> None:
         """The same on every rank: tokenized, packed sequences and the eval split."""
+        from ... import prefdata
         cfg = run.cfg
-        examples, fmt, run.data_files = D.load_examples(cfg.data.path, cfg.data.format)
+        examples, fmt, run.data_files = prefdata.load_for_method(cfg)  # preference pairs under sft: refused
         train_ex, eval_ex, run.report = D.prepare(cfg, run.tokenizer, examples, fmt)
         run.seqs = D.as_sequences(train_ex, cfg.data.max_seq_len, cfg.data.packing)
         run.eval_seqs = D.as_sequences(eval_ex, cfg.data.max_seq_len, cfg.data.packing)

@@ -1,0 +1,140 @@
+"""DPO and ORPO (engine/torchside/methods/pref.py): the losses of a tiny batch against the formulas written out
+here from log-probabilities computed one sequence at a time, for both references (the base with the adapter
+off, and a starting adapter)."""
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+
+from conftest import ROOT, run_file
+
+IGNORE = -100
+
+
+def _encoded(prompt: list, answer: list):
+    from engine.data import Encoded
+    return Encoded(input_ids=prompt + answer, labels=[IGNORE] * len(prompt) + answer)
+
+
+def _seq_logp(model, enc) -> tuple[float, int]:
+    """Sum of log p(token) over the trained tokens of one sequence, alone (no batch, no padding), and their count."""
+    import torch
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([enc.input_ids])).logits[0].double()
+    logp = torch.log_softmax(logits, dim=-1)
+    total, n = 0.0, 0
+    for t in range(1, len(enc.input_ids)):
+        if enc.labels[t] != IGNORE:
+            total += float(logp[t - 1, enc.labels[t]])
+            n += 1
+    return total, n
+
+
+@pytest.fixture
+def setting(tiny_model, tmp_path):
+    """A PeftModel on the tiny model (float32, no quantization, no dropout), with adapters made non-zero so the
+    policy differs from the base, and two hand-made pairs."""
+    import torch
+
+    from engine import runfile
+    from engine.torchside.methods.pref import PairItem
+    from engine.torchside.model import Loaded, add_lora, load_base
+
+    def make(method: str, adapter: str = "", **train):
+        path = run_file(tmp_path, tiny_model, ROOT / "presets" / "demo.jsonl", name=f"{method}{len(train)}",
+                        model={"base": str(tiny_model), "compute_dtype": "float32", "quantization": "none",
+                               "adapter": ""},
+                        lora={"dropout": 0.0}, train={"method": method, "loss_chunk_tokens": 0, **train})
+        cfg = runfile.load(path)
+        torch.manual_seed(0)
+        loaded = add_lora(cfg, load_base(cfg, "cpu"), "cpu")
+        model = loaded.model
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if p.requires_grad:
+                    p.normal_(0, 0.05)
+        values = cfg.to_dict()
+        values["model"]["adapter"] = adapter
+        cfg = runfile.validate(values)
+        items = [PairItem(0, _encoded([5, 9, 13], [40, 41, 42]), _encoded([5, 9, 13], [60, 61])),
+                 PairItem(1, _encoded([7, 8], [70, 71, 72, 73]), _encoded([7, 8], [30]))]
+        run = SimpleNamespace(cfg=cfg, loaded=Loaded(model=model), model=model, pad_id=0,
+                              device=torch.device("cpu"), run_dir=tmp_path, data_print="t", seqs=items, eval_seqs=[],
+                              main=True, params=[p for p in model.parameters() if p.requires_grad],
+                              initial_adapter={})
+        return run, items
+    return make
+
+
+def _policy(run, items):
+    run.model.eval()  # no dropout either way; the same numbers as the method's forward
+    return [(_seq_logp(run.model, p.chosen), _seq_logp(run.model, p.rejected)) for p in items]
+
+
+@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo"])
+def test_dpo_against_the_base_with_the_adapter_off(setting, loss_type):
+    from engine.torchside.methods.pref import Preference
+    run, items = setting("dpo", beta=0.3, loss_type=loss_type)
+    with run.model.disable_adapter():
+        ref = _policy(run, items)
+    pol = _policy(run, items)
+    method = Preference("dpo")
+    loss, figures = method.loss(run, items)
+    expected, rewards = 0.0, []
+    for ((pc, nc), (pr, nr)), ((rc, _), (rr, _)) in zip(pol, ref):
+        if loss_type == "ipo":
+            h = (pc / nc - rc / nc) - (pr / nr - rr / nr)
+            expected += (h - 1 / (2 * 0.3)) ** 2
+            rewards.append((0.3 * (pc - rc) / nc, 0.3 * (pr - rr) / nr))
+        else:
+            h = (pc - rc) - (pr - rr)
+            expected += -math.log(1 / (1 + math.exp(-0.3 * h)))
+            rewards.append((0.3 * (pc - rc), 0.3 * (pr - rr)))
+    assert float(loss) == pytest.approx(expected, rel=1e-4)
+    assert figures["rewards_chosen"] == pytest.approx(sum(c for c, _ in rewards), rel=1e-4, abs=1e-6)
+    assert figures["rewards_rejected"] == pytest.approx(sum(r for _, r in rewards), rel=1e-4, abs=1e-6)
+    assert figures["reward_accuracy"] == sum(c > r for c, r in rewards)
+    assert (run.run_dir / "reference_logps.json").exists()  # computed once, kept for --resume
+
+
+def test_dpo_against_a_starting_adapter(setting):
+    """[model] adapter: the reference is that adapter's model (here: the adapter weights training started from,
+    run.initial_adapter), not the base and not the current weights."""
+    import torch
+
+    from engine.torchside.methods.pref import Preference
+    run, items = setting("dpo", adapter="/an/sft/run", beta=0.1)
+    named = {n: p for n, p in run.model.named_parameters() if p.requires_grad}
+    run.initial_adapter = {n: p.detach().clone() for n, p in named.items()}
+    ref = _policy(run, items)  # the starting adapter's log-probabilities
+    with torch.no_grad():  # training has moved the adapter since
+        for p in named.values():
+            p.add_(torch.randn_like(p) * 0.05)
+    pol = _policy(run, items)
+    loss, _ = Preference("dpo").loss(run, items)
+    expected = sum(-math.log(1 / (1 + math.exp(-0.1 * ((pc - rc) - (pr - rr)))))
+                   for ((pc, _), (pr, _)), ((rc, _), (rr, _)) in zip(pol, ref))
+    assert float(loss) == pytest.approx(expected, rel=1e-4)
+    with run.model.disable_adapter():
+        base = _policy(run, items)
+    assert base != ref  # the base would have given another loss
+    for n, p in named.items():  # the current weights are back after the reference pass
+        assert not torch.equal(p, run.initial_adapter[n])
+
+
+def test_orpo_needs_no_reference(setting):
+    from engine.torchside.methods.pref import Preference
+    run, items = setting("orpo", beta=0.2, orpo_lambda=0.5)
+    pol = _policy(run, items)
+    loss, figures = Preference("orpo").loss(run, items)
+    expected, margin = 0.0, 0.0
+    for (pc, nc), (pr, nr) in pol:
+        ac, ar = pc / nc, pr / nr
+        log_odds = (ac - math.log(1 - math.exp(ac))) - (ar - math.log(1 - math.exp(ar)))
+        expected += -ac - 0.5 * math.log(1 / (1 + math.exp(-log_odds)))
+        margin += 0.2 * (ac - ar)
+    assert float(loss) == pytest.approx(expected, rel=1e-4)
+    assert figures["reward_margin"] == pytest.approx(margin, rel=1e-4)
+    assert not (run.run_dir / "reference_logps.json").exists()
