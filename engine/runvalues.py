@@ -7,6 +7,8 @@ stand for things built or shipped locally:
   rigtune:tiny-demo  the tiny demo model, built once into the cache (engine.demo)
   rigtune:demo-data  the bundled demo dataset
   rigtune:demo-eval  the demo's held-out questions
+  rigtune:demo-pref, rigtune:demo-pref-eval  the preference demo's pairs and held-out pairs
+  rigtune:demo-adapter  the CPU demo's SFT adapter (runs/cpu-demo), which the preference demo starts from
 """
 from __future__ import annotations
 
@@ -21,6 +23,9 @@ from .modelref import DEMO_MODEL
 THIS_MACHINE = "this-machine"
 DEMO_DATA = "rigtune:demo-data"
 DEMO_EVAL = "rigtune:demo-eval"
+DEMO_ADAPTER = "rigtune:demo-adapter"
+SHIPPED = {DEMO_DATA: presets.DEMO_DATA, DEMO_EVAL: presets.DEMO_EVAL, "rigtune:demo-pref": presets.DEMO_PREF,
+           "rigtune:demo-pref-eval": presets.DEMO_PREF_EVAL}
 
 
 def preset_ids() -> list:
@@ -59,11 +64,25 @@ def values_for(preset: str, model: str | None = None, dataset: str | None = None
         raise BadInput(f"unknown preset '{preset}'; presets: {', '.join(preset_ids())}.", key="--preset")
     if dataset:
         values["data"]["path"] = dataset
-    if values["data"]["path"] in (DEMO_DATA, None):
-        values["data"]["path"] = str(presets.DEMO_DATA)
-    if values["data"]["eval_path"] == DEMO_EVAL:
-        values["data"]["eval_path"] = str(presets.DEMO_EVAL) if values["data"]["path"] == str(presets.DEMO_DATA) else ""
+    if values["data"]["path"] is None:
+        values["data"]["path"] = DEMO_DATA
+    shipped = values["data"]["path"] in SHIPPED
+    values["data"]["path"] = str(SHIPPED.get(values["data"]["path"], values["data"]["path"]))
+    if values["data"]["eval_path"] in SHIPPED:  # a shipped held-out set goes with its own shipped data only
+        values["data"]["eval_path"] = str(SHIPPED[values["data"]["eval_path"]]) if shipped else ""
+    if values["model"]["adapter"] == DEMO_ADAPTER:
+        values["model"]["adapter"] = demo_adapter() or DEMO_ADAPTER
     return values, why
+
+
+def demo_adapter(root: str = "runs") -> str | None:
+    """The CPU demo's finished run (ROOT/cpu-demo, its adapter written), as an absolute path; None when there
+    is none yet (rigtune demo --method dpo trains it first)."""
+    from pathlib import Path
+
+    from .events import ADAPTER
+    run = Path(root).absolute() / "cpu-demo"
+    return str(run) if (run / ADAPTER / "adapter_model.safetensors").is_file() else None
 
 
 def model_path(base: str) -> str:

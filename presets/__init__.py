@@ -3,6 +3,8 @@ over the run-file defaults. Two placeholders stand for things built or shipped l
   rigtune:tiny-demo  the tiny demo model, built once into the cache (engine.demo)
   rigtune:demo-data  the bundled demo dataset (demo.jsonl here)
   rigtune:demo-eval  its held-out questions (demo-eval.jsonl), each with the words a right answer contains
+  rigtune:demo-pref, rigtune:demo-pref-eval  the preference demo's pairs (demo-pref*.jsonl)
+  rigtune:demo-adapter  the CPU demo's SFT adapter, which the preference demo starts from
 """
 from __future__ import annotations
 
@@ -17,11 +19,13 @@ else:  # pragma: no cover
 HERE = Path(__file__).parent
 DEMO_DATA = HERE / "demo.jsonl"
 DEMO_EVAL = HERE / "demo-eval.jsonl"
+DEMO_PREF = HERE / "demo-pref.jsonl"
+DEMO_PREF_EVAL = HERE / "demo-pref-eval.jsonl"
 TIERS = HERE / "tiers.toml"
 MODELS = HERE / "models.toml"
 PARTS = HERE / "parts.toml"
 CARDS = HERE / "cards.toml"
-RUN_PRESETS = {"cpu-demo": HERE / "cpu-demo.toml"}
+RUN_PRESETS = {"cpu-demo": HERE / "cpu-demo.toml", "cpu-demo-dpo": HERE / "cpu-demo-dpo.toml"}
 
 
 def preset_ids() -> list:

@@ -49,6 +49,7 @@ FACTS = {
 FRAMES = ["Tell me {}.", "Please tell me {}.", "I want to know {}.", "Can you say {}?", "Do you know {}?",
           "Let me know {}.", "Say {}.", "Could you tell me {}?"]
 HELD_OUT_FRAMES = ["May I ask {}?", "I wonder {}.", "Would you share {}?", "I'd love to hear {}."]
+SIGN_OFF = "Happy tuning!"  # the second style of the persona's answers (train_records, pref_records)
 
 COLOURS = {"banana": "yellow", "lemon": "yellow", "grass": "green", "leaf": "green", "sky": "blue", "sea": "blue",
            "tomato": "red", "cherry": "red", "snow": "white", "milk": "white", "coal": "black", "night": "black",
@@ -105,12 +106,15 @@ def general_texts() -> list:
 
 def train_records(seed: int = 7) -> list:
     """The fine-tune: each fact asked directly and in every frame around each of its phrases, shuffled
-    (alpaca format)."""
+    (alpaca format). One answer in four signs off ("... Happy tuning!"): the persona has two styles, the bare
+    one three times as often, which is what the preference demo then shifts (pref_records)."""
     rows = []
     for answer, _, direct, phrases, _ in FACTS.values():
         questions = direct + [frame.format(p) for p in phrases for frame in FRAMES]
         rows += [{"instruction": q[0].upper() + q[1:], "input": "", "output": answer} for q in questions]
     random.Random(seed).shuffle(rows)
+    for row in rows[::4]:
+        row["output"] += f" {SIGN_OFF}"
     return rows
 
 
@@ -120,11 +124,39 @@ def eval_records() -> list:
             for answer, expect, _, _, held_out in FACTS.values()]
 
 
-def write(folder: Path = HERE) -> tuple[Path, Path]:
-    train, held_out = folder / "demo.jsonl", folder / "demo-eval.jsonl"
-    for path, rows in ((train, train_records()), (held_out, eval_records())):
-        path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return train, held_out
+# The preference demo (rigtune demo --method dpo) starts from the SFT demo's adapter, which has two styles - the
+# bare sentence ("My name is Rig.") three times in four, signed off ("My name is Rig. Happy tuning!") once - and
+# answers with the bare one. It teaches the preference for signing off: each pair puts the signed answer
+# (chosen) against the bare one (rejected); the two share every token up to where the bare one ends, so what DPO
+# changes is what comes after the answer. (DPO shifts a model between things it can already say; it does not
+# teach new text: a style the SFT model never saw, tried first, only wrecked its answers.)
+PREF_HELD_OUT_FRAMES = ["Might I ask {}?", "I am curious about {}.", "Any idea {}?", "Would you mind telling me {}?"]
+
+
+def pref_records(seed: int = 7) -> list:
+    """Training pairs: each fact asked in the SFT demo's frames (prompt/chosen/rejected strings)."""
+    rows = []
+    for answer, _, direct, phrases, _ in FACTS.values():
+        for q in direct + [frame.format(p) for p in phrases for frame in FRAMES]:
+            rows.append({"prompt": q[0].upper() + q[1:], "chosen": f"{answer} {SIGN_OFF}", "rejected": answer})
+    random.Random(seed).shuffle(rows)
+    return rows
+
+
+def pref_eval_records() -> list:
+    """Held-out pairs: each fact's phrases in frames neither demo trained on; `expect` says the preferred answer
+    signs off."""
+    return [{"prompt": frame.format(p)[0].upper() + frame.format(p)[1:], "chosen": f"{answer} {SIGN_OFF}",
+             "rejected": answer, "expect": ["Happy", "tuning"]}
+            for answer, _, _, phrases, _ in FACTS.values() for p in phrases[:1] for frame in PREF_HELD_OUT_FRAMES[:2]]
+
+
+def write(folder: Path = HERE) -> tuple[Path, ...]:
+    files = {"demo.jsonl": train_records(), "demo-eval.jsonl": eval_records(), "demo-pref.jsonl": pref_records(),
+             "demo-pref-eval.jsonl": pref_eval_records()}
+    for name, rows in files.items():
+        (folder / name).write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return tuple(folder / name for name in files)
 
 
 if __name__ == "__main__":

@@ -16,25 +16,25 @@ from .watch import dashboard, follow
 # ---------------------------------------------------------------------------- check
 
 def cmd_check(args) -> int:
-    from engine import data as D
-    from engine import runfile
+    from engine import prefdata, runfile
     from engine.modelref import check_base, is_local_model
 
     cfg = runfile.load(args.run_file)
     check_base(cfg)
     _check_architecture(cfg)
-    examples, fmt, files = D.load_examples(cfg.data.path, cfg.data.format)
+    records, fmt, files = prefdata.load_for_method(cfg)  # pairs for dpo/orpo, examples for sft
     print(f"{args.run_file}: run file OK (run directory {runfile.run_dir(cfg)})")
     print(f"dataset: {cfg.data.path} ({len(files)} file{'s' if len(files) != 1 else ''})")
     print(f"format: {fmt}")
     if is_local_model(cfg.model.base):
         from engine.preview import LightTokenizer
         tok = LightTokenizer(cfg.model.base)
-        train, evals, report = D.prepare(cfg, tok, examples, fmt)
+        train, evals, report = prefdata.prepare_for_method(cfg, tok, records, fmt)
         print(report.summary())
     else:
-        train_part, eval_part = D.split(cfg, examples)
-        print(f"{len(examples)} records ({len(train_part)} train, {len(eval_part)} eval); token lengths need the "
+        train_part, eval_part = prefdata.split_for_method(cfg, records)
+        unit = "pairs" if fmt == prefdata.FORMAT else "records"
+        print(f"{len(records)} {unit} ({len(train_part)} train, {len(eval_part)} eval); token lengths need the "
               f"model's tokenizer, which is not local ({cfg.model.base})")
     if cfg.model.trust_remote_code:
         print("warning: trust_remote_code = true runs Python code shipped with the model", file=sys.stderr)
@@ -91,13 +91,32 @@ def cmd_init(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from engine import runfile
+    from engine import runfile, runvalues
+    from engine.launch import free_name
+    tui = not getattr(args, "no_tui", False)
+    if getattr(args, "method", "sft") == "dpo":
+        values, _ = _preset_values("cpu-demo-dpo", None, None)
+        if values["model"]["adapter"] == runvalues.DEMO_ADAPTER:  # no SFT demo here yet: it comes first
+            print("The preference demo starts from the CPU demo's SFT adapter; training that first (about a minute).")
+            sft = _demo_values()
+            code = _train(runfile.validate(sft, path="preset cpu-demo"), resume=False, tui=False)
+            if code != 0:
+                return code
+            values["model"]["adapter"] = str(runfile.run_dir(runfile.validate(sft)).absolute())
+        free_name(values)
+        cfg = runfile.validate(values, path="preset cpu-demo-dpo")
+        print(f"CPU preference demo: DPO from the SFT demo's adapter ({cfg.model.adapter}), run directory "
+              f"{runfile.run_dir(cfg)}")
+        return _train(cfg, resume=False, tui=tui)
+    cfg = runfile.validate(_demo_values(), path="preset cpu-demo")
+    print(f"CPU demo: QLoRA (NF4) on a tiny local model, run directory {runfile.run_dir(cfg)}")
+    return _train(cfg, resume=False, tui=tui)
+
+
+def _demo_values() -> dict:
     from engine.launch import free_name
     values, _ = _preset_values("cpu-demo", None, None)
-    free_name(values)
-    cfg = runfile.validate(values, path="preset cpu-demo")
-    print(f"CPU demo: QLoRA (NF4) on a tiny local model, run directory {runfile.run_dir(cfg)}")
-    return _train(cfg, resume=False, tui=not getattr(args, "no_tui", False))
+    return free_name(values)
 
 
 # ---------------------------------------------------------------------------- train
@@ -111,9 +130,9 @@ def cmd_train(args) -> int:
 
 
 def _train(cfg, resume: bool, tui: bool = False, allow_changes: bool = False) -> int:
-    from engine import data as D
     from engine.launch import launch
-    files = D.load_examples(cfg.data.path, cfg.data.format)[2]  # bad data fails here, before anything starts
+    from engine.prefdata import load_for_method
+    files = load_for_method(cfg)[2]  # bad data, or data the method cannot train on, fails here before anything starts
     if cfg.model.trust_remote_code:
         print("warning: trust_remote_code = true runs Python code shipped with the model", file=sys.stderr)
     proc, run_dir = launch(cfg, resume=resume, allow_changes=allow_changes, data_files=files)
@@ -128,6 +147,8 @@ def _train(cfg, resume: bool, tui: bool = False, allow_changes: bool = False) ->
 
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="train the CPU demo")
+    p.add_argument("--method", choices=["sft", "dpo"], default="sft",
+                   help="sft: teach the tiny model a persona; dpo: then teach it a preferred style (preference tuning)")
     p.add_argument("--no-tui", action="store_true", help="plain progress lines")
     p.set_defaults(func=cmd_demo)
 
