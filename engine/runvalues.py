@@ -24,8 +24,8 @@ THIS_MACHINE = "this-machine"
 DEMO_DATA = "rigtune:demo-data"
 DEMO_EVAL = "rigtune:demo-eval"
 DEMO_ADAPTER = "rigtune:demo-adapter"
-SHIPPED = {DEMO_DATA: presets.DEMO_DATA, DEMO_EVAL: presets.DEMO_EVAL, "rigtune:demo-pref": presets.DEMO_PREF,
-           "rigtune:demo-pref-eval": presets.DEMO_PREF_EVAL}
+SHIPPED = {DEMO_DATA: "DEMO_DATA", DEMO_EVAL: "DEMO_EVAL", "rigtune:demo-pref": "DEMO_PREF",
+           "rigtune:demo-pref-eval": "DEMO_PREF_EVAL"}  # placeholder -> the presets attribute naming its file
 
 
 def preset_ids() -> list:
@@ -67,9 +67,10 @@ def values_for(preset: str, model: str | None = None, dataset: str | None = None
     if values["data"]["path"] is None:
         values["data"]["path"] = DEMO_DATA
     shipped = values["data"]["path"] in SHIPPED
-    values["data"]["path"] = str(SHIPPED.get(values["data"]["path"], values["data"]["path"]))
+    if shipped:
+        values["data"]["path"] = str(getattr(presets, SHIPPED[values["data"]["path"]]))
     if values["data"]["eval_path"] in SHIPPED:  # a shipped held-out set goes with its own shipped data only
-        values["data"]["eval_path"] = str(SHIPPED[values["data"]["eval_path"]]) if shipped else ""
+        values["data"]["eval_path"] = str(getattr(presets, SHIPPED[values["data"]["eval_path"]])) if shipped else ""
     if values["model"]["adapter"] == DEMO_ADAPTER:
         values["model"]["adapter"] = demo_adapter() or DEMO_ADAPTER
     return values, why

@@ -46,6 +46,11 @@ class LaunchStep(Step):
                 on_ui(self, self.status, Text("building the demo model (once, about 20 s)...", style="yellow"))
                 runvalues.build_demo_model(values, log=lambda *a: None)
                 runfile.save(values, self.state.run_file, header=self.state.header)
+            if values["model"]["adapter"] == runvalues.DEMO_ADAPTER:  # the DPO demo starts from the CPU demo's run
+                on_ui(self, self.status, Text("training the CPU demo first, which the DPO demo starts from "
+                                              "(about a minute)...", style="yellow"))
+                values["model"]["adapter"] = self.train_cpu_demo()
+                runfile.save(values, self.state.run_file, header=self.state.header)
             cfg = runfile.load(self.state.run_file)
             self.app.launcher(cfg)
         except (BadInput, RuntimeError, OSError) as e:  # a bad file, a failed demo build, an unwritable folder
@@ -53,6 +58,24 @@ class LaunchStep(Step):
             return
         # the run has started: show it even if the user has left this screen meanwhile (the app is the node)
         on_ui(self.app, self.app.show_dashboard, runfile.run_dir(cfg))
+
+    def train_cpu_demo(self) -> str:
+        """The CPU demo, launched like any run and waited for (this worker's thread): its run directory."""
+        import time
+
+        from engine.events import ADAPTER, FINAL_STATES, read_status
+        from engine.launch import free_name
+        sft, _ = runvalues.values_for("cpu-demo")
+        runvalues.build_demo_model(sft, log=lambda *a: None)
+        cfg = runfile.validate(free_name(sft), path="preset cpu-demo")
+        self.app.launcher(cfg)
+        run_dir = runfile.run_dir(cfg).absolute()
+        while read_status(run_dir).get("state") not in FINAL_STATES:
+            time.sleep(0.5)
+        if not (run_dir / ADAPTER / "adapter_model.safetensors").is_file():
+            raise RuntimeError(f"the CPU demo in {run_dir} did not finish ({read_status(run_dir).get('state')}); "
+                               "see its train.log")
+        return str(run_dir)
 
     def status(self, text: Text) -> None:
         self.query_one("#launch-status", Static).update(text)

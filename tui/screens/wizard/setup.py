@@ -16,7 +16,7 @@ from engine.errors import BadInput
 
 from ...widgets.fitmeter import FitMeter
 from ..common import on_ui
-from .state import DEMO, Step
+from .state import DEMOS, Step
 from .form import BAD, FIELDS, SELECTS, SWITCHES, field_of, get_value, key_of, text_of, toml_value
 
 PROBE_HINT = "p measures this box at these settings, in a minute or a few (tab out of a text field first)."
@@ -40,7 +40,7 @@ class SetupStep(Step):
             with TabbedContent(id="setup-tabs", initial="tab-data"):
                 with TabPane("Model & data", id="tab-data"):
                     with VerticalScroll():
-                        if self.state.tier_id == DEMO:
+                        if self.state.tier_id in DEMOS:
                             yield Label("model: the tiny demo model, built on this machine")
                             yield Input(v["model"]["base"], id="f-model", disabled=True)
                         else:
@@ -199,7 +199,8 @@ class SetupStep(Step):
         """p measures this box when it is the run's machine (this machine's tier, or the CPU demo), and only
         outside a text field, where it is a letter to type."""
         if action == "probe":
-            return self.state.tier_id in (THIS_MACHINE, DEMO) and not isinstance(self.focused, Input)
+            return (self.state.tier_id == THIS_MACHINE or self.state.tier_id in DEMOS) and \
+                not isinstance(self.focused, Input)
         return True
 
     def action_probe(self) -> None:

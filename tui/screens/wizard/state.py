@@ -13,6 +13,8 @@ from engine import runvalues
 from engine.launch import free_name
 
 DEMO = "cpu-demo"
+DEMO_DPO = "cpu-demo-dpo"
+DEMOS = {DEMO: "CPU demo", DEMO_DPO: "DPO demo"}  # the run presets the wizard offers, and their column labels
 STEPS = 5
 
 
@@ -37,7 +39,7 @@ class WizardState:
 def initial_values(state: WizardState) -> tuple[dict, str]:
     """Run-file values for the chosen tier or preset (engine.runvalues), with a free run name."""
     values, why = runvalues.values_for(state.tier_id, machine=state.machine)
-    label = "CPU demo" if state.tier_id == DEMO else state.tier_id
+    label = DEMOS.get(state.tier_id, state.tier_id)
     header = f"written by the rigtune wizard for the {why}" if why else f"written by the rigtune wizard: {label}"
     return free_name(values), header
 

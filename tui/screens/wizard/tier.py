@@ -11,7 +11,7 @@ from engine import tiers as T
 from engine.errors import BadInput
 from engine.runvalues import THIS_MACHINE, tier_of
 
-from .state import DEMO, Step, initial_values, tier_order
+from .state import DEMO, DEMO_DPO, DEMOS, Step, initial_values, tier_order
 
 
 def _cap_cell(cap) -> Text:
@@ -54,7 +54,7 @@ class TierStep(Step):
         for tid, tier in columns.items():
             table.add_column(tier.label, key=tid)
         for pid in presets_after:
-            table.add_column("CPU demo" if pid == DEMO else pid, key=pid)
+            table.add_column(DEMOS.get(pid, pid), key=pid)
         caps = {tid: {c.size: c for c in T.capabilities(t)} for tid, t in columns.items()}
         checks = {tid: T.checks(t, "70B" if len(t.gpus) > 1 else "13B") for tid, t in columns.items() if t.gpus}
         rest = [Text("-", style="dim")] * len(presets_after)
@@ -88,6 +88,9 @@ class TierStep(Step):
         tid = self.order[col - 1]
         if tid == DEMO:
             text = "CPU demo: a tiny Llama built here (no download) fine-tuned with real NF4 QLoRA on a bundled dataset."
+        elif tid == DEMO_DPO:
+            text = ("DPO demo: preference tuning on the CPU, from the CPU demo's adapter (trained first when this "
+                    "folder has none): it learns to sign off its answers. No second model in memory.")
         else:
             t = tier_of(tid, self.state.machine)
             if not t.gpus:
