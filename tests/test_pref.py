@@ -138,3 +138,36 @@ def test_orpo_needs_no_reference(setting):
     assert float(loss) == pytest.approx(expected, rel=1e-4)
     assert figures["reward_margin"] == pytest.approx(margin, rel=1e-4)
     assert not (run.run_dir / "reference_logps.json").exists()
+
+
+# ---------------------------------------------------------------------------- the preference demo
+
+def test_the_dpo_demo_teaches_a_preference_the_sft_demo_does_not_have(demo_run, tmp_path):
+    """`rigtune demo --method dpo` from the SFT demo's finished run: held-out pairs (frames neither demo trained
+    on) are preferred as the pairs say, which the SFT model did not, and its answers visibly change."""
+    import json
+    import os
+
+    from conftest import events, rigtune
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "cpu-demo").symlink_to(demo_run)  # the SFT demo is there: it is not trained again
+    env = {**os.environ, "RIGTUNE_CACHE": str(demo_run.parent.parent / "cache")}
+    res = rigtune("demo", "--method", "dpo", "--no-tui", cwd=tmp_path, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr
+    assert "training that first" not in res.stdout
+    ev = events(tmp_path / "runs" / "cpu-demo-dpo")
+    start = next(e for e in ev if e["event"] == "start")
+    assert start["method"] == "dpo" and start["adapter"] == str(tmp_path / "runs" / "cpu-demo")
+    steps = [e for e in ev if e["event"] == "step"]
+    assert all({"rewards_chosen", "rewards_rejected", "reward_margin", "reward_accuracy"} <= set(e) for e in steps)
+    assert steps[-1]["reward_margin"] > steps[0]["reward_margin"]
+    final = [e for e in ev if e["event"] == "eval"][-1]
+    assert final["pref_accuracy"] >= 0.85 and final["base_pref_accuracy"] <= 0.6, final
+    samples = final["samples"]
+    assert final["sample_correct"] >= 6 and final["base_correct"] <= 2, json.dumps(samples, indent=1)
+    assert sum(s["completion"] != s["base_completion"] for s in samples) >= 6  # the answers visibly change
+    assert "preference accuracy" in res.stdout and "(the starting model:" in res.stdout
+    # the result is an adapter like any other: chat answers with it, signed off
+    q = samples[0]["question"]
+    chat = rigtune("chat", tmp_path / "runs" / "cpu-demo-dpo", "--prompt", q, "--max-new-tokens", "24", env=env)
+    assert chat.returncode == 0 and samples[0]["completion"].strip() in chat.stdout
