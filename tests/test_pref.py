@@ -171,3 +171,51 @@ def test_the_dpo_demo_teaches_a_preference_the_sft_demo_does_not_have(demo_run, 
     q = samples[0]["question"]
     chat = rigtune("chat", tmp_path / "runs" / "cpu-demo-dpo", "--prompt", q, "--max-new-tokens", "24", env=env)
     assert chat.returncode == 0 and samples[0]["completion"].strip() in chat.stdout
+
+
+# ---------------------------------------------------------------------------- the rest of the engine, for DPO
+
+def test_dpo_resumes_exactly_and_trains_the_same_over_ddp_and_fsdp(tiny_model, tmp_path):
+    """A DPO run killed while saving resumes to the same losses as one that was not, with the same reference
+    log-probabilities as it started with; two gloo ranks (DDP, and FSDP with its sharded adapters) give the losses
+    of one process taking both micro-batches."""
+    import os
+
+    from conftest import events, rigtune
+    pairs = ROOT / "tests" / "fixtures" / "pref_strings.jsonl"
+    train = {"method": "dpo", "beta": 0.2, "max_steps": 6, "micro_batch_size": 1, "save_every_steps": 2,
+             "eval_every_steps": 0, "sample_max_new_tokens": 0}
+
+    def losses(name):
+        return {e["step"]: e["loss"] for e in events(tmp_path / "runs" / name) if e["event"] == "step"}
+    common = dict(data={"eval_fraction": 0.0, "max_seq_len": 64}, lora={"dropout": 0.0})
+    ref = run_file(tmp_path, tiny_model, pairs, name="ref", train={**train, "gradient_accumulation_steps": 2}, **common)
+    assert rigtune("train", ref, "--no-tui").returncode == 0
+    killed = run_file(tmp_path, tiny_model, pairs, name="k", train={**train, "gradient_accumulation_steps": 2}, **common)
+    env = {**os.environ, "RIGTUNE_FAULT": "killsave@4"}
+    assert rigtune("train", killed, "--no-tui", env=env).returncode != 0
+    cached = (tmp_path / "runs" / "k" / "reference_logps.json").read_text()
+    res = rigtune("train", killed, "--no-tui", "--resume")
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "runs" / "k" / "reference_logps.json").read_text() == cached
+    assert (tmp_path / "runs" / "ref" / "reference_logps.json").read_text() == cached
+    want = losses("ref")
+    assert sorted(want) == list(range(1, 7)) and want[6] < want[1]
+    for name, hardware in (("k", None), ("ddp", {"strategy": "ddp", "num_processes": 2}),
+                           ("fsdp", {"strategy": "fsdp", "num_processes": 2})):
+        if hardware:
+            rf = run_file(tmp_path, tiny_model, pairs, name=name, train={**train, "gradient_accumulation_steps": 1},
+                          hardware=hardware, model={"base": str(tiny_model), "compute_dtype": "float32",
+                                                    "quantization": "none" if name == "fsdp" else "nf4"}, **common)
+            if name == "fsdp":  # the same 16-bit base for the one-process run it is compared with
+                one = run_file(tmp_path, tiny_model, pairs, name="one16", train={**train, "gradient_accumulation_steps": 2},
+                               model={"base": str(tiny_model), "compute_dtype": "float32", "quantization": "none"},
+                               **common)
+                assert rigtune("train", one, "--no-tui").returncode == 0
+            res = rigtune("train", rf, "--no-tui")
+            assert res.returncode == 0, res.stderr
+        base = losses("one16") if name == "fsdp" else want
+        got = losses(name)
+        assert sorted(got) == sorted(base), name
+        for step in base:
+            assert got[step] == pytest.approx(base[step], rel=1e-4, abs=1e-6), (name, step)
