@@ -232,3 +232,32 @@ async def test_a_download_shows_as_a_progress_bar_while_loading(tmp_path):
         await pilot.pause(0.8)
         assert "downloading" not in text(d, "#status") and "step 0/40" in text(d, "#status")
         assert d.query_one("#progress").total == 40
+
+
+async def test_a_preference_run_shows_its_margin_and_accuracy_beside_the_loss(tmp_path):
+    """DPO/ORPO step events carry the reward figures and eval events the held-out preference accuracy: the status
+    line shows them beside the loss, the log lines too, and the held-out table names the starting model."""
+    run = write_run(tmp_path / "runs" / "dpo", steps=20, total=20, state="finished", end="finished", held_out=True)
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    for e in lines:
+        if e["event"] == "start":
+            e.update(method="dpo", adapter=str(tmp_path / "runs" / "sft"))
+        if e["event"] == "step":
+            e.update(rewards_chosen=0.1 * e["step"], rewards_rejected=-0.05 * e["step"],
+                     reward_margin=0.15 * e["step"], reward_accuracy=min(1.0, 0.5 + 0.05 * e["step"]))
+        if e["event"] == "eval" and e.get("samples"):
+            e.update(pref_accuracy=0.9375, base_pref_accuracy=0.0625)
+    (run / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in lines))
+    app = RigtuneApp(run_dir=run, sampler=FakeSampler())
+    async with app.run_test(size=(120, 30)) as pilot:
+        d = await attached(pilot)
+        status = text(d, "#status")
+        assert "margin 3.000 acc 1.00" in status and "held-out pref 0.94" in status
+        await pilot.press("l")
+        await pilot.press("g")
+        assert "the starting model: 0 of 4" in text(d, "#sample-text")
+    from engine.runview import Follower
+    log = Follower(run)  # what `rigtune train --no-tui` prints
+    log.poll()
+    said = "\n".join(log.take_lines())
+    assert "margin 3.000  acc 1.00" in said and "preference accuracy 0.94 (the starting model: 0.06)" in said

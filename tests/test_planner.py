@@ -414,3 +414,18 @@ def test_sharded_adapters_take_a_70b_at_rank_64_onto_two_24gb_cards():
     res = rigtune("plan", "--model", "Llama-2-70B", "--gpus", "2x24", "--strategy", "fsdp", "--cpu-offload",
                   "--lora-r", "64", "--micro-batch", "2")
     assert res.returncode == 0 and "FITS" in res.stdout
+
+
+def test_a_preference_pair_is_planned_as_two_sequences():
+    """DPO and ORPO forward a pair's chosen and rejected answers together: micro-batch 2 of pairs holds the tokens
+    of micro-batch 4 of SFT examples, and plans the same; a run file's method says which."""
+    from engine import runfile
+    sft = inp("Llama-3.1-8B", gpus=(24.0,), micro_batch=4, seq_len=2048)
+    assert P.breakdown(replace(sft, micro_batch=2, rows_per_item=2)) == P.breakdown(sft)
+    assert P.max_micro_batch(replace(sft, rows_per_item=2)) == P.max_micro_batch(sft) // 2
+    values = runfile.defaults(name="p", model={"base": "x"}, data={"path": "d"}, train={"method": "dpo"})
+    arch = P.resolve_model("Llama-3.1-8B")
+    planned = P.plan(P.input_from_run(runfile.validate(values), arch, [24.0], 64.0))
+    assert any("chosen and a rejected answer" in n for n in planned.notes)
+    values["train"]["method"] = "sft"
+    assert P.input_from_run(runfile.validate(values), arch, [24.0], 64.0).rows_per_item == 1

@@ -219,3 +219,22 @@ def test_dpo_resumes_exactly_and_trains_the_same_over_ddp_and_fsdp(tiny_model, t
         assert sorted(got) == sorted(base), name
         for step in base:
             assert got[step] == pytest.approx(base[step], rel=1e-4, abs=1e-6), (name, step)
+
+
+def test_a_starting_adapter_is_checked_before_anything_starts(tiny_model, tmp_path):
+    import json
+
+    from conftest import rigtune
+    pairs = ROOT / "tests" / "fixtures" / "pref_strings.jsonl"
+    adapter = tmp_path / "sft" / "adapter"
+    adapter.mkdir(parents=True)
+    rf = run_file(tmp_path, tiny_model, pairs, name="a", model={"base": str(tiny_model), "adapter": str(tmp_path / "sft")},
+                  train={"method": "dpo"})
+    for cmd in (("check", rf), ("train", rf, "--no-tui")):
+        res = rigtune(*cmd)
+        assert res.returncode == 2 and "key 'model.adapter'" in res.stderr and "holds no LoRA adapter" in res.stderr
+    (adapter / "adapter_config.json").write_text(json.dumps({"r": 8, "lora_alpha": 16, "target_modules": ["q_proj"]}))
+    (adapter / "adapter_model.safetensors").write_bytes(b"")
+    res = rigtune("check", rf)
+    assert res.returncode == 2 and "trained with r 8, alpha 16" in res.stderr and "[lora] r, alpha" in res.stderr
+    assert not (tmp_path / "runs" / "a").exists()

@@ -17,11 +17,13 @@ from .watch import dashboard, follow
 
 def cmd_check(args) -> int:
     from engine import prefdata, runfile
+    from engine.modelfiles import start_adapter
     from engine.modelref import check_base, is_local_model
 
     cfg = runfile.load(args.run_file)
     check_base(cfg)
     _check_architecture(cfg)
+    start_adapter(cfg)  # [model] adapter: there, and trained with the same [lora] settings
     records, fmt, files = prefdata.load_for_method(cfg)  # pairs for dpo/orpo, examples for sft
     print(f"{args.run_file}: run file OK (run directory {runfile.run_dir(cfg)})")
     print(f"dataset: {cfg.data.path} ({len(files)} file{'s' if len(files) != 1 else ''})")
@@ -131,8 +133,10 @@ def cmd_train(args) -> int:
 
 def _train(cfg, resume: bool, tui: bool = False, allow_changes: bool = False) -> int:
     from engine.launch import launch
+    from engine.modelfiles import start_adapter
     from engine.prefdata import load_for_method
     files = load_for_method(cfg)[2]  # bad data, or data the method cannot train on, fails here before anything starts
+    start_adapter(cfg)  # so does a starting adapter that is not there or does not match [lora]
     if cfg.model.trust_remote_code:
         print("warning: trust_remote_code = true runs Python code shipped with the model", file=sys.stderr)
     proc, run_dir = launch(cfg, resume=resume, allow_changes=allow_changes, data_files=files)
