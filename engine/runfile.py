@@ -95,8 +95,9 @@ SECTIONS: dict[str, list[Key]] = {
     ],
     "data": [
         Key("path", "str", REQUIRED, "Dataset: a .json/.jsonl/.parquet/.csv file, a folder of them, or a Hugging Face dataset id."),
-        Key("format", "str", "auto", "Record format; auto detects it. preference: chosen/rejected pairs (dpo, orpo).",
-            choices=("auto", "alpaca", "sharegpt", "messages", "text", "preference")),
+        Key("format", "str", "auto", "Record format; auto detects it. preference: chosen/rejected pairs (dpo, orpo); "
+            "prompt: prompts whose answers [rewards] check (grpo).",
+            choices=("auto", "alpaca", "sharegpt", "messages", "text", "preference", "prompt")),
         Key("max_seq_len", "int", 2048, "Longest sequence in tokens; longer examples are truncated.", min=16, max=1_048_576),
         Key("packing", "bool", True, "Pack several examples into one sequence (they never attend to each other)."),
         Key("eval_fraction", "float", 0.02, "Share of records held out for evaluation (deterministic split).", min=0, max=0.5),
@@ -134,13 +135,41 @@ SECTIONS: dict[str, list[Key]] = {
            "memory: less VRAM, slower steps."),
         Key("method", "str", "sft", "sft: supervised fine-tuning on answers; dpo: direct preference optimization on "
             "chosen/rejected pairs against a reference (the starting model); orpo: odds-ratio preference "
-            "optimization, no reference.", choices=("sft", "dpo", "orpo")),
+            "optimization, no reference; grpo: reinforcement learning from the [rewards] of sampled answers.",
+            choices=("sft", "dpo", "orpo", "grpo")),
         Key("beta", "float", 0.1, "dpo: how far the policy may move from the reference (larger: closer to it); orpo: "
-            "the scale of the logged rewards.", min=0, min_open=True, max=100),
+            "the scale of the logged rewards; grpo: the weight of the KL term to the reference (0 turns it off).",
+            min=0, max=100),
         Key("loss_type", "str", "sigmoid", "dpo's loss: sigmoid (the DPO paper) or ipo (squared, on per-token "
             "average log-probabilities).", choices=("sigmoid", "ipo")),
         Key("orpo_lambda", "float", 0.1, "orpo: weight of the odds-ratio term beside the chosen answer's "
             "cross-entropy.", min=0, max=100),
+        Key("num_generations", "int", 8, "grpo: answers sampled per prompt (the group whose rewards are compared).",
+            min=2, max=256),
+        Key("max_completion_length", "int", 64, "grpo: longest sampled answer, in tokens.", min=1, max=32768),
+        Key("temperature", "float", 1.0, "grpo: sampling temperature of the answers.", min=0, min_open=True, max=10),
+        Key("epsilon", "float", 0.2, "grpo: clipping of the policy ratio (PPO-style).", min=0, max=10),
+    ],
+    "rewards": [
+        Key("answer_field", "str", "answer", "grpo: the record field holding the right answer (exact and numeric "
+            "compare with it)."),
+        Key("pattern", "str", "", "grpo: a regular expression the answer must match (the format reward); its first "
+            "group, when it has one, is the answer exact and numeric compare. Empty: the whole answer."),
+        Key("exact", "float", 1.0, "grpo: weight of the exact-match reward (1 when the answer equals the record's).",
+            min=0, max=1000),
+        Key("numeric", "float", 0.0, "grpo: weight of the numeric reward (1 when the answer is a number within "
+            "tolerance of the record's).", min=0, max=1000),
+        Key("tolerance", "float", 0.0, "grpo: how far a numeric answer may be from the record's and still count.",
+            min=0, max=1e12),
+        Key("format", "float", 0.0, "grpo: weight of the format reward (1 when the answer matches pattern).",
+            min=0, max=1000),
+        Key("length", "float", 0.0, "grpo: weight of the length reward (1 at length_target tokens, falling to 0 at "
+            "twice or none; with length_target 0: 1 - length / max_completion_length).", min=0, max=1000),
+        Key("length_target", "int", 0, "grpo: the answer length the length reward prefers, in tokens (0: shorter "
+            "is better).", min=0, max=32768),
+        Key("function", "str", "", "grpo: your own reward, FILE.py:NAME, called as NAME(completion, record) and "
+            "returning a number (its file relative to the run file; your code, run as written)."),
+        Key("function_weight", "float", 1.0, "grpo: weight of function's reward.", min=0, max=1000),
     ],
     "run": [
         Key("electricity_usd_per_kwh", "float", 0.18, "Your electricity price, USD per kWh: what the run's measured "
@@ -341,6 +370,9 @@ def _check_semantics(d: dict, path, text):
         if tracker not in TRACKERS:
             fail(f"report_to lists {tracker!r}; trackers are {', '.join(repr(t) for t in TRACKERS)}."
                  + _suggest(tracker, TRACKERS), "train", "report_to")
+    if d["train"]["method"] == "dpo" and d["train"]["beta"] == 0:
+        fail("dpo needs beta > 0 (at 0 its loss no longer depends on the policy, and ipo divides by it); try 0.1.",
+             "train", "beta")
     if d["train"]["kernels"] == "liger" and not hw["gpus"]:
         fail("kernels = \"liger\" runs Triton kernels on a CUDA GPU, and this run trains on the CPU (gpus = []); "
              "use kernels = \"auto\" or \"none\".", "train", "kernels")
