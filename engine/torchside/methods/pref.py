@@ -51,32 +51,10 @@ class Scores:
 
 def answer_logps(model, items: list, pad_id: int, device, chunk_tokens: int = 0, head=None) -> Scores:
     """Forward chosen and rejected answers of `items` as one batch: each answer's summed token log-probability."""
-    import torch
-    import torch.nn.functional as F
-
-    from ..batches import collate, to_device
-    from ..head import final_softcap
-    rows = [p.chosen for p in items] + [p.rejected for p in items]
-    batch = to_device(collate(rows, pad_id, False), device)
-    labels = batch.pop("labels")
-    out = model(**batch, use_cache=False).logits
-    target = labels[:, 1:]
-    keep = target != D.IGNORE
-    row = torch.arange(target.shape[0], device=target.device).unsqueeze(1).expand_as(target)[keep]
-    hidden, y = out[:, :-1][keep], target[keep]
-    inner = model.module if hasattr(model, "module") else model
-    cap = final_softcap(inner) if head is not None else None
-    pieces = []
-    step = chunk_tokens or max(1, y.numel())
-    for i in range(0, y.numel(), step):
-        h = hidden[i:i + step]
-        logits = (head(h) if head is not None else h).float()
-        if cap:
-            logits = cap * torch.tanh(logits / cap)
-        pieces.append(-F.cross_entropy(logits, y[i:i + step], reduction="none"))
-    token_logps = torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)
-    sums = torch.zeros(target.shape[0], dtype=torch.float32, device=target.device).index_add(0, row, token_logps)
-    counts = torch.bincount(row, minlength=target.shape[0]).float()
+    from .logps import per_row, token_logps
+    logps, row, rows = token_logps(model, [p.chosen for p in items] + [p.rejected for p in items], pad_id, device,
+                                   chunk_tokens, head)
+    sums, counts = per_row(logps, row, rows)
     n = len(items)
     return Scores(sums[:n], sums[n:], counts[:n], counts[n:])
 
