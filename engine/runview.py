@@ -67,6 +67,9 @@ class RunView:
         self.final: dict | None = None   # the final event: energy, cost and the cloud estimate
         self.preference: dict = {}       # DPO/ORPO: the latest step's reward_margin, reward_accuracy and the latest
                                          # eval's pref_accuracy (base_pref_accuracy at the end)
+        self.rewards = array("d")        # GRPO: each step's reward_mean (beside self.steps)
+        self.eval_reward_steps, self.eval_rewards = array("d"), array("d")  # GRPO: held-out reward_mean
+        self.completions: dict | None = None  # GRPO: the latest `completions` event (a prompt's sampled answers)
         self.read_log = read_log
 
     # ---------------------------------------------------------------------- reading
@@ -188,6 +191,8 @@ class RunView:
             if ev.get("energy_kwh") is not None:
                 self.energy_kwh, self.cost_usd = ev["energy_kwh"], ev.get("cost_usd")
             self.preference.update({k: ev[k] for k in PREFERENCE_STEP if ev.get(k) is not None})
+            if ev.get("reward_mean") is not None or self.rewards:
+                self.rewards.append(float("nan") if ev.get("reward_mean") is None else ev["reward_mean"])
         elif kind == "eval":
             if ev.get("eval_loss") is not None:
                 self.eval_steps.append(ev["step"])
@@ -195,11 +200,16 @@ class RunView:
             if ev.get("sample"):
                 self.sample, self.sample_step = ev["sample"], ev["step"]
             self.preference.update({k: ev[k] for k in PREFERENCE_EVAL if ev.get(k) is not None})
+            if ev.get("reward_mean") is not None:
+                self.eval_reward_steps.append(ev["step"])
+                self.eval_rewards.append(ev["reward_mean"])
             if ev.get("sample_total"):
                 self.held_out = {"correct": ev["sample_correct"], "total": ev["sample_total"],
                                  "base_correct": ev.get("base_correct"), "samples": ev.get("samples") or [],
                                  "step": ev["step"],
                                  "base_label": "starting model" if self.start.get("adapter") else "base model"}
+        elif kind == "completions":
+            self.completions = ev
         elif kind == "checkpoint":
             self.checkpoints = [c for c in self.checkpoints if c.step != ev["step"]]
             self.checkpoints.append(Checkpoint(ev["step"], ev.get("path", ""), ev.get("time", 0.0)))
@@ -217,11 +227,14 @@ class RunView:
 
     def _truncate(self, step):
         i = bisect.bisect_left(self.steps, step)
-        for arr in (self.steps, self.losses, self.smooth, self.lrs, self.grad_norms):
+        for arr in (self.steps, self.losses, self.smooth, self.lrs, self.grad_norms, self.rewards):
             del arr[i:]
         j = bisect.bisect_left(self.eval_steps, step)
         del self.eval_steps[j:]
         del self.eval_losses[j:]
+        j = bisect.bisect_left(self.eval_reward_steps, step)
+        del self.eval_reward_steps[j:]
+        del self.eval_rewards[j:]
 
     def _read_log(self) -> bool:
         path = self.run_dir / TRAIN_LOG
@@ -415,12 +428,19 @@ class Follower(RunView):
         if kind == "step":
             pref = (f"  margin {ev['reward_margin']:.3f}  acc {ev['reward_accuracy']:.2f}"
                     if ev.get("reward_margin") is not None else "")
+            if ev.get("reward_mean") is not None:  # GRPO
+                pref = (f"  reward {ev['reward_mean']:.3f} (std {ev.get('reward_std') or 0:.3f})  "
+                        f"length {ev.get('completion_length') or 0:.0f}  kl {ev.get('kl') or 0:.4f}")
             return (f"step {ev['step']}/{total}  loss {ev['loss']:.4f}{pref}  lr {ev['lr']:.2e}  "
                     f"{ev.get('tokens_per_s') or 0:.0f} tok/s  ETA {fmt_duration(self.eta_s)}")
         if kind == "eval":
             s = ev.get("sample") or {}
             loss = f"eval_loss {ev['eval_loss']:.4f}" if ev.get("eval_loss") is not None else "eval"
             completion = (s.get("completion") or "").replace("\n", " ")[:60]
+            if ev.get("solved") is not None:  # GRPO
+                loss = (f"held-out reward {ev['reward_mean']:.3f}, solved {ev['solved']:.2f}" + (
+                    f" (the base: {ev['base_reward_mean']:.3f}, solved {ev['base_solved']:.2f})"
+                    if ev.get("base_solved") is not None else ""))
             if ev.get("pref_accuracy") is not None:
                 loss += f"  preference accuracy {ev['pref_accuracy']:.2f}" + (
                     f" (the starting model: {ev['base_pref_accuracy']:.2f})" if ev.get("base_pref_accuracy") is not None

@@ -62,6 +62,7 @@ def train(run_dir: Path, resume: bool, allow_changes: bool = False, probe: bool 
                 raise
             step = recover_from_oom(run, step)
             continue
+        size = run.method.sizes(group)  # again: a method that samples its answers (GRPO) has counted them now
         run.energy.count(size.tokens)  # processed, whether or not the update is applied
         grad_norm = clip_gradients(run)
         if run.gather_sum(0.0 if math.isfinite(step_loss) and math.isfinite(grad_norm) else 1.0) > 0:

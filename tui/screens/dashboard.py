@@ -65,6 +65,7 @@ class Dashboard(Screen):
         Binding("l", "tab('log')", "Log", show=False),
         Binding("k", "tab('checkpoints')", "Checkpoints", show=False),
         Binding("g", "tab('sample')", "Sample", show=False),
+        Binding("a", "tab('answers')", "Answers", show=False),
     ]
 
     def __init__(self, run_dir, sampler: Sampler | None = None, clock=time.time, **kw):
@@ -100,6 +101,8 @@ class Dashboard(Screen):
                 yield DataTable(id="ckpts", cursor_type="row", zebra_stripes=False)
             with TabPane("Sample", id="sample"):
                 yield Panel(id="sample-text")
+            with TabPane("Answers", id="answers"):  # GRPO: a prompt's sampled answers and their rewards
+                yield Panel(id="answers-text")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -133,6 +136,8 @@ class Dashboard(Screen):
 
     def _attached(self) -> None:
         self.attached = True
+        if self.view.start.get("method") != "grpo":  # only a method that samples answers has them to show
+            self.query_one("#bottom", TabbedContent).hide_tab("answers")
         self.update_view()
         self.set_interval(0.5, self.tick)
 
@@ -151,6 +156,7 @@ class Dashboard(Screen):
         self.update_log()
         self.update_checkpoints()
         self.update_sample()
+        self.update_answers()
 
     def update_status(self) -> None:
         v = self.view
@@ -177,6 +183,8 @@ class Dashboard(Screen):
             parts.append((f"  margin {pref['reward_margin']:.3f} acc {pref['reward_accuracy']:.2f}", "bold magenta"))
         if pref.get("pref_accuracy") is not None:
             parts.append((f"  held-out pref {pref['pref_accuracy']:.2f}", "magenta"))
+        if v.rewards:
+            parts.append((f"  reward {v.rewards[-1]:.3f}", "bold magenta"))
         world = v.start.get("world_size") or 1
         if world > 1:  # a multi-process run says how it is spread
             parts.append((f"  {v.start.get('strategy', '')} x{world}", "cyan"))
@@ -199,9 +207,14 @@ class Dashboard(Screen):
 
     def update_plots(self) -> None:
         v = self.view
-        self.query_one("#loss", LinePlot).set_series([
-            (v.steps, v.losses, "cyan", "line"), (v.steps, v.smooth, "yellow", "line"),
-            (v.eval_steps, v.eval_losses, "magenta", "points")])
+        if v.rewards:  # GRPO: what it maximises is the news, not its loss
+            self.query_one("#loss-box").border_title = "reward  [cyan]mean of the sampled answers[/] [magenta]held-out[/]"
+            self.query_one("#loss", LinePlot).set_series([
+                (v.steps, v.rewards, "cyan", "line"), (v.eval_reward_steps, v.eval_rewards, "magenta", "points")])
+        else:
+            self.query_one("#loss", LinePlot).set_series([
+                (v.steps, v.losses, "cyan", "line"), (v.steps, v.smooth, "yellow", "line"),
+                (v.eval_steps, v.eval_losses, "magenta", "points")])
         width = max(8, self.query_one("#lr", Sparkline).size.width)
         lr = [float(f"{x:.5g}") for x in downsample(v.steps, v.lrs, width)[1]]  # no float noise in flat lines
         gn = [float(f"{x:.5g}") for x in downsample(v.steps, v.grad_norms, width)[1]]
@@ -266,6 +279,19 @@ class Dashboard(Screen):
             table.add_row(str(step), time.strftime("%H:%M:%S", time.localtime(t)) if t else "", path)
         if len(kept) < len(ckpts):
             table.add_row("", "", Text(f"{len(ckpts) - len(kept)} older pruned (keep_checkpoints)", style="dim"))
+
+    def update_answers(self) -> None:
+        """GRPO: the latest logged step's answers to its first prompt, best first, with their rewards."""
+        c = self.view.completions
+        if not c:
+            return
+        width = max(20, self.query_one("#bottom").size.width - 12)
+        t = Text(f"step {c['step']}: {c.get('question', '')}\n", style="bold")
+        for a in sorted(c.get("answers", []), key=lambda a: -a["reward"]):
+            text = " ".join(str(a["text"]).split())
+            t.append(f"{a['reward']:7.3f}  ", style="green" if a["reward"] > 0 else "dim")
+            t.append((text if len(text) <= width else text[:width - 1] + "…") + "\n")
+        self.query_one("#answers-text", Panel).show(t)
 
     def update_sample(self) -> None:
         if self.view.held_out:

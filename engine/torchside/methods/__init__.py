@@ -3,19 +3,21 @@ every method - data order, accumulation, clipping, the schedule, recovery, check
 
 A method is one class in a module of this package that does what contract.Method lists, entered in METHODS
 under its name (the run file's [train] method). A new method is a new module here and a line in METHODS, not a
-branch in the loop: SFT (sft.py), DPO and ORPO (pref.py), and what `rigtune probe` trains (probe.py)."""
+branch in the loop: SFT (sft.py), DPO and ORPO (pref.py), GRPO (grpo.py), and what `rigtune probe` trains
+(probe.py)."""
 from __future__ import annotations
 
 from functools import partial
 
 from ...errors import BadInput
 from .contract import Method, Sizes
+from .grpo import GRPO
 from .pref import Preference
 from .sft import SFT
 
 __all__ = ["METHODS", "Method", "Sizes", "method_for"]
 
-METHODS = {"sft": SFT, "dpo": partial(Preference, "dpo"), "orpo": partial(Preference, "orpo")}
+METHODS = {"sft": SFT, "dpo": partial(Preference, "dpo"), "orpo": partial(Preference, "orpo"), "grpo": GRPO}
 
 
 def method_for(cfg) -> Method:

@@ -18,7 +18,9 @@ class Method(Protocol):
         Layout orders and batches), run.eval_seqs, run.report (engine.data's report) and run.data_files."""
 
     def sizes(self, group: list) -> Sizes:
-        """The sizes of one step: `group` holds every rank's micro-batches of it (lists of training items)."""
+        """The sizes of one step: `group` holds every rank's micro-batches of it (lists of training items). The
+        loop asks before the forward (units) and again after it (tokens: a method that samples its answers
+        knows them only then); every rank asks at the same points, so it may use a collective."""
 
     def loss(self, run, items: list) -> tuple:
         """Forward one micro-batch on run.model: (its loss summed over its units, a tensor to backpropagate;

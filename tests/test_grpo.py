@@ -1,0 +1,104 @@
+"""GRPO (engine/torchside/methods/grpo.py): the advantages and the loss of a tiny fixed group against the formula
+written out here, with log-probabilities computed one sequence at a time."""
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+
+from conftest import ROOT, run_file
+
+IGNORE = -100
+
+
+def test_group_advantages_are_each_reward_against_its_group():
+    from engine.torchside.methods.grpo import group_advantages
+    totals = [1.0, 0.0, 0.5, 0.5, 2.0, 2.0, 2.0, 0.0]
+    adv, spread = group_advantages(totals, 4)
+    for g in (0, 4):
+        r = totals[g:g + 4]
+        mean = sum(r) / 4
+        std = math.sqrt(sum((x - mean) ** 2 for x in r) / 4)
+        for i in range(4):
+            assert adv[g + i] == pytest.approx((r[i] - mean) / (std + 1e-4))
+            assert spread[g + i] == pytest.approx(std)
+    assert group_advantages([3.0, 3.0], 2)[0] == [0.0, 0.0]  # a group that all scored alike teaches nothing
+
+
+def test_the_clipped_objective_and_the_k3_kl():
+    import torch
+
+    from engine.torchside.methods.grpo import grpo_token_loss
+    logp = torch.tensor([-1.0, -2.0, -0.5])
+    old = torch.tensor([-1.5, -1.0, -0.5])
+    ref = torch.tensor([-1.2, -2.5, -0.1])
+    adv = torch.tensor([1.0, -2.0, 0.5])
+    loss, kl = grpo_token_loss(logp, old, ref, adv, 0.2, 0.04)
+    for i in range(3):
+        ratio = math.exp(float(logp[i] - old[i]))
+        clipped = min(max(ratio, 0.8), 1.2)
+        d = float(ref[i] - logp[i])
+        want_kl = math.exp(d) - d - 1
+        want = -min(ratio * float(adv[i]), clipped * float(adv[i])) + 0.04 * want_kl
+        assert float(loss[i]) == pytest.approx(want, rel=1e-5)
+        assert float(kl[i]) == pytest.approx(want_kl, rel=1e-5)
+
+
+def _seq_logps(model, ids, labels):
+    import torch
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids])).logits[0].double()
+    logp = torch.log_softmax(logits, dim=-1)
+    return [float(logp[t - 1, labels[t]]) for t in range(1, len(ids)) if labels[t] != IGNORE]
+
+
+def test_grpo_loss_of_a_fixed_group_matches_the_formula(tiny_model, tmp_path):
+    """A fixed group of four sampled answers to one prompt (the rollout replaced by known answers and rewards):
+    the method's loss equals sum over answers of mean over tokens of (-A + beta x KL), with A the group-relative
+    advantage and KL against the base with the adapter off; its figures are the rewards' and lengths' sums."""
+    import torch
+
+    from engine import runfile
+    from engine.data import Encoded
+    from engine.torchside.methods.grpo import GRPO, PromptItem, Rollout, group_advantages
+    from engine.torchside.model import Loaded, add_lora, load_base
+    path = run_file(tmp_path, tiny_model, ROOT / "presets" / "demo.jsonl", name="g",
+                    model={"base": str(tiny_model), "compute_dtype": "float32", "quantization": "none"},
+                    lora={"dropout": 0.0}, train={"method": "grpo", "beta": 0.05, "num_generations": 4,
+                                                  "loss_chunk_tokens": 0})
+    cfg = runfile.load(path)
+    torch.manual_seed(0)
+    loaded = add_lora(cfg, load_base(cfg, "cpu"), "cpu")
+    model = loaded.model
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.normal_(0, 0.05)
+    model.eval()
+    prompt = [5, 9, 13, 21]
+    answers = [[40, 41, 42, 2], [60, 61, 2], [70, 71, 72, 73, 2], [30, 2]]
+    totals = [1.0, 0.0, 1.0, 0.5]
+    adv, spread = group_advantages(totals, 4)
+    rows = [Encoded(input_ids=prompt + a, labels=[IGNORE] * len(prompt) + a) for a in answers]
+    fixed = Rollout(rows, ["a", "b", "c", "d"], [len(a) for a in answers], totals, {"exact": totals}, adv, spread)
+    method = GRPO()
+    method.rewards = SimpleNamespace(names=["exact"])
+    method.rollout = lambda run, items, greedy=False, adapter=True: fixed
+    run = SimpleNamespace(cfg=cfg, loaded=Loaded(model=model), model=model, pad_id=0, device=torch.device("cpu"),
+                          main=False, params=[p for p in model.parameters() if p.requires_grad])
+    loss, figures = method.loss(run, [PromptItem(0, prompt, {"answer": "x"})])
+    want, want_kl = 0.0, 0.0
+    for a, row in zip(adv, rows):
+        pol = _seq_logps(model, row.input_ids, row.labels)
+        with model.disable_adapter():
+            ref = _seq_logps(model, row.input_ids, row.labels)
+        kl = [math.exp(r - p) - (r - p) - 1 for p, r in zip(pol, ref)]
+        want += sum(-a + 0.05 * k for k in kl) / len(pol)
+        want_kl += sum(kl) / len(kl)
+    assert float(loss) == pytest.approx(want, rel=1e-4, abs=1e-6)
+    assert figures["kl"] == pytest.approx(want_kl, rel=1e-4, abs=1e-8) and want_kl > 0
+    assert figures["reward_mean"] == sum(totals) and figures["reward_exact"] == sum(totals)
+    assert figures["completion_length"] == sum(len(a) for a in answers)
+    loss.backward()  # the gradient is the advantage-weighted one: it reaches the adapters
+    assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in run.params)
