@@ -102,3 +102,20 @@ def test_grpo_loss_of_a_fixed_group_matches_the_formula(tiny_model, tmp_path):
     assert figures["completion_length"] == sum(len(a) for a in answers)
     loss.backward()  # the gradient is the advantage-weighted one: it reaches the adapters
     assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in run.params)
+
+
+def test_the_planner_counts_a_prompts_sampled_answers():
+    """A GRPO micro-batch item is num_generations sequences: micro-batch 1 of prompts at 8 answers plans like
+    micro-batch 8 of SFT examples, and the note gives the sampling's KV cache."""
+    from dataclasses import replace
+
+    from engine import planner as P
+    from engine import runfile
+    arch = P.resolve_model("Llama-3.1-8B")
+    values = runfile.defaults(name="g", model={"base": "x"}, data={"path": "d", "max_seq_len": 1024},
+                              train={"method": "grpo", "num_generations": 8, "micro_batch_size": 1})
+    inp = P.input_from_run(runfile.validate(values), arch, [24.0], 64.0)
+    assert (inp.rows_per_item, inp.method) == (8, "grpo")
+    assert P.breakdown(inp) == P.breakdown(replace(inp, micro_batch=8, rows_per_item=1, method="sft"))
+    kv = 2 * arch.layers * arch.kv_dim * 1024 * 8 * 2 / 2**30
+    assert any(f"KV cache of {kv:.2f} GiB" in n for n in P.plan(inp).notes)

@@ -76,7 +76,9 @@ class PlanInput:
     accum: int = 1                   # gradient accumulation steps (kept with the micro-batch by suggest())
     kernels: str = "none"            # liger: Liger's fused kernels (what kernels = "auto" runs on a CUDA card)
     card: str = ""                   # a name from presets/cards.toml: the time estimate's card ("" = unknown)
-    rows_per_item: int = 1           # sequences per micro-batch item: 2 for a preference pair (chosen, rejected)
+    rows_per_item: int = 1           # sequences per micro-batch item: 2 for a preference pair (chosen, rejected),
+                                     # num_generations for a GRPO prompt
+    method: str = "sft"              # [train] method: what the notes say about the rows (sft, dpo, orpo, grpo)
 
 
 def _targets(inp: PlanInput) -> list:

@@ -60,7 +60,13 @@ def plan(inp: PlanInput, pick_strategy: bool = False, total_tokens: int | None =
                      f"memory, in {inp.compute_dtype} (this stack quantizes only its attention layers to 4-bit; "
                      f"{inp.arch.expert_params * DTYPE_BYTES[inp.compute_dtype] / GIB:.1f} GiB of experts), and each "
                      f"token runs through {inp.arch.experts_active}; LoRA trains the attention layers.")
-    if inp.rows_per_item == 2:
+    if inp.method == "grpo":
+        a = inp.arch
+        kv = 2 * a.layers * a.kv_dim * inp.seq_len * inp.rows_per_item * inp.micro_batch * DTYPE_BYTES[inp.compute_dtype]
+        notes.append(f"GRPO: each prompt's {inp.rows_per_item} sampled answers are one micro-batch item "
+                     f"({inp.rows_per_item * inp.micro_batch} sequences of up to {inp.seq_len} tokens per forward); "
+                     f"sampling them holds a KV cache of {kv / GIB:.2f} GiB (no gradients) before that forward.")
+    elif inp.method in ("dpo", "orpo"):
         notes.append(f"preference pairs: each micro-batch item is a chosen and a rejected answer, {2 * inp.micro_batch} "
                      "sequences per forward; DPO's reference log-probabilities are one no-grad pass over the pairs "
                      "before the first step (no second model in memory).")
@@ -123,4 +129,5 @@ def input_from_run(cfg, arch: Arch, gpus: list, ram_gib: float | None, link: str
         attn=cfg.model.attn_implementation, quantization=cfg.model.quantization, double_quant=cfg.model.double_quant,
         compute_dtype=cfg.model.compute_dtype, strategy=cfg.hardware.strategy, cpu_offload=cfg.hardware.cpu_offload,
         ram_gib=ram_gib, loss_chunk=cfg.train.loss_chunk_tokens, activation_offload=cfg.train.activation_offload,
-        rows_per_item=2 if cfg.train.method in ("dpo", "orpo") else 1)
+        rows_per_item={"dpo": 2, "orpo": 2, "grpo": cfg.train.num_generations}.get(cfg.train.method, 1),
+        method=cfg.train.method)
