@@ -155,8 +155,9 @@ def shape_folder(cfg, progress=print):
         from .demo import demo_model
         base = str(demo_model(progress))
     config, source = P.model_config(base, online=True, revision=cfg.model.revision or None)
-    arch = P.arch_from_config(config, name=Path(base).name if Path(base).expanduser().exists() else base,
-                              hf_id="" if Path(base).expanduser().exists() else base)
+    local = Path(base).expanduser().exists()
+    arch = P.arch_from_config(config, name=cfg.model.base if cfg.model.base == DEMO_MODEL or not local else
+                              Path(base).name, hf_id="" if local else base)
     folder = cache_dir() / "shapes" / K.shape_id(arch).replace(" ", "-")
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(config, indent=1))
@@ -212,8 +213,8 @@ class Session:
         while True:  # doubling up from a fit, halving down from a failure
             value = value * 2 if fit == value else value // 2
             if fit and fail is None and value > cap:
-                return fit, (f"the model's context ({cap})" if what == "seq_len" and cap == self.context
-                             else f"the search's cap ({cap})")
+                return fit, (f"the model's context, {cap}" if what == "seq_len" and cap == self.context
+                             else f"the search's cap, {cap}")
             if not fit and value < floor:
                 return 0, f"nothing from {floor} fits"
             t = self.trial(*at(value))
@@ -228,14 +229,15 @@ class Session:
                 if fit:
                     break
         mid = (fit + fail) // 2 if what == "micro_batch" else ((fit + fail) // 2 // 64) * 64
+        key = {"micro_batch": "micro_batch_size", "seq_len": "max_seq_len"}[what]
         if fit < mid < fail:  # one halving step between the last that fit and the first that did not
             t = self.trial(*at(mid))
             if t is None:
                 return fit, "the time limit"
             if t.fits:
-                return mid, f"{what} {fail} did not fit ({self.known(*at(fail)).why})"
+                return mid, f"{key} {fail} did not fit ({self.known(*at(fail)).why})"
             fail = mid
-        return fit, f"{what} {fail} did not fit ({self.known(*at(fail)).why})"
+        return fit, f"{key} {fail} did not fit ({self.known(*at(fail)).why})"
 
     def _run(self, seq: int, mbs: int, steps: int, left: float, n: int) -> Trial:
         from .launch import accelerate_command

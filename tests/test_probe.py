@@ -80,7 +80,7 @@ def test_probe_measures_the_demo_and_finds_the_largest_settings_that_fit(probed)
     assert failed and all(t["why"] == "out of memory" and t["seq_len"] * t["micro_batch"] > 512 for t in failed)
     assert r["trials"].index(failed[0]) < len(r["trials"]) - 1  # a trial after an out-of-memory one still ran
     assert {(t["seq_len"], t["micro_batch"]) for t in failed} == {(128, 8), (128, 6), (512, 2), (384, 2)}
-    assert "micro_batch 6 did not fit (out of memory)" in r["limits"]["max_micro_batch"]
+    assert "micro_batch_size 6 did not fit (out of memory)" in r["limits"]["max_micro_batch"]
     assert r["machine"]["gpu"].startswith("CPU: ") and r["machine"]["torch"]
     assert "probe trial 1: max_seq_len 128, micro-batch 2: fits" in progress  # the progress lines, on stderr
     assert not list(home.rglob("trial-*"))  # the trials' run directories are gone
