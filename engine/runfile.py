@@ -387,6 +387,8 @@ def _check_semantics(d: dict, path, text):
         fail("model.base is empty; give a Hugging Face id or a local folder.", "model", "base")
     if not d["data"]["path"].strip():
         fail("data.path is empty; give a dataset file, folder or Hugging Face dataset id.", "data", "path")
+    from .rewards import check_values
+    check_values(d, fail)  # [rewards]: the pattern compiles, format has one, grpo has a reward
 
 
 # ---------------------------------------------------------------------------- reading and writing
