@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from . import data as D
+from . import promptdata as P
 from .errors import BadInput
 
 FORMAT = "preference"
@@ -94,16 +95,20 @@ def is_preference(rec) -> bool:
 
 
 def detect_format(records, path: str = "") -> str:
-    """engine.data.detect_format, with "preference" for records that have chosen/rejected."""
+    """engine.data.detect_format, with "preference" for records that have chosen/rejected and "prompt" (GRPO's
+    prompts, engine.promptdata) for records that have a prompt and neither."""
     if records and is_preference(records[0][2]):
         return FORMAT
+    if records and P.is_prompt(records[0][2]):
+        return P.FORMAT
     try:
         return D.detect_format(records, path)
     except BadInput as e:
         if not isinstance(records[0][2], dict):  # empty, or not an object: nothing to add
             raise
         raise BadInput(e.bare + " Preference pairs for dpo or orpo have 'chosen' and 'rejected' (format "
-                       "preference).", path=e.path, record=e.record) from None
+                       "preference); prompts for grpo have 'prompt' (format prompt).", path=e.path,
+                       record=e.record) from None
 
 
 def layout_of(rec) -> str:
@@ -145,29 +150,20 @@ def _prompt(rec, layout: str, file, pos) -> list:
     system = D._need_str(rec, "system", file, pos, optional=True)
     msgs = [{"role": "system", "content": system, "train": False}] if system else []
     if layout == "sharegpt":
-        msgs += _messages(rec.get("conversations"), file, pos, "conversations")
+        msgs += P.messages(rec.get("conversations"), file, pos, "conversations")
     elif layout == "alpaca":
         instruction = D._need_str(rec, "instruction", file, pos)
         inp = D._need_str(rec, "input", file, pos, optional=True)
         msgs.append({"role": "user", "content": instruction + ("\n\n" + inp if inp else ""), "train": False})
     elif isinstance(rec.get("prompt"), list):
-        msgs += _messages(rec["prompt"], file, pos, "prompt")
+        msgs += P.messages(rec["prompt"], file, pos, "prompt")
     elif rec.get("prompt") is None:
         raise BadInput("missing field 'prompt': answers given alone need the prompt they answer (a string or a list "
                        "of messages); or give chosen and rejected as whole conversations sharing their prompt.",
                        path=file, record=pos, key="prompt")
     else:
         msgs.append({"role": "user", "content": D._need_str(rec, "prompt", file, pos), "train": False})
-    return _check_prompt(msgs, file, pos, "conversations" if layout == "sharegpt" else "prompt")
-
-
-def _check_prompt(msgs: list, file, pos, key: str) -> list:
-    if not msgs or all(m["role"] == "system" for m in msgs):
-        raise BadInput("the prompt is empty; it needs the turn the answers reply to.", path=file, record=pos, key=key)
-    if msgs[-1]["role"] == "assistant":
-        raise BadInput("the prompt ends with an assistant turn; it must end with the turn the answers reply to "
-                       "(user or tool).", path=file, record=pos, key=key)
-    return msgs
+    return P.check_prompt(msgs, file, pos, "conversations" if layout == "sharegpt" else "prompt")
 
 
 def _answer(rec, key: str, layout: str, file, pos) -> str:
@@ -178,7 +174,7 @@ def _answer(rec, key: str, layout: str, file, pos) -> str:
             raise BadInput(f"'{key}' must be a string like '{other}', got {type(value).__name__}.", path=file,
                            record=pos, key=key)
         return value
-    msgs = _messages(value, file, pos, key)
+    msgs = P.messages(value, file, pos, key)
     if len(msgs) != 1 or msgs[0]["role"] != "assistant":
         raise BadInput(f"'{key}' must be one assistant message (got {len(msgs)} message(s), the first from "
                        f"{msgs[0]['role']}); put the turns both answers share in the prompt.", path=file, record=pos,
@@ -191,7 +187,7 @@ def _split_conversations(rec, file, pos) -> tuple[list, str, str]:
     its own last (assistant) turn."""
     convs = {}
     for key in ("chosen", "rejected"):
-        msgs = _messages(rec[key], file, pos, key)
+        msgs = P.messages(rec[key], file, pos, key)
         if msgs[-1]["role"] != "assistant":
             raise BadInput(f"the {key} conversation must end with the assistant's answer, not a {msgs[-1]['role']} "
                            "turn.", path=file, record=pos, key=f"{key}[{len(msgs) - 1}].role")
@@ -211,38 +207,17 @@ def _split_conversations(rec, file, pos) -> tuple[list, str, str]:
         raise BadInput(f"chosen and rejected differ before their last turn (from message {n}); as whole "
                        "conversations they must be the same up to their last, assistant, turn.", path=file,
                        record=pos, key=f"chosen[{n}]")
-    return _check_prompt(c[:n], file, pos, "chosen"), c[n]["content"], r[n]["content"]
-
-
-def _messages(raw, file, pos, key: str) -> list:
-    """A list of {role, content} or {from, value} messages (or one such object) as engine.data messages."""
-    if isinstance(raw, dict):
-        raw = [raw]
-    if not isinstance(raw, list) or not raw:
-        raise BadInput(f"'{key}' must be a non-empty list of {{role, content}} messages.", path=file, record=pos,
-                       key=key)
-    out = []
-    for i, m in enumerate(raw):
-        k = f"{key}[{i}]"
-        if not isinstance(m, dict):
-            raise BadInput("each message must be an object {role, content}.", path=file, record=pos, key=k)
-        who = m.get("role", m.get("from"))
-        if who not in D.SHAREGPT_ROLES:
-            raise BadInput(f"role is {who!r}; expected one of {', '.join(D.MESSAGE_ROLES)}.", path=file, record=pos,
-                           key=k + ".role")
-        content = m.get("content", m.get("value"))
-        if content is None:
-            raise BadInput("missing field 'content'.", path=file, record=pos, key=k + ".content")
-        out.append({"role": D.SHAREGPT_ROLES[who], "content": D._content_text(content, file, pos, k + ".content"),
-                    "train": False})
-    return out
+    return P.check_prompt(c[:n], file, pos, "chosen"), c[n]["content"], r[n]["content"]
 
 
 # ---------------------------------------------------------------------------- the method and the data
 
 def load(path: str, fmt: str = "auto", method: str = "sft") -> tuple[list, str, list]:
-    """(records, format, files read): Pairs for a preference method, engine.data Examples for sft; BadInput when
-    the data cannot serve the method (key train.method) or a record is bad."""
+    """(records, format, files read): Pairs for a preference method, Prompts for grpo (engine.promptdata),
+    engine.data Examples for sft; BadInput when the data cannot serve the method (key train.method) or a record is
+    bad."""
+    if method in P.METHODS:
+        return P.load(path, fmt, method)
     records, files = D.read_records(path)
     if not records:
         raise BadInput("dataset is empty; it needs at least one record.", path=path)
@@ -260,6 +235,11 @@ def check_method(method: str, fmt: str, path: str) -> None:
                        f"records have no 'chosen' and 'rejected'). Give pairs in one of the preference layouts ({VALID}) "
                        "with [data] format = \"auto\" or \"preference\", or set method = \"sft\".", path=path,
                        key="train.method")
+    if fmt == P.FORMAT:
+        raise BadInput(f"this dataset holds prompts to be answered (format prompt), with no answers to train "
+                       f"method \"{method}\" on: set [train] method = \"grpo\" to train on the [rewards] of sampled "
+                       "answers, or give SFT data (alpaca, sharegpt, messages or text) or preference pairs.", path=path,
+                       key="train.method")
     if method not in METHODS and fmt == FORMAT:
         raise BadInput(f"this dataset holds preference pairs (chosen/rejected), which method \"{method}\" cannot train "
                        "on: set [train] method = \"dpo\" or \"orpo\", or give the chosen answers as SFT data (alpaca, "
@@ -267,9 +247,12 @@ def check_method(method: str, fmt: str, path: str) -> None:
 
 
 def load_for_method(cfg) -> tuple[list, str, list]:
-    """The run's dataset as its [train] method needs it: (Pairs or Examples, format, files read). What `rigtune
-    check`, the launch and the trainer call first, so data that cannot serve the method fails before anything."""
+    """The run's dataset as its [train] method needs it: (Pairs, Prompts or Examples, format, files read). What
+    `rigtune check`, the launch and the trainer call first, so data that cannot serve the method fails before
+    anything."""
     method = cfg.train.method
+    if method in P.METHODS:
+        return P.load_for_run(cfg)  # prompts, each with the answer its rewards read
     if method in METHODS and cfg.data.train_on_prompt:
         raise BadInput(f"train_on_prompt does not apply to method \"{method}\": only the answers are compared. Set "
                        "it to false.", path=cfg.path, line=cfg.line_of("data", "train_on_prompt"),
@@ -280,6 +263,8 @@ def load_for_method(cfg) -> tuple[list, str, list]:
 def split_for_method(cfg, records: list) -> tuple[list, list]:
     """(train, held-out) records: all of data.path and the eval_path file when one is set (read as the method
     needs it), else the same deterministic eval_fraction as engine.data.split."""
+    if cfg.train.method in P.METHODS:
+        return P.split(cfg, records)
     if cfg.data.eval_path:
         return list(records), load(cfg.data.eval_path, cfg.data.format, cfg.train.method)[0]
     train_idx, eval_idx = D.split_indices(len(records), cfg.data.eval_fraction, cfg.train.seed)
@@ -287,7 +272,10 @@ def split_for_method(cfg, records: list) -> tuple[list, list]:
 
 
 def prepare_for_method(cfg, tokenizer, records: list, fmt: str) -> tuple[list, list, D.DataReport]:
-    """engine.data.prepare for SFT records, prepare_pairs for pairs: (train, eval, report)."""
+    """engine.data.prepare for SFT records, prepare_pairs for pairs, promptdata.prepare for prompts: (train, eval,
+    report)."""
+    if fmt == P.FORMAT:
+        return P.prepare(cfg, tokenizer, records)
     if fmt == FORMAT:
         return prepare_pairs(cfg, tokenizer, records)
     return D.prepare(cfg, tokenizer, records, fmt)
