@@ -93,6 +93,10 @@ def prepare_run_dir(cfg, resume: bool, cwd: Path | None = None) -> Path:
     values["data"]["path"] = _absolute(values["data"]["path"], cwd)
     if values["data"]["eval_path"]:
         values["data"]["eval_path"] = _absolute(values["data"]["eval_path"], cwd)
+    if values["rewards"]["function"]:  # taken relative to the run file, which the run directory's copy is not beside
+        from .rewards import function_path
+        file, name = function_path(cfg)
+        values["rewards"]["function"] = f"{file}:{name}"
     run_dir.mkdir(parents=True, exist_ok=True)
     runfile.save(values, run_dir / RUN_FILE, header=f"as launched from {cfg.path or 'a run file'}")
     return run_dir
@@ -151,6 +155,9 @@ def launch(cfg, resume: bool = False, cwd: Path | None = None, allow_changes: bo
     if cfg.model.base != DEMO_MODEL and not is_local_model(cfg.model.base):
         from . import hub  # gated, missing or too big for the disk: said now, not minutes into the run
         hub.check_download(cfg.model.base, cfg.model.revision or None, cfg.model.trust_remote_code)
+    if cfg.train.method == "grpo":
+        from .rewards import Rewards
+        Rewards.from_config(cfg)  # a reward function that cannot be imported fails now, not in the trainer
     run_dir = prepare_run_dir(cfg, resume, cwd)
     write_plan(cfg, run_dir)
     argv, extra_env = accelerate_command(cfg, run_dir, resume, allow_changes)
