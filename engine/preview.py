@@ -10,6 +10,7 @@ from pathlib import Path
 from . import data as D
 from . import modelfiles as M
 from . import prefdata
+from . import promptdata
 
 
 class LightTokenizer:
@@ -23,6 +24,7 @@ class LightTokenizer:
         self.chat_template = M.chat_template(d, cfg) or D.DEFAULT_CHAT_TEMPLATE
         self.bos_token, self.eos_token = M.special_token(cfg, "bos_token"), M.special_token(cfg, "eos_token")
         self.eos_token_id = self.tok.token_to_id(self.eos_token) if self.eos_token else None
+        self.bos_token_id = self.tok.token_to_id(self.bos_token) if self.bos_token else None
         self._template = None
 
     def apply_chat_template(self, messages, tools=None, tokenize=False, add_generation_prompt=False):
@@ -61,12 +63,18 @@ class Preview:
     max_seq_len: int = 0
     pair: dict | None = None       # preference data: the first pair's pieces, {"prompt", "chosen", "rejected"}
     per_record: int = 1            # sequences per record: 2 for a pair (chosen and rejected)
+    prompt: dict | None = None     # grpo's prompts: the first one, {"pieces": [(text, False)] as the model sees it,
+                                   # "answer_field", "answer" (None when the record has none)}
 
     def run_tokens(self, cfg, batch: int) -> int:
         """Tokens the run `cfg` trains: the dataset (less its held-out share) x epochs, or max_steps x the
         effective batch (`batch` records a step; packed sequences are full; a pair is two unpacked sequences)."""
         lengths = [min(n, self.max_seq_len) for n in self.lengths] or [0]
         per_example = sum(lengths) / len(lengths) * self.per_record
+        if self.format == promptdata.FORMAT:  # each prompt: num_generations sequences of prompt + the longest answer
+            per_example = (per_example + cfg.train.max_completion_length) * cfg.train.num_generations
+            return round(per_example * (cfg.train.max_steps * batch if cfg.train.max_steps else
+                                        self.records * (1 - cfg.data.eval_fraction) * cfg.train.epochs))
         if cfg.train.max_steps:
             full = self.max_seq_len if cfg.data.packing and self.per_record == 1 else per_example  # pairs: unpacked
             return round(cfg.train.max_steps * batch * full)
@@ -85,15 +93,19 @@ class Preview:
 
 
 def preview(path: str, fmt: str, model_base: str, max_seq_len: int, train_on_prompt: bool = False,
-            sample_limit: int = 2000, method: str = "sft") -> Preview:
+            sample_limit: int = 2000, method: str = "sft", rewards: dict | None = None,
+            max_completion_length: int = 0) -> Preview:
     """Read and check the dataset as [train] `method` needs it (BadInput on errors, engine.prefdata.load), then
     measure it with the model's tokenizer when it is local. At most `sample_limit` records are tokenized for the
     histogram; truncation is scaled to all. Preference pairs count both sequences of each pair, and show the
-    first pair; other data shows its first example."""
+    first pair; grpo's prompts (checked against the [rewards] values `rewards`, when given) count each prompt's
+    tokens, cut beyond max_seq_len - max_completion_length, and show the first prompt and its answer; other data
+    shows its first example."""
     records, fmt, files = prefdata.load(path, fmt, method)
-    tok = None
-    if (Path(model_base).expanduser() / "tokenizer.json").exists():
-        tok = LightTokenizer(Path(model_base).expanduser())
+    if fmt == promptdata.FORMAT:
+        return _prompt_preview(records, fmt, files, model_base, max_seq_len - max_completion_length, sample_limit,
+                               rewards)
+    tok = _tokenizer(model_base)
     p = Preview(format=fmt, records=len(records), files=files, exact=tok is not None, max_seq_len=max_seq_len)
     sample = records[:sample_limit]
     if fmt == prefdata.FORMAT:
@@ -158,6 +170,33 @@ def _pair_pieces(tok, pair, max_seq_len: int) -> dict:
     prompt, chosen = split(_pieces(tok, pair.example(pair.chosen), max_seq_len, False))
     rejected = split(_pieces(tok, pair.example(pair.rejected), max_seq_len, False))[1]
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+
+
+def _prompt_preview(prompts, fmt, files, model_base: str, budget: int, sample_limit: int, rewards) -> Preview:
+    from .runfile import SECTION_KEYS, Section
+    values = {k.name: k.default for k in SECTION_KEYS["rewards"].values()} | (rewards or {})
+    if rewards is not None:
+        promptdata.check_answers(prompts, Section(values))
+    tok = _tokenizer(model_base)
+    p = Preview(format=fmt, records=len(prompts), files=files, exact=tok is not None, max_seq_len=budget)
+    sample = prompts[:sample_limit]
+    if tok is not None:
+        ids = [promptdata.prompt_ids(tok, pr) for pr in sample]
+        p.lengths = [len(i) for i in ids]
+        text = tok.decode(promptdata.prompt_ids(tok, prompts[0], budget))
+    else:
+        texts = [LightTemplate().apply_chat_template(pr.messages, add_generation_prompt=True) for pr in sample]
+        p.lengths = [len(t) // 4 + 8 for t in texts]
+        text = texts[0]
+    p.truncated = round(sum(n > budget for n in p.lengths) * len(prompts) / max(1, len(sample)))
+    field = values["answer_field"]
+    p.prompt = {"pieces": [(text, False)], "answer_field": field, "answer": prompts[0].record.get(field)}
+    return p
+
+
+def _tokenizer(model_base: str):
+    d = Path(model_base).expanduser()
+    return LightTokenizer(d) if (d / "tokenizer.json").exists() else None
 
 
 class LightTemplate(LightTokenizer):

@@ -304,7 +304,8 @@ class SetupStep(Step):
         base = runvalues.model_path(values["model"]["base"])
         try:
             p = preview(values["data"]["path"], values["data"]["format"], base, values["data"]["max_seq_len"],
-                        values["data"]["train_on_prompt"], method=values["train"]["method"])
+                        values["data"]["train_on_prompt"], method=values["train"]["method"],
+                        rewards=values["rewards"], max_completion_length=values["train"]["max_completion_length"])
         except BadInput as e:
             on_ui(self, self.show_preview, None, str(e), values)
             return
@@ -330,7 +331,9 @@ class SetupStep(Step):
         self.query_one("#e-data", Static).update("")
         t = Text()
         t.append(f"{p.records} records, format {p.format}; ", style="bold")
-        t.append(f"{p.truncated} longer than max_seq_len {p.max_seq_len}" + ("" if p.exact else " (estimated: "
+        limit = (f"{p.max_seq_len} tokens (max_seq_len - max_completion_length)" if p.prompt else
+                 f"max_seq_len {p.max_seq_len}")
+        t.append(f"{p.truncated} longer than {limit}" + ("" if p.exact else " (estimated: "
                  "the model's tokenizer is not on this machine)") + "\n")
         hist = p.histogram(8)
         top = max(c for _, c in hist) if hist else 1
@@ -340,17 +343,7 @@ class SetupStep(Step):
             t.append("▇" * max(1 if count else 0, round(count / top * 20)), style="red" if over else "cyan")
             t.append(f" {count}\n", style="dim")
         info.update(t)
-        ex = Text("first pair - " if p.pair else "first example - ", style="bold")
-        ex.append("trained", style="bold green")
-        ex.append(" / masked:\n", style="bold")
-        parts = [(f"{name}: ", p.pair[name]) for name in ("prompt", "chosen", "rejected")] if p.pair else [("", p.example)]
-        for label, pieces in parts:
-            ex.append(label, style="bold")
-            for piece, trained in pieces:
-                ex.append(piece[:400], style="green" if trained else "dim")
-            if label and not ex.plain.endswith("\n"):
-                ex.append("\n")
-        example.update(ex)
+        example.update(prompt_text(p) if p.prompt else example_text(p))
 
     def action_apply_fix(self) -> None:
         """Apply every change of the planner's suggestion (run-file key -> value) and say what changed."""
@@ -388,3 +381,29 @@ class SetupStep(Step):
             return
         from .review import ReviewStep
         self.app.push_screen(ReviewStep())
+
+
+def prompt_text(p) -> Text:
+    """grpo: the first prompt as the model sees it (nothing of it trains), and the answer its rewards compare."""
+    ex = Text("first prompt - as the model sees it; the model writes the answer:\n", style="bold")
+    for piece, _ in p.prompt["pieces"]:
+        ex.append(piece[:400], style="dim")
+    ex.append(f"\n{p.prompt['answer_field']}: ", style="bold")
+    answer = p.prompt["answer"]
+    ex.append(str(answer)[:200] if answer is not None else "(none in this record)", style="green")
+    return ex
+
+
+def example_text(p) -> Text:
+    """The first example (or pair) with its trained tokens marked."""
+    ex = Text("first pair - " if p.pair else "first example - ", style="bold")
+    ex.append("trained", style="bold green")
+    ex.append(" / masked:\n", style="bold")
+    parts = [(f"{name}: ", p.pair[name]) for name in ("prompt", "chosen", "rejected")] if p.pair else [("", p.example)]
+    for label, pieces in parts:
+        ex.append(label, style="bold")
+        for piece, trained in pieces:
+            ex.append(piece[:400], style="green" if trained else "dim")
+        if label and not ex.plain.endswith("\n"):
+            ex.append("\n")
+    return ex
