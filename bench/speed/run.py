@@ -174,7 +174,8 @@ def write(args, results, base_loss) -> None:
                          f"{r['loss']:.4f}")
     lines += ["", "GPU: rigtune's own engine was measured on an H200 (bench/planner_accuracy/gpu_points.json); the "
               "baselines were not run there (TRL and the HF recipe side by side on a GPU remain to be measured)."]
-    (HERE / "RESULTS.md").write_text("\n".join(lines) + "\n")
+    from results import write_section
+    write_section("sft", lines)
     print("\n".join(lines))
 
 
