@@ -9,6 +9,7 @@ stand for things built or shipped locally:
   rigtune:demo-eval  the demo's held-out questions
   rigtune:demo-pref, rigtune:demo-pref-eval  the preference demo's pairs and held-out pairs
   rigtune:demo-adapter  the CPU demo's SFT adapter (runs/cpu-demo), which the preference demo starts from
+  rigtune:demo-grpo, rigtune:demo-grpo-eval  the GRPO demo's prompts and held-out prompts
 """
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ DEMO_DATA = "rigtune:demo-data"
 DEMO_EVAL = "rigtune:demo-eval"
 DEMO_ADAPTER = "rigtune:demo-adapter"
 SHIPPED = {DEMO_DATA: "DEMO_DATA", DEMO_EVAL: "DEMO_EVAL", "rigtune:demo-pref": "DEMO_PREF",
-           "rigtune:demo-pref-eval": "DEMO_PREF_EVAL"}  # placeholder -> the presets attribute naming its file
+           "rigtune:demo-pref-eval": "DEMO_PREF_EVAL", "rigtune:demo-grpo": "DEMO_GRPO",
+           "rigtune:demo-grpo-eval": "DEMO_GRPO_EVAL"}  # placeholder -> the presets attribute naming its file
 
 
 def preset_ids() -> list:

@@ -5,6 +5,7 @@ over the run-file defaults. Two placeholders stand for things built or shipped l
   rigtune:demo-eval  its held-out questions (demo-eval.jsonl), each with the words a right answer contains
   rigtune:demo-pref, rigtune:demo-pref-eval  the preference demo's pairs (demo-pref*.jsonl)
   rigtune:demo-adapter  the CPU demo's SFT adapter, which the preference demo starts from
+  rigtune:demo-grpo, rigtune:demo-grpo-eval  the GRPO demo's sum prompts and held-out sums (demo-grpo*.jsonl)
 """
 from __future__ import annotations
 
@@ -21,11 +22,14 @@ DEMO_DATA = HERE / "demo.jsonl"
 DEMO_EVAL = HERE / "demo-eval.jsonl"
 DEMO_PREF = HERE / "demo-pref.jsonl"
 DEMO_PREF_EVAL = HERE / "demo-pref-eval.jsonl"
+DEMO_GRPO = HERE / "demo-grpo.jsonl"
+DEMO_GRPO_EVAL = HERE / "demo-grpo-eval.jsonl"
 TIERS = HERE / "tiers.toml"
 MODELS = HERE / "models.toml"
 PARTS = HERE / "parts.toml"
 CARDS = HERE / "cards.toml"
-RUN_PRESETS = {"cpu-demo": HERE / "cpu-demo.toml", "cpu-demo-dpo": HERE / "cpu-demo-dpo.toml"}
+RUN_PRESETS = {"cpu-demo": HERE / "cpu-demo.toml", "cpu-demo-dpo": HERE / "cpu-demo-dpo.toml",
+               "cpu-demo-grpo": HERE / "cpu-demo-grpo.toml"}
 
 
 def preset_ids() -> list:

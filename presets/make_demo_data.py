@@ -151,9 +151,30 @@ def pref_eval_records() -> list:
             for answer, _, _, phrases, _ in FACTS.values() for p in phrases[:1] for frame in PREF_HELD_OUT_FRAMES[:2]]
 
 
+# The GRPO demo (rigtune demo --method grpo) starts from the base model itself, which learnt its sums as plain
+# text ("Question: What is two plus three?\nAnswer: Two plus three is five.") and, asked in a chat turn, mostly
+# answers something else. Its sampled answers are rewarded for the right sum in "... is N." (the record's answer
+# after "is"). The held-out prompts ask the same sums in wordings training never used; sums training never asks
+# at all stay out of this tiny model's reach (tried: held-out sums were solved no better than by chance).
+def sum_records(held_out: bool) -> list:
+    """GRPO prompts: every sum in words the base learnt (a + b, a from 1 to 5, b from 1 to 4), asked directly and
+    in three of the SFT frames for training, in two frames neither uses for the held-out set; `answer` is the
+    sum's word."""
+    rows = []
+    for a in range(1, 6):
+        for b in range(1, 5):
+            phrase = f"what {NUMBERS[a - 1]} plus {NUMBERS[b - 1]} is"
+            questions = [f.format(phrase) for f in PREF_HELD_OUT_FRAMES[:2]] if held_out else \
+                [f"What is {NUMBERS[a - 1]} plus {NUMBERS[b - 1]}?"] + [f.format(phrase) for f in FRAMES[:3]]
+            rows += [{"prompt": q[0].upper() + q[1:], "answer": NUMBERS[a + b - 1]} for q in questions]
+    random.Random(3).shuffle(rows)
+    return rows
+
+
 def write(folder: Path = HERE) -> tuple[Path, ...]:
     files = {"demo.jsonl": train_records(), "demo-eval.jsonl": eval_records(), "demo-pref.jsonl": pref_records(),
-             "demo-pref-eval.jsonl": pref_eval_records()}
+             "demo-pref-eval.jsonl": pref_eval_records(), "demo-grpo.jsonl": sum_records(False),
+             "demo-grpo-eval.jsonl": sum_records(True)}
     for name, rows in files.items():
         (folder / name).write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return tuple(folder / name for name in files)

@@ -119,3 +119,26 @@ def test_the_planner_counts_a_prompts_sampled_answers():
     assert P.breakdown(inp) == P.breakdown(replace(inp, micro_batch=8, rows_per_item=1, method="sft"))
     kv = 2 * arch.layers * arch.kv_dim * 1024 * 8 * 2 / 2**30
     assert any(f"KV cache of {kv:.2f} GiB" in n for n in P.plan(inp).notes)
+
+
+
+def test_the_grpo_demo_raises_the_share_of_held_out_prompts_solved(demo_run, tmp_path):
+    """`rigtune demo --method grpo`: the tiny base model, rewarded for the right sum in its sampled answers, solves
+    at least 0.3 more of the held-out prompts (its sums in wordings training never used) than the base does; the
+    final eval carries both, the step events the rewards, and the completions events the sampled answers."""
+    import os
+
+    from conftest import events, rigtune
+    env = {**os.environ, "RIGTUNE_CACHE": str(demo_run.parent.parent / "cache")}  # the demo model, built
+    res = rigtune("demo", "--method", "grpo", "--no-tui", cwd=tmp_path, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr
+    ev = events(tmp_path / "runs" / "cpu-demo-grpo")
+    steps = [e for e in ev if e["event"] == "step"]
+    assert all({"reward_mean", "reward_std", "reward_exact", "completion_length", "kl"} <= set(e) for e in steps)
+    assert all(e["tokens"] > 0 and e["trained_tokens"] > 0 for e in steps)
+    answers = [e for e in ev if e["event"] == "completions"]
+    assert answers and len(answers[-1]["answers"]) == 8
+    final = [e for e in ev if e["event"] == "eval"][-1]
+    assert final["solved"] >= final["base_solved"] + 0.3, final
+    assert final["reward_mean"] > final["base_reward_mean"]
+    assert "held-out reward" in res.stdout and "(the base:" in res.stdout

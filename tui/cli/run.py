@@ -24,10 +24,11 @@ def cmd_check(args) -> int:
     check_base(cfg)
     _check_architecture(cfg)
     start_adapter(cfg)  # [model] adapter: there, and trained with the same [lora] settings
-    records, fmt, files = prefdata.load_for_method(cfg)  # pairs for dpo/orpo, examples for sft
+    records, fmt, files = prefdata.load_for_method(cfg)  # pairs for dpo/orpo, prompts for grpo, examples for sft
     print(f"{args.run_file}: run file OK (run directory {runfile.run_dir(cfg)})")
     print(f"dataset: {cfg.data.path} ({len(files)} file{'s' if len(files) != 1 else ''})")
     print(f"format: {fmt}")
+    tok = None
     if is_local_model(cfg.model.base):
         from engine.preview import LightTokenizer
         tok = LightTokenizer(cfg.model.base)
@@ -35,9 +36,13 @@ def cmd_check(args) -> int:
         print(report.summary())
     else:
         train_part, eval_part = prefdata.split_for_method(cfg, records)
-        unit = "pairs" if fmt == prefdata.FORMAT else "records"
+        unit = {prefdata.FORMAT: "pairs", "prompt": "prompts"}.get(fmt, "records")
         print(f"{len(records)} {unit} ({len(train_part)} train, {len(eval_part)} eval); token lengths need the "
               f"model's tokenizer, which is not local ({cfg.model.base})")
+    if cfg.train.method == "grpo":  # every active reward on the first record: a broken function fails here
+        from engine.rewards import check_lines
+        count = (lambda text: len(tok(text, add_special_tokens=False)["input_ids"])) if tok else None
+        print("\n".join(check_lines(cfg, records[0].record, records[0].source, count)))
     if cfg.model.trust_remote_code:
         print("warning: trust_remote_code = true runs Python code shipped with the model", file=sys.stderr)
     for name in runfile.missing_trackers(cfg.train.report_to):
@@ -110,6 +115,12 @@ def cmd_demo(args) -> int:
         print(f"CPU preference demo: DPO from the SFT demo's adapter ({cfg.model.adapter}), run directory "
               f"{runfile.run_dir(cfg)}")
         return _train(cfg, resume=False, tui=tui)
+    if getattr(args, "method", "sft") == "grpo":
+        values, _ = _preset_values("cpu-demo-grpo", None, None)
+        cfg = runfile.validate(free_name(values), path="preset cpu-demo-grpo")
+        print(f"CPU GRPO demo: rewards for the right sum, sampled answers from the tiny base model, run directory "
+              f"{runfile.run_dir(cfg)}")
+        return _train(cfg, resume=False, tui=tui)
     cfg = runfile.validate(_demo_values(), path="preset cpu-demo")
     print(f"CPU demo: QLoRA (NF4) on a tiny local model, run directory {runfile.run_dir(cfg)}")
     return _train(cfg, resume=False, tui=tui)
@@ -151,8 +162,9 @@ def _train(cfg, resume: bool, tui: bool = False, allow_changes: bool = False) ->
 
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="train the CPU demo")
-    p.add_argument("--method", choices=["sft", "dpo"], default="sft",
-                   help="sft: teach the tiny model a persona; dpo: then teach it a preferred style (preference tuning)")
+    p.add_argument("--method", choices=["sft", "dpo", "grpo"], default="sft",
+                   help="sft: teach the tiny model a persona; dpo: then teach it a preferred style (preference "
+                        "tuning); grpo: reward it for right sums (reinforcement learning)")
     p.add_argument("--no-tui", action="store_true", help="plain progress lines")
     p.set_defaults(func=cmd_demo)
 

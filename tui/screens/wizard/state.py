@@ -14,7 +14,8 @@ from engine.launch import free_name
 
 DEMO = "cpu-demo"
 DEMO_DPO = "cpu-demo-dpo"
-DEMOS = {DEMO: "CPU demo", DEMO_DPO: "DPO demo"}  # the run presets the wizard offers, and their column labels
+DEMO_GRPO = "cpu-demo-grpo"
+DEMOS = {DEMO: "CPU demo", DEMO_DPO: "DPO demo", DEMO_GRPO: "GRPO demo"}  # the run presets the wizard offers
 STEPS = 5
 
 

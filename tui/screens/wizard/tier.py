@@ -11,7 +11,7 @@ from engine import tiers as T
 from engine.errors import BadInput
 from engine.runvalues import THIS_MACHINE, tier_of
 
-from .state import DEMO, DEMO_DPO, DEMOS, Step, initial_values, tier_order
+from .state import DEMO, DEMO_DPO, DEMO_GRPO, DEMOS, Step, initial_values, tier_order
 
 
 def _cap_cell(cap) -> Text:
@@ -54,15 +54,15 @@ class TierStep(Step):
         for tid, tier in columns.items():
             table.add_column(tier.label, key=tid)
         for pid in presets_after:
-            table.add_column(DEMOS.get(pid, pid), key=pid)
+            table.add_column({DEMO_DPO: "DPO", DEMO_GRPO: "GRPO"}.get(pid, DEMOS.get(pid, pid)), key=pid)  # 80 columns
         caps = {tid: {c.size: c for c in T.capabilities(t)} for tid, t in columns.items()}
         checks = {tid: T.checks(t, "70B" if len(t.gpus) > 1 else "13B") for tid, t in columns.items() if t.gpus}
         rest = [Text("-", style="dim")] * len(presets_after)
-        short = lambda t: f"{len(t.gpus)}x{min(t.gpus):.0f}GB {t.ram_gib:.0f}G" if t.gpus else "no GPU"
-        table.add_row("GPUs / RAM", *(short(t) for t in columns.values()), *(["this CPU"] * len(presets_after)))
+        short = lambda t: f"{len(t.gpus)}x{min(t.gpus):.0f}G {t.ram_gib:.0f}G" if t.gpus else "no GPU"
+        table.add_row("GPUs / RAM", *(short(t) for t in columns.values()), *(["CPU"] * len(presets_after)))
         for size in T.SIZES:
             cells = [(_cap_cell(caps[k][size]) if caps[k] else Text("✗ no GPU", style="red")) for k in columns]
-            table.add_row(f"fine-tunes {size}", *cells, *([Text("tiny only", style="dim")] * len(presets_after)))
+            table.add_row(f"fine-tunes {size}", *cells, *([Text("tiny", style="dim")] * len(presets_after)))
         for name, label in (("ram_2x_vram", "RAM ≥ 2x VRAM"), ("nvme", "NVMe"), ("nvlink", "NVLink")):
             table.add_row(label, *(_check_cell(checks.get(k, []), name) for k in columns), *rest)
         here = []
@@ -91,6 +91,9 @@ class TierStep(Step):
         elif tid == DEMO_DPO:
             text = ("DPO demo: preference tuning on the CPU, from the CPU demo's adapter (trained first when this "
                     "folder has none): it learns to sign off its answers. No second model in memory.")
+        elif tid == DEMO_GRPO:
+            text = ("GRPO demo: reinforcement learning on the CPU: the tiny base model samples answers to sums and is "
+                    "rewarded for the right one; held-out sums show what it learnt.")
         else:
             t = tier_of(tid, self.state.machine)
             if not t.gpus:
