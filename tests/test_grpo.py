@@ -142,3 +142,40 @@ def test_the_grpo_demo_raises_the_share_of_held_out_prompts_solved(demo_run, tmp
     assert final["solved"] >= final["base_solved"] + 0.3, final
     assert final["reward_mean"] > final["base_reward_mean"]
     assert "held-out reward" in res.stdout and "(the base:" in res.stdout
+
+
+def test_grpo_resumes_exactly_and_runs_over_two_ranks(tiny_model, tmp_path):
+    """Sampling is reseeded from (seed, step, rank) like everything else: a GRPO run killed while saving resumes to
+    the same rewards and losses, step for step, as one that was not; two gloo ranks (DDP) train it too, each
+    sampling for its own prompts."""
+    import os
+
+    from conftest import events, rigtune
+    prompts = ROOT / "tests" / "fixtures" / "prompts.jsonl"
+    common = dict(data={"eval_fraction": 0.0, "max_seq_len": 64}, lora={"dropout": 0.0},
+                  rewards={"length": 1.0, "length_target": 4, "exact": 0.0})
+    train = {"method": "grpo", "num_generations": 4, "max_completion_length": 8, "beta": 0.04, "max_steps": 6,
+             "micro_batch_size": 1, "gradient_accumulation_steps": 2, "save_every_steps": 2, "eval_every_steps": 0,
+             "sample_max_new_tokens": 0, "learning_rate": 5e-3}
+
+    def figures(name):
+        return {e["step"]: (e["loss"], e["reward_mean"], e["completion_length"])
+                for e in events(tmp_path / "runs" / name) if e["event"] == "step"}
+    ref = run_file(tmp_path, tiny_model, prompts, name="ref", train=train, **common)
+    assert rigtune("train", ref, "--no-tui").returncode == 0
+    killed = run_file(tmp_path, tiny_model, prompts, name="k", train=train, **common)
+    assert rigtune("train", killed, "--no-tui", env={**os.environ, "RIGTUNE_FAULT": "killsave@4"}).returncode != 0
+    res = rigtune("train", killed, "--no-tui", "--resume")
+    assert res.returncode == 0, res.stderr
+    want, got = figures("ref"), figures("k")
+    assert sorted(got) == sorted(want) == list(range(1, 7))
+    for step in want:
+        assert got[step] == pytest.approx(want[step], rel=1e-4, abs=1e-6), step
+    ddp = run_file(tmp_path, tiny_model, prompts, name="ddp", hardware={"strategy": "ddp", "num_processes": 2},
+                   train={**train, "gradient_accumulation_steps": 1}, **common)
+    res = rigtune("train", ddp, "--no-tui")
+    assert res.returncode == 0, res.stderr
+    ev = events(tmp_path / "runs" / "ddp")
+    assert [e["world_size"] for e in ev if e["event"] == "start"] == [2]
+    steps = [e for e in ev if e["event"] == "step"]
+    assert len(steps) == 6 and all(0 <= e["reward_mean"] <= 1 and e["tokens"] > 0 for e in steps)
