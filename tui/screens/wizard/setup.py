@@ -220,7 +220,10 @@ class SetupStep(Step):
         lines: list = []
 
         def progress(line: str) -> None:
-            lines.append(line)
+            if lines and lines[-1].endswith("...") and line.split(":")[0] == lines[-1].split(":")[0]:
+                lines[-1] = line  # a trial's result replaces its "running" line
+            else:
+                lines.append(line)
             on_ui(self, self.query_one("#fit", FitMeter).show_message, "Measuring this box",
                   [(text, "dim") for text in lines[-8:]])
         try:
