@@ -1,12 +1,12 @@
 """RESULTS.md holds one section per benchmark of this folder (run.py: SFT; dpo.py: DPO against TRL;
-dpo_reference.py: DPO's two ways to hold the reference). Each script rewrites only its own section, between
+dpo_reference.py: DPO's two ways to hold the reference; grpo.py: GRPO against TRL). Each script rewrites only its own section, between
 its two marker comments, so re-running one keeps the others' recorded results."""
 from __future__ import annotations
 
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
-ORDER = ("sft", "dpo", "dpo-reference")   # where a section that is not in the file yet goes
+ORDER = ("sft", "dpo", "dpo-reference", "grpo")   # where a section that is not in the file yet goes
 
 
 def write_section(name: str, lines: list, path: Path = RESULTS) -> None:
