@@ -51,10 +51,23 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
-def demo_run(tmp_path_factory) -> Path:
-    """The CPU demo, trained once per test session (about a minute): a real adapter to chat with and export."""
+def demo_cache(tmp_path_factory) -> Path:
+    """A rigtune cache (RIGTUNE_CACHE) holding the built demo model, once per test process (about 20 s): for tests
+    that need the model but not the trained demo run, so that they need not wait for it on one worker."""
+    cache = tmp_path_factory.mktemp("democache")
+    res = subprocess.run([sys.executable, "-c", "from engine.demo import demo_model; demo_model(lambda *a: None)"],
+                         cwd=ROOT, env={**os.environ, "RIGTUNE_CACHE": str(cache)}, capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stderr
+    return cache
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory, demo_cache) -> Path:
+    """The CPU demo, trained once per test session (about a minute): a real adapter to chat with and export. Its
+    cache is demo_cache (RIGTUNE_CACHE), where the demo model is already built."""
     home = tmp_path_factory.mktemp("demo")
-    env = {**os.environ, "RIGTUNE_CACHE": str(home / "cache")}
+    env = {**os.environ, "RIGTUNE_CACHE": str(demo_cache)}
     res = rigtune("demo", "--no-tui", cwd=home, env=env, timeout=600)
     assert res.returncode == 0, res.stderr
     (home / "demo.out").write_text(res.stdout)  # what `rigtune demo --no-tui` printed, for the acceptance test

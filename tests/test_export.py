@@ -277,7 +277,7 @@ def tokenize(model: Path, texts: list) -> list:
     return [json.loads(line) for line in res.stdout.strip().splitlines()]
 
 
-def test_gguf_tokenizes_like_transformers(demo_run, tmp_path):
+def test_gguf_tokenizes_like_transformers(demo_run, demo_cache, tmp_path):
     """The GGUF's vocabulary, merges and pre-tokenizer name make llama.cpp split text exactly as transformers
     does: the demo's GPT-2-style tokenizer, and Llama 3- and Qwen2-style ones (a Split regex, then bytes)."""
     from transformers import AutoTokenizer
@@ -296,7 +296,7 @@ def test_gguf_tokenizes_like_transformers(demo_run, tmp_path):
         G.write_model(folder, tmp_path / f"{name}.gguf", progress=lambda line: None)
         cases.append((folder, tmp_path / f"{name}.gguf"))
     assert export(demo_run, "--to", "gguf", "--out", tmp_path / "demo.gguf").returncode == 0
-    demo_folder = next((demo_run.parent.parent / "cache").glob("tiny-demo-v*"))
+    demo_folder = next(demo_cache.glob("tiny-demo-v*"))
     for folder, gguf in cases + [(demo_folder, tmp_path / "demo.gguf")]:
         tok = AutoTokenizer.from_pretrained(folder)
         assert tokenize(gguf, texts) == [tok(t, add_special_tokens=False)["input_ids"] for t in texts], folder

@@ -122,14 +122,14 @@ def test_the_planner_counts_a_prompts_sampled_answers():
 
 
 
-def test_the_grpo_demo_raises_the_share_of_held_out_prompts_solved(demo_run, tmp_path):
+def test_the_grpo_demo_raises_the_share_of_held_out_prompts_solved(demo_cache, tmp_path):
     """`rigtune demo --method grpo`: the tiny base model, rewarded for the right sum in its sampled answers, solves
     at least 0.3 more of the held-out prompts (its sums in wordings training never used) than the base does; the
     final eval carries both, the step events the rewards, and the completions events the sampled answers."""
     import os
 
     from conftest import events, rigtune
-    env = {**os.environ, "RIGTUNE_CACHE": str(demo_run.parent.parent / "cache")}  # the demo model, built
+    env = {**os.environ, "RIGTUNE_CACHE": str(demo_cache)}  # the demo model, built
     res = rigtune("demo", "--method", "grpo", "--no-tui", cwd=tmp_path, env=env, timeout=600)
     assert res.returncode == 0, res.stderr
     ev = events(tmp_path / "runs" / "cpu-demo-grpo")

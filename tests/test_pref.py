@@ -142,7 +142,7 @@ def test_orpo_needs_no_reference(setting):
 
 # ---------------------------------------------------------------------------- the preference demo
 
-def test_the_dpo_demo_teaches_a_preference_the_sft_demo_does_not_have(demo_run, tmp_path):
+def test_the_dpo_demo_teaches_a_preference_the_sft_demo_does_not_have(demo_run, demo_cache, tmp_path):
     """`rigtune demo --method dpo` from the SFT demo's finished run: held-out pairs (frames neither demo trained
     on) are preferred as the pairs say, which the SFT model did not, and its answers visibly change."""
     import json
@@ -151,7 +151,7 @@ def test_the_dpo_demo_teaches_a_preference_the_sft_demo_does_not_have(demo_run, 
     from conftest import events, rigtune
     (tmp_path / "runs").mkdir()
     (tmp_path / "runs" / "cpu-demo").symlink_to(demo_run)  # the SFT demo is there: it is not trained again
-    env = {**os.environ, "RIGTUNE_CACHE": str(demo_run.parent.parent / "cache")}
+    env = {**os.environ, "RIGTUNE_CACHE": str(demo_cache)}
     res = rigtune("demo", "--method", "dpo", "--no-tui", cwd=tmp_path, env=env, timeout=600)
     assert res.returncode == 0, res.stderr
     assert "training that first" not in res.stdout

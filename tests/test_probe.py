@@ -57,11 +57,11 @@ def test_a_shape_folder_loads_as_random_weights_with_the_real_models_modules_and
 # ---------------------------------------------------------------------------- the probe, end to end
 
 @pytest.fixture(scope="module")
-def probed(demo_run, tmp_path_factory):
-    """`rigtune probe --json` on this CPU with the demo model (built by the demo run), as on a card that runs out of
+def probed(demo_cache, tmp_path_factory):
+    """`rigtune probe --json` on this CPU with the demo model (demo_cache), as on a card that runs out of
     memory above 512 tokens per micro-batch (RIGTUNE_PROBE_FAULT: the trainer's own fault seam, trial by trial)."""
     home = tmp_path_factory.mktemp("probe")
-    env = {**os.environ, "RIGTUNE_CACHE": str(demo_run.parent.parent / "cache"),
+    env = {**os.environ, "RIGTUNE_CACHE": str(demo_cache),
            "RIGTUNE_MEASURED": str(home / "measured.json"), "RIGTUNE_PROBE_FAULT": "oom_above@512"}
     res = rigtune("probe", "--json", cwd=home, env=env, timeout=300)
     assert res.returncode == 0, res.stderr
@@ -110,7 +110,7 @@ def test_plan_shows_what_the_probe_measured_interpolates_and_knows_what_ran_out(
     assert other["measured"] is None
 
 
-def test_a_finished_run_feeds_the_same_store(demo_run):
+def test_a_finished_run_feeds_the_same_store(demo_run, demo_cache):
     """The demo run (its trainer, at the end) wrote its own peak and speed where the probe writes; plan reads them."""
     ev = events(demo_run)
     memory = next(e for e in ev if e["event"] == "memory")
@@ -119,7 +119,7 @@ def test_a_finished_run_feeds_the_same_store(demo_run):
     mine = [r for r in records if r["source"] == "run cpu-demo"]
     assert len(mine) == 1 and mine[0]["peak_gib"] == memory["peak_rss_gib"]
     assert mine[0]["tokens_per_s"] == pytest.approx(statistics.median(speeds[1:]), abs=0.2)
-    env = {**os.environ, "RIGTUNE_CACHE": str(demo_run.parent.parent / "cache")}
+    env = {**os.environ, "RIGTUNE_CACHE": str(demo_cache)}
     plan = json.loads(rigtune("plan", demo_run / "run.toml", "--json", env=env).stdout)
     assert plan["measured"]["peak_gib"] == memory["peak_rss_gib"] and plan["measured"]["source"] == "run cpu-demo"
 
@@ -178,14 +178,14 @@ def test_the_same_shape_under_any_name_shares_its_measurements(tmp_path):
 
 # ---------------------------------------------------------------------------- the wizard
 
-async def test_p_in_the_wizard_probes_this_box_and_the_fit_meter_shows_what_it_measured(demo_run, tmp_path,
+async def test_p_in_the_wizard_probes_this_box_and_the_fit_meter_shows_what_it_measured(demo_cache, tmp_path,
                                                                                        monkeypatch):
     from test_wizard import RecordingLauncher, fixed_machine, to_setup
     from textual.widgets import Input
 
     from tui.app import RigtuneApp
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("RIGTUNE_CACHE", str(demo_run.parent.parent / "cache"))  # the demo model, built
+    monkeypatch.setenv("RIGTUNE_CACHE", str(demo_cache))  # the demo model, built
     monkeypatch.setenv("RIGTUNE_MEASURED", str(tmp_path / "measured.json"))
     monkeypatch.setenv("RIGTUNE_PROBE_FAULT", "oom_above@256")  # a box that fits only the demo's own settings
     app = RigtuneApp(wizard=True, machine=fixed_machine(), launcher=RecordingLauncher())

@@ -218,12 +218,12 @@ def test_init_force_replaces_only_a_run_file(tmp_path):
     assert 'base = "/some/model"' not in out.read_text()
 
 
-def test_cpu_demo_acceptance(demo_run, tmp_path):
+def test_cpu_demo_acceptance(demo_run, demo_cache, tmp_path):
     """The README's demo path: init the cpu-demo preset, train it, the loss falls, the adapter loads, and the
     fine-tune answers its held-out questions (asked in wordings training never used) where the base cannot.
     The training is the suite's one demo run (`rigtune demo --no-tui`, the conftest fixture the chat and export
     tests read too); `init --preset cpu-demo` writes the very run file it trained."""
-    env = {**os.environ, "RIGTUNE_CACHE": str(demo_run.parent.parent / "cache")}
+    env = {**os.environ, "RIGTUNE_CACHE": str(demo_cache)}
     out = tmp_path / "demo.toml"
     assert rigtune("init", "--preset", "cpu-demo", "--out", out, env=env, cwd=tmp_path).returncode == 0
     written, trained = runfile.load(out).values, runfile.load(demo_run / "run.toml").values
