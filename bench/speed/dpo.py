@@ -32,7 +32,8 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from dpo_setup import HERE, PY, ROOT, bench_env, dpo_values, events, score, sft_adapter, timed, unchanged
+from dpo_setup import (HERE, PY, ROOT, bench_env, company, dpo_values, events, score, sft_adapter, timed_alone,
+                       unchanged)
 
 SETTINGS = {"eval_every_steps": 0, "save_every_steps": 0, "sample_max_new_tokens": 0}
 # TRL as it comes, and the diagnostic with its adapter weights trained in fp32 as rigtune's are (trl_dpo.py)
@@ -43,26 +44,30 @@ NAMES = {"rigtune": "rigtune", "trl": "TRL DPOTrainer (its default: bf16 adapter
 
 def run_rigtune(tmp: Path, i: int, start: Path) -> dict:
     from engine import runfile
-    values = dpo_values(f"rig{i}", tmp / "runs", start, **SETTINGS)
-    rf = tmp / f"rig{i}.toml"
-    runfile.save(values, rf)
-    r = timed([PY, "-m", "tui.cli", "train", str(rf), "--no-tui"], bench_env(), ROOT)
-    evs = events(tmp / "runs" / f"rig{i}")
+
+    def argv(attempt: int) -> list:
+        rf = tmp / f"rig{i}-{attempt}.toml"
+        runfile.save(dpo_values(f"rig{i}-{attempt}", tmp / "runs", start, **SETTINGS), rf)
+        return [PY, "-m", "tui.cli", "train", str(rf), "--no-tui"]
+
+    r = timed_alone(argv, bench_env(), ROOT)
+    run_dir = tmp / "runs" / f"rig{i}-{r['tries']}"
+    evs = events(run_dir)
     steps = [e for e in evs if e["event"] == "step"]
     last_eval = [e for e in evs if e["event"] == "eval"][-1]
     r.update(steps=len(steps), losses=[e["loss"] for e in steps], own_eval=last_eval,
-             reward_accuracies=[e["reward_accuracy"] for e in steps], adapter=tmp / "runs" / f"rig{i}" / "adapter",
-             values=values)
+             reward_accuracies=[e["reward_accuracy"] for e in steps], adapter=run_dir / "adapter",
+             values=dpo_values(f"rig{i}", tmp / "runs", start, **SETTINGS))
     return r
 
 
 def run_trl(tmp: Path, side: str, i: int, start: Path, values: dict) -> dict:
     t = values["train"]
     out = tmp / f"{side}{i}"
-    r = timed([PY, str(HERE / "trl_dpo.py"), values["model"]["base"], str(start / "adapter"), values["data"]["path"],
-               str(out), str(values["data"]["max_seq_len"]), str(t["micro_batch_size"]), str(t["learning_rate"]),
-               str(t["epochs"]), str(t["warmup_ratio"]), str(t["beta"]), str(ROOT), *TRL_SIDES[side]],
-              bench_env(), ROOT)
+    r = timed_alone(lambda attempt: [
+        PY, str(HERE / "trl_dpo.py"), values["model"]["base"], str(start / "adapter"), values["data"]["path"], str(out),
+        str(values["data"]["max_seq_len"]), str(t["micro_batch_size"]), str(t["learning_rate"]), str(t["epochs"]),
+        str(t["warmup_ratio"]), str(t["beta"]), str(ROOT), *TRL_SIDES[side]], bench_env(), ROOT)
     info = json.loads([line for line in r["stdout"].splitlines() if line.startswith("{")][-1])
     r.update(info, adapter=out / "adapter")
     return r
@@ -149,6 +154,8 @@ def write(args, results, base, how) -> None:
         "and no ref_model is a frozen copy of that adapter (named \"ref\"), run live in every step "
         f"(precompute_ref_log_probs=False); its adapters here: {', '.join(trl[0]['adapters'])}. Both first "
         "steps' losses are log 2 (policy = reference).", "",
+        "This VM's two cores are shared with other jobs: each timed run waits until no other process is busy, and "
+        "is run again when one became busy during it (dpo_setup.timed_alone; the per-run lines say so).", "",
         *table(m, base), "",
         f"Held-out preference accuracy: rigtune {r0['acc']:.2f}, TRL as it comes {t0['acc']:.2f} (difference "
         f"{abs(r0['acc'] - t0['acc']):.2f}), TRL with fp32 adapter weights {f0['acc']:.2f} (difference "
@@ -163,7 +170,8 @@ def write(args, results, base, how) -> None:
             lines.append(f"- {side}: {r['wall']:.1f} s, {r['rss_gib']:.2f} GiB, {r['steps']} steps, held-out "
                          f"pref_accuracy {r['score']['pref_accuracy']:.2f}, margin {r['score']['margin']:.2f}, "
                          f"last loss {r['losses'][-1]:.4f}"
-                         + (f", adapter weights {'/'.join(r['trainable_dtypes'])}" if "trainable_dtypes" in r else ""))
+                         + (f", adapter weights {'/'.join(r['trainable_dtypes'])}" if "trainable_dtypes" in r else "")
+                         + company(r))
     lines += ["", *notes(m)]
     from results import write_section
     write_section("dpo", lines)
@@ -185,7 +193,9 @@ def notes(m: dict) -> list:
         "to fp32 after the trainer is built, before its optimizer exists - and TRL then lands where rigtune does: "
         f"held-out accuracy {f0['acc']:.2f} against {r0['acc']:.2f}, margin {f0['margin']:.2f} against "
         f"{r0['margin']:.2f}, last-10-steps loss {f0['last10']:.4f} against {r0['last10']:.4f}. Neither stack "
-        "was tuned: every setting is the demo's on all three columns.",
+        "was tuned: every setting is the demo's on all three columns. What is left between rigtune and the fp32 "
+        "column, likely causes not measured apart: the data order (each stack shuffles with its own sampler) and "
+        "the first warmup step (transformers' schedule starts at lr 0, rigtune's at lr / 4).",
         "",
         "Not the cause: the reference (both stacks' first loss is log 2, policy = reference, and the "
         "dpo-reference section below shows rigtune's precomputed and live references giving the same losses), "
@@ -195,14 +205,14 @@ def notes(m: dict) -> list:
         "",
         f"Wall time: TRL as it comes takes {t0['wall'] / r0['wall']:.1f}x rigtune's time, the fp32 diagnostic "
         f"{f0['wall'] / r0['wall']:.1f}x. Those two TRL columns differ only in the adapter weights' dtype, so "
-        f"their gap ({t0['wall'] - f0['wall']:.1f} s) is what bf16 LoRA weights cost on this CPU, where bf16 "
-        "matmuls are slow (DESIGN.md, section 4). The rest of TRL's gap to rigtune, likely causes not measured "
-        "apart: TRL's reference is a second forward in every step where rigtune's is one forward per pair "
-        "before the first step; TRL computes entropy and mean-logit metrics at every logged step; it imports "
-        "and prepares the dataset through `datasets` in the timed process. The training itself is a few seconds "
-        "of each process here (80 steps of 4 short pairs on a tiny model): start-up (imports, loading) is much "
-        "of every column's time. Peak RSS, likely causes not measured apart: TRL's larger imports (trl, "
-        "datasets), its \"ref\" adapter and both forwards' tensors within a step.",
+        f"their gap ({t0['wall'] - f0['wall']:.1f} s) is what the bf16 LoRA weights cost here (bf16 matmuls are "
+        "slow on this CPU, DESIGN.md section 4; these are small). The rest of TRL's gap to rigtune, likely "
+        "causes not measured apart: TRL's reference is a second forward in every step where rigtune's is one "
+        "forward per pair before the first step; TRL computes entropy and mean-logit metrics at every logged "
+        "step; it imports and prepares the dataset through `datasets` in the timed process. The training itself "
+        "is a few seconds of each process here (80 steps of 4 short pairs on a tiny model): start-up (imports, "
+        "loading) is much of every column's time. Peak RSS, likely causes not measured apart: TRL's larger "
+        "imports (trl, datasets), its \"ref\" adapter and both forwards' tensors within a step.",
     ]
 
 

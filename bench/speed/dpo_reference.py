@@ -26,16 +26,20 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from dpo_setup import HERE, PY, ROOT, bench_env, dpo_values, events, sft_adapter, timed
+from dpo_setup import HERE, PY, ROOT, bench_env, company, dpo_values, events, sft_adapter, timed_alone
 
 MODES = {"precomputed": ["-m", "engine.torchside.trainer"], "live": [str(HERE / "live_reference.py")]}
 
 
 def run_mode(tmp: Path, mode: str, i: int, start: Path) -> dict:
     from engine import launch, runfile
-    cfg = runfile.validate(dpo_values(f"{mode}{i}", tmp / "runs", start))
-    run_dir = launch.prepare_run_dir(cfg, False)
-    r = timed([PY, *MODES[mode], str(run_dir)], bench_env(), ROOT)
+
+    def argv(attempt: int) -> list:
+        cfg = runfile.validate(dpo_values(f"{mode}{i}-{attempt}", tmp / "runs", start))
+        return [PY, *MODES[mode], str(launch.prepare_run_dir(cfg, False))]
+
+    r = timed_alone(argv, bench_env(), ROOT)
+    run_dir = tmp / "runs" / f"{mode}{i}-{r['tries']}"
     evs = events(run_dir)
     steps = [e for e in evs if e["event"] == "step"]
     seconds = [e["tokens"] / e["tokens_per_s"] for e in steps]
@@ -85,7 +89,9 @@ def write(args, results, how) -> None:
         f"({how}); each mode is the trainer's own process. live: `bench/speed/live_reference.py`, the engine's "
         "Preference with reference_scores fed by the starting model's forward (pref.starting_model) on the "
         "step's pairs right before the policy's forward; no engine change.", "",
-        f"Medians over the {args.repeat} runs of each mode (per run below):", "",
+        f"Medians over the {args.repeat} runs of each mode (per run below). This VM's two cores are shared with "
+        "other jobs: each timed run waits until no other process is busy, and is run again when one became busy "
+        "during it (dpo_setup.timed_alone).", "",
         "| | precomputed (rigtune) | live reference |", "|---|---|---|",
         f"| whole-process wall time | {m['precomputed']['wall']:.1f} s | {m['live']['wall']:.1f} s |",
         f"| time in training steps (sum of step events) | {m['precomputed']['training']:.1f} s | "
@@ -108,7 +114,7 @@ def write(args, results, how) -> None:
             kept = f"{r['cached'] / 1024:.1f} KiB" if r["cached"] else "none"
             lines.append(f"- {mode}: {r['wall']:.1f} s, {r['rss_gib']:.3f} GiB, steps {r['training']:.1f} s (step 1 "
                          f"{r['step1']:.2f} s, median {r['median'] * 1000:.0f} ms), pref_accuracy {r['acc']:.2f}, "
-                         f"reference_logps.json {kept}")
+                         f"reference_logps.json {kept}" + company(r))
     lines += ["", *gpu_costs()]
     from results import write_section
     write_section("dpo-reference", lines)
@@ -145,8 +151,9 @@ def gpu_costs() -> list:
         f"again: **{adapter_gib * 1024:.0f} MiB** in fp32 ({adapter_gib * 512:.0f} MiB in bf16) on the card for the "
         "whole run. rigtune keeps that copy in CPU RAM (run.initial_adapter, for the precompute and the final "
         "base_pref_accuracy), not in VRAM.",
-        f"- The live forward in no-grad saves nothing for backward; its transient is about one layer's working "
-        f"set, **{layer_gib:.2f} GiB** (the planner's per-layer activation term at {tokens} tokens), plus a chunk "
+        f"- The live forward in no-grad saves nothing for backward; its transient is at most about one layer's "
+        f"working set, **{layer_gib:.2f} GiB** (the planner's saved-tensor term of one layer at {tokens} tokens: an "
+        "upper bound for a layer that frees its intermediates as it goes), plus a chunk "
         f"of the head's logits as rigtune computes log-probabilities (4096 tokens x 128,256 vocab in bf16, fp32 "
         f"and log-softmax: **{logits_gib:.1f} GiB**). Run before the policy's forward (as live_reference.py "
         "does) it stays under the step's peak; run after it while the policy's activations are held (TRL's order) "
@@ -155,6 +162,12 @@ def gpu_costs() -> list:
         f"{sum(step.values()):.2f} s for the training micro-step (+{forward / sum(step.values()):.0%}), in every "
         "epoch. Precomputing costs that forward once per pair for the whole run (before step 1), and the "
         "held-out pairs once instead of at every eval: the same time as live for one epoch, less for more.",
+        f"- Both modes alike (not a difference between them, but a planner gap this bench found): the policy's "
+        "own log-probabilities (engine/torchside/methods/logps.py) keep every chunk's fp32 log-softmax for "
+        f"backward, {arch.vocab * 4 / 2**20:.2f} MiB per trained answer token at this vocab (1,000-token answers: "
+        f"{2 * inp.micro_batch * 1000 * arch.vocab * 4 / P.GIB:.1f} GiB at {inp.micro_batch} pairs), where SFT's "
+        "chunked loss recomputes one chunk at a time; the planner's logits term above (Liger's) does not count "
+        "it for DPO.",
     ]
 
 

@@ -45,7 +45,8 @@ def same_tokens(trainer, pairs, tok, seq) -> int:
         for answer, ours in (("chosen_ids", enc.chosen), ("rejected_ids", enc.rejected)):
             theirs = row["prompt_ids"] + row[answer]
             trained = [i for i, label in enumerate(ours.labels) if label != D.IGNORE]
-            wrong += theirs[:seq] != ours.input_ids or trained != list(range(len(row["prompt_ids"]), len(ours.input_ids)))
+            answer = list(range(len(row["prompt_ids"]), len(ours.input_ids)))
+            wrong += theirs[:seq] != ours.input_ids or trained != answer
     return wrong
 
 
