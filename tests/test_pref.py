@@ -238,3 +238,32 @@ def test_a_starting_adapter_is_checked_before_anything_starts(tiny_model, tmp_pa
     res = rigtune("check", rf)
     assert res.returncode == 2 and "trained with r 8, alpha 16" in res.stderr and "[lora] r, alpha" in res.stderr
     assert not (tmp_path / "runs" / "a").exists()
+
+
+def test_chunked_answer_log_probabilities_equal_one_pass_with_the_same_gradients(tiny_model, tmp_path):
+    """DPO, ORPO and GRPO score answers through the detached head a chunk at a time, each chunk recomputed in
+    backward (no chunk's fp32 logits kept): the same log-probabilities and adapter gradients as one pass."""
+    import torch
+
+    from engine import runfile
+    from engine.torchside.methods.logps import token_logps
+    from engine.torchside.model import load_model
+    path = run_file(tmp_path, tiny_model, ROOT / "presets" / "demo.jsonl", name="c",
+                    model={"base": str(tiny_model), "compute_dtype": "float32", "quantization": "none"},
+                    lora={"dropout": 0.0}, train={"loss_chunk_tokens": 3})
+    loaded = load_model(runfile.load(path), "cpu")
+    assert loaded.head is not None  # the chunked path: the head held aside
+    rows = [_encoded([5, 9, 13], [40, 41, 42, 43]), _encoded([7, 8], [30, 31])]
+    params = [p for p in loaded.model.parameters() if p.requires_grad]
+    with torch.no_grad():
+        for p in params:
+            p.normal_(0, 0.05)
+    out = []
+    for chunk in (3, 10_000):
+        for p in params:
+            p.grad = None
+        logps, row, _ = token_logps(loaded.model, rows, 0, torch.device("cpu"), chunk, loaded.head)
+        (logps * torch.arange(1, logps.numel() + 1)).sum().backward()
+        out.append((logps.detach(), [p.grad.clone() for p in params]))
+    assert torch.allclose(out[0][0], out[1][0], atol=1e-6) and out[0][0].numel() == 6
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(out[0][1], out[1][1]))

@@ -24,14 +24,19 @@ def token_logps(model, rows: list, pad_id: int, device, chunk_tokens: int = 0, h
     hidden, y = out[:, :-1][keep], target[keep]
     inner = model.module if hasattr(model, "module") else model
     cap = final_softcap(inner) if head is not None else None
-    pieces = []
-    step = chunk_tokens or max(1, y.numel())
-    for i in range(0, y.numel(), step):
-        h = hidden[i:i + step]
+
+    def piece(h, t):
         logits = (head(h) if head is not None else h).float()
         if cap:  # as the model's own forward does (Gemma 2): cap * tanh(logits / cap)
             logits = cap * torch.tanh(logits / cap)
-        pieces.append(-F.cross_entropy(logits, y[i:i + step], reduction="none"))
+        return -F.cross_entropy(logits, t, reduction="none")
+    if head is None or not chunk_tokens:  # the model returned its logits: they exist whole anyway
+        logps = piece(hidden, y) if y.numel() else hidden.new_zeros(0, dtype=torch.float32)
+        return logps, row, target.shape[0]
+    from torch.utils.checkpoint import checkpoint
+    # one chunk's fp32 logits at a time, recomputed in backward rather than kept (as the SFT loss does)
+    pieces = [checkpoint(piece, hidden[i:i + chunk_tokens], y[i:i + chunk_tokens], use_reentrant=False)
+              for i in range(0, y.numel(), chunk_tokens)]
     logps = torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)
     return logps, row, target.shape[0]
 
