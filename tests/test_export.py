@@ -54,7 +54,7 @@ def test_merged_matches_base_plus_adapter(demo_run, tmp_path):
     assert again.returncode == 2 and "already exists" in again.stderr and "--force" in again.stderr
 
 
-def test_ollama_modelfile_renders_like_the_chat_template(demo_run, tmp_path):
+def test_ollama_modelfile_renders_like_the_chat_template(demo_run, demo_cache, tmp_path):
     from engine.modelfiles import output_kind
     from engine.ollama import render
     from gotemplate import execute
@@ -66,7 +66,7 @@ def test_ollama_modelfile_renders_like_the_chat_template(demo_run, tmp_path):
     assert 'SYSTEM """Be brief."""' in text and (tmp_path / "ol" / "model.gguf").stat().st_size > 0
     assert output_kind(tmp_path / "ol") == "ollama"  # what a later --force may replace
     go = text.split('TEMPLATE """')[1].split('"""')[0]
-    template = (Path(demo_run).parent.parent / "cache").glob("tiny-demo-v*/chat_template.jinja")
+    template = demo_cache.glob("tiny-demo-v*/chat_template.jinja")
     jinja = next(template).read_text()
     turns = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]
     for system in ("Be brief.", ""):  # run as Ollama runs it (tests/gotemplate.py), with SYSTEM set and without

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import statistics
-from pathlib import Path
 
 import pytest
 
@@ -115,11 +114,12 @@ def test_a_finished_run_feeds_the_same_store(demo_run, demo_cache):
     ev = events(demo_run)
     memory = next(e for e in ev if e["event"] == "memory")
     speeds = [e["tokens_per_s"] for e in ev if e["event"] == "step"]
-    records = json.loads(Path(os.environ["RIGTUNE_MEASURED"]).read_text())["records"]
+    store = demo_run.parent.parent / "measured.json"  # the demo run's own store (conftest)
+    records = json.loads(store.read_text())["records"]
     mine = [r for r in records if r["source"] == "run cpu-demo"]
     assert len(mine) == 1 and mine[0]["peak_gib"] == memory["peak_rss_gib"]
     assert mine[0]["tokens_per_s"] == pytest.approx(statistics.median(speeds[1:]), abs=0.2)
-    env = {**os.environ, "RIGTUNE_CACHE": str(demo_cache)}
+    env = {**os.environ, "RIGTUNE_CACHE": str(demo_cache), "RIGTUNE_MEASURED": str(store)}
     plan = json.loads(rigtune("plan", demo_run / "run.toml", "--json", env=env).stdout)
     assert plan["measured"]["peak_gib"] == memory["peak_rss_gib"] and plan["measured"]["source"] == "run cpu-demo"
 
