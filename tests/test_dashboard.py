@@ -261,3 +261,38 @@ async def test_a_preference_run_shows_its_margin_and_accuracy_beside_the_loss(tm
     log.poll()
     said = "\n".join(log.take_lines())
     assert "margin 3.000  acc 1.00" in said and "preference accuracy 0.94 (the starting model: 0.06)" in said
+
+
+async def test_a_grpo_run_plots_its_reward_and_lists_a_steps_sampled_answers(tmp_path):
+    """GRPO: the main plot draws the reward (not the loss), the status line shows it, and the Answers tab (a)
+    lists the latest completions event's answers, best first, with their rewards; other runs hide that tab."""
+    run = write_run(tmp_path / "runs" / "grpo", steps=20, total=20, state="finished", end="finished")
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    out = []
+    for e in lines:
+        if e["event"] == "start":
+            e["method"] = "grpo"
+        if e["event"] == "step":
+            e.update(reward_mean=round(0.04 * e["step"], 4), reward_std=0.3, reward_exact=0.04 * e["step"],
+                     completion_length=9.0, kl=0.01)
+        out.append(e)
+        if e["event"] == "step" and e["step"] == 20:
+            out.append({"event": "completions", "time": e["time"], "step": 20, "question": "What is two plus three?",
+                        "answers": [{"text": "Answer: Two plus three is six.", "reward": 0.0, "tokens": 9},
+                                    {"text": "Answer: Two plus three is five.", "reward": 1.0, "tokens": 9}]})
+    (run / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in out))
+    app = RigtuneApp(run_dir=run, sampler=FakeSampler())
+    async with app.run_test(size=(100, 30)) as pilot:
+        d = await attached(pilot)
+        assert "reward 0.800" in text(d, "#status")
+        assert str(d.query_one("#loss-box").border_title).startswith("reward")
+        await pilot.press("a")
+        shown = text(d, "#answers-text")
+        assert "step 20: What is two plus three?" in shown
+        assert shown.index("is five.") < shown.index("is six.") and "  1.000  " in shown
+    plain = write_run(tmp_path / "runs" / "sft", steps=10, total=10, state="finished", end="finished")
+    app = RigtuneApp(run_dir=plain, sampler=FakeSampler())
+    async with app.run_test(size=(100, 30)) as pilot:
+        d = await attached(pilot)
+        from textual.widgets import TabbedContent
+        assert d.query_one("#bottom", TabbedContent).get_tab("answers").display is False
