@@ -202,9 +202,9 @@ def test_init_cpu_demo_writes_a_valid_file(tmp_path):
     assert "unknown preset" in rigtune("init", "--preset", "nope", "--out", tmp_path / "x.toml").stderr
 
 
-def test_init_force_replaces_only_a_run_file(tmp_path):
+def test_init_force_replaces_only_a_run_file(tmp_path, demo_cache):
     """init --force writes over an earlier run file (its first line says so), never over another file."""
-    env = {**os.environ, "RIGTUNE_CACHE": str(tmp_path / "cache")}
+    env = {**os.environ, "RIGTUNE_CACHE": str(demo_cache)}  # the demo model built: init does not build it again
     notes = tmp_path / "notes.toml"
     notes.write_text("# my own notes\n")
     res = rigtune("init", "--preset", "cpu-demo", "--out", notes, "--force", env=env)
