@@ -69,13 +69,16 @@ class DataReport:
     lengths: list = field(default_factory=list)
     files: list = field(default_factory=list)
 
-    def summary(self) -> str:
+    def spread(self) -> str:
+        """'median M, p95 P, max X' of the token lengths ('' when there are none)."""
         ls = sorted(self.lengths)
-        def pct(p):
-            return ls[min(len(ls) - 1, int(p * len(ls)))] if ls else 0
+        return (f"median {ls[min(len(ls) - 1, len(ls) // 2)]}, p95 {ls[min(len(ls) - 1, int(0.95 * len(ls)))]}, "
+                f"max {ls[-1]}") if ls else ""
+
+    def summary(self) -> str:
         s = (f"format {self.format}: {self.records} records ({self.train_examples} train, {self.eval_examples} eval)")
-        if ls:
-            s += f"; tokens per example: median {pct(0.5)}, p95 {pct(0.95)}, max {ls[-1]}"
+        if self.lengths:
+            s += f"; tokens per example: {self.spread()}"
         s += f"; {self.truncated} truncated to max_seq_len"
         if self.dropped_empty:
             s += f"; {self.dropped_empty} dropped (nothing left to train on)"

@@ -77,11 +77,9 @@ class PairReport(D.DataReport):
     dropped = property(lambda self: self.dropped_empty)
 
     def summary(self) -> str:
-        ls = sorted(self.lengths)
         s = f"format {self.format}: {self.records} pairs ({self.train_examples} train, {self.eval_examples} eval)"
-        if ls:
-            s += (f"; tokens per sequence (prompt + one answer): median {ls[len(ls) // 2]}, "
-                  f"p95 {ls[min(len(ls) - 1, int(0.95 * len(ls)))]}, max {ls[-1]}")
+        if self.lengths:
+            s += f"; tokens per sequence (prompt + one answer): {self.spread()}"
         s += f"; {self.truncated} pairs truncated to max_seq_len"
         if self.dropped_empty:
             s += f"; {self.dropped_empty} dropped (an answer with nothing left to train on)"

@@ -52,11 +52,9 @@ class PromptReport(D.DataReport):
     budget: int = 0       # the most tokens a prompt keeps: max_seq_len - max_completion_length
 
     def summary(self) -> str:
-        ls = sorted(self.lengths)
         s = f"format {self.format}: {self.records} prompts ({self.train_examples} train, {self.eval_examples} eval)"
-        if ls:
-            s += (f"; prompt tokens (with the generation prompt): median {ls[len(ls) // 2]}, "
-                  f"p95 {ls[min(len(ls) - 1, int(0.95 * len(ls)))]}, max {ls[-1]}")
+        if self.lengths:
+            s += f"; prompt tokens (with the generation prompt): {self.spread()}"
         return s + (f"; {self.truncated} prompts cut from the left to {self.budget} tokens (max_seq_len - "
                     "max_completion_length)")
 
