@@ -17,6 +17,7 @@ The store is one JSON file in rigtune's cache folder (RIGTUNE_CACHE; RIGTUNE_MEA
 renamed, so a killed writer leaves the previous one; an unreadable one is set aside and started afresh."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -43,7 +44,13 @@ def store_path() -> Path:
 
 def machine_id(gpu_indices: list) -> dict:
     """This machine as the figures depend on it: the run's GPU model(s) - or the CPU -, driver, CUDA, torch and
-    rigtune. Torch-free (NVML, or the faked machine under RIGTUNE_FAKE_NVML)."""
+    rigtune. Torch-free (NVML, or the faked machine under RIGTUNE_FAKE_NVML). Read once per process and machine
+    (the wizard's fit meter asks on every keystroke)."""
+    return dict(_machine(tuple(gpu_indices), os.environ.get("RIGTUNE_FAKE_NVML", "")))
+
+
+@functools.lru_cache(maxsize=8)
+def _machine(gpu_indices: tuple, fake: str) -> tuple:
     from importlib import metadata
 
     from .scan import cpu_model, nvml_module, scan_gpus
@@ -59,9 +66,9 @@ def machine_id(gpu_indices: list) -> dict:
         nvml = nvml_module()
         gpus, driver, cuda, _ = scan_gpus(nvml) if nvml is not None else ([], None, None, None)
         names = [gpus[i].name for i in gpu_indices if i < len(gpus)]
-        out.update(gpu=" + ".join(names) or f"GPUs {gpu_indices} (not seen by NVML)", driver=driver or "",
+        out.update(gpu=" + ".join(names) or f"GPUs {list(gpu_indices)} (not seen by NVML)", driver=driver or "",
                    cuda=cuda or "")
-    return out
+    return tuple(out.items())
 
 
 def shape_id(arch) -> str:
@@ -262,7 +269,3 @@ def describe(m: dict, planned_gib: float | None = None, on_cpu: bool = False) ->
     how = "interpolated between measured points" if m.get("interpolated") else f"{m.get('source') or 'measured'}"
     return (f"measured on this box: {what} {m['peak_gib']:.2f} GiB{planned}{speed}; "
             f"{how}, {m['measured_at'].replace('T', ' ').rstrip('Z')} UTC")
-
-
-__all__ = ["MEASURED_KEYS", "add", "arch_of", "describe", "for_run", "load", "machine_id", "measured", "record",
-           "settings_of", "shape_id", "store_path"]
