@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from conftest import DEMO, peer, rigtune, run_file
+from test_wizard import home  # noqa: F401  (the fixture: a cache where the demo model counts as built)
 from engine import data as D
 from engine import prefdata as PD
 from engine import runfile
@@ -222,36 +223,24 @@ def test_preview_of_a_pair(tiny_model):
         preview(str(FIXTURES / "pref_strings.jsonl"), "auto", str(tiny_model), 96)  # method sft
 
 
-async def test_wizard_previews_a_pair_once_the_method_takes_pairs(tmp_path, monkeypatch):
+
+async def test_wizard_previews_a_pair_once_the_method_takes_pairs(home):
     """Preference data in the setup step: refused under method sft with what to set, then shown as one pair
     (prompt masked, each answer trained) once the method select says dpo."""
     from textual.widgets import Select, Static
 
-    from engine.demo import DEMO_MODEL_VERSION
-    from test_wizard import RecordingLauncher, fixed_machine, settle
+    from test_wizard import RecordingLauncher, fixed_machine, settle, shown
     from tui.app import RigtuneApp
     from tui.screens import wizard as W
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "cache" / f"tiny-demo-v{DEMO_MODEL_VERSION}").mkdir(parents=True)
-    (tmp_path / "cache" / f"tiny-demo-v{DEMO_MODEL_VERSION}" / "rigtune-tiny.json").write_text("{}")
-    monkeypatch.setenv("RIGTUNE_CACHE", str(tmp_path / "cache"))
     app = RigtuneApp(preset="cpu-demo", machine=fixed_machine(), launcher=RecordingLauncher())
-
-    async def shown(setup, widget_id, words, tries=150):
-        for _ in range(tries):
-            await pilot.pause(0.02)
-            text = str(setup.query_one(widget_id, Static).render())
-            if all(w in text for w in words):
-                return text
-        raise AssertionError(f"{widget_id} never showed {words}: {text!r}")
 
     async with app.run_test(size=(100, 40)) as pilot:
         setup = await settle(pilot, W.SetupStep)
         setup.query_one("#f-data").value = str(FIXTURES / "pref_implicit.jsonl")
-        await shown(setup, "#e-data", ['set [train] method = "dpo" or "orpo"'])
+        await shown(pilot, setup, "#e-data", ['set [train] method = "dpo" or "orpo"'])
         assert setup.valid is False
         setup.query_one("#f-method", Select).value = "dpo"
-        text = await shown(setup, "#data-example", ["first pair", "rejected: "])
+        text = await shown(pilot, setup, "#data-example", ["first pair", "rejected: "])
         assert " ".join(text.split()).startswith("first pair - trained / masked: prompt: <|im_start|>user")
         assert FIRST[1] in text and FIRST[2] in text
         assert str(setup.query_one("#e-data", Static).render()) == ""

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import rigtune, run_file
+from test_wizard import home  # noqa: F401  (the fixture: a cache where the demo model counts as built)
 from engine import data as D
 from engine import prefdata as PD
 from engine import promptdata as P
@@ -389,34 +390,22 @@ def test_preview_of_a_prompt(tiny_model):
     assert full.run_tokens(cfg, 4) == round((mean + 10) * 4 * 6 * 2)
 
 
-async def test_wizard_previews_a_prompt_once_the_method_is_grpo(tmp_path, monkeypatch):
+
+async def test_wizard_previews_a_prompt_once_the_method_is_grpo(home):
     from textual.widgets import Select, Static
 
-    from engine.demo import DEMO_MODEL_VERSION
-    from test_wizard import RecordingLauncher, fixed_machine, settle
+    from test_wizard import RecordingLauncher, fixed_machine, settle, shown
     from tui.app import RigtuneApp
     from tui.screens import wizard as W
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "cache" / f"tiny-demo-v{DEMO_MODEL_VERSION}").mkdir(parents=True)
-    (tmp_path / "cache" / f"tiny-demo-v{DEMO_MODEL_VERSION}" / "rigtune-tiny.json").write_text("{}")
-    monkeypatch.setenv("RIGTUNE_CACHE", str(tmp_path / "cache"))
     app = RigtuneApp(preset="cpu-demo", machine=fixed_machine(), launcher=RecordingLauncher())
-
-    async def shown(setup, widget_id, words, tries=150):
-        for _ in range(tries):
-            await pilot.pause(0.02)
-            text = str(setup.query_one(widget_id, Static).render())
-            if all(w in text for w in words):
-                return text
-        raise AssertionError(f"{widget_id} never showed {words}: {text!r}")
 
     async with app.run_test(size=(100, 40)) as pilot:
         setup = await settle(pilot, W.SetupStep)
         setup.query_one("#f-data").value = str(PROMPTS)
-        await shown(setup, "#e-data", ['set [train] method = "grpo"'])
+        await shown(pilot, setup, "#e-data", ['set [train] method = "grpo"'])
         assert setup.valid is False
         setup.query_one("#f-method", Select).value = "grpo"
-        text = await shown(setup, "#data-example", ["first prompt", "answer: 42"])
+        text = await shown(pilot, setup, "#data-example", ["first prompt", "answer: 42"])
         assert "You add numbers." in text and "What is 12 + 30?" in text
         assert str(setup.query_one("#e-data", Static).render()) == ""
         assert "6 records, format prompt" in str(setup.query_one("#data-info", Static).render())

@@ -54,6 +54,18 @@ def home(tmp_path, monkeypatch):
     return tmp_path
 
 
+async def shown(pilot, screen, widget_id, words, tries=150):
+    """The text of Static `widget_id` on `screen` once it shows every one of `words` (a worker fills it)."""
+    from textual.widgets import Static
+    text = ""
+    for _ in range(tries):
+        await pilot.pause(0.02)
+        text = str(screen.query_one(widget_id, Static).render())
+        if all(w in text for w in words):
+            return text
+    raise AssertionError(f"{widget_id} never showed {words}: {text!r}")
+
+
 async def settle(pilot, screen_type, tries=200):
     for _ in range(tries):
         await pilot.pause(0.02)
