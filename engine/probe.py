@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -158,7 +159,8 @@ def shape_folder(cfg, progress=print):
     local = Path(base).expanduser().exists()
     arch = P.arch_from_config(config, name=cfg.model.base if cfg.model.base == DEMO_MODEL or not local else
                               Path(base).name, hf_id="" if local else base)
-    folder = cache_dir() / "shapes" / K.shape_id(arch).replace(" ", "-")
+    # the name comes from config.json (a hub's answer for a hub id): only safe characters, never a path
+    folder = cache_dir() / "shapes" / re.sub(r"[^A-Za-z0-9_-]", "_", K.shape_id(arch))
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(config, indent=1))
     (folder / SHAPE_MARK).write_text(json.dumps({"model": base, "config_from": source}))

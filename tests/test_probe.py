@@ -211,3 +211,20 @@ async def test_p_in_the_wizard_probes_this_box_and_the_fit_meter_shows_what_it_m
     assert "longest seq 128, max micro-batch 2 (measured)" in shown
     stored = json.loads((tmp_path / "measured.json").read_text())["records"]
     assert {(r["seq_len"], r["micro_batch"], r.get("fits", True)) for r in stored} >= {(128, 2, True), (128, 4, False)}
+
+
+def test_a_shape_folder_stays_in_the_cache_whatever_the_config_says(tmp_path, monkeypatch):
+    """The shape folder is named after config.json's model_type, which a hub supplies: a hostile one cannot
+    lead the probe's writes out of rigtune's cache."""
+    from engine import probe as PR
+    from engine import runfile
+    monkeypatch.setenv("RIGTUNE_CACHE", str(tmp_path / "cache"))
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({
+        "model_type": "../../../escaped", "num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 128,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 400}))
+    values = runfile.defaults(name="x", model={"base": str(model)}, data={"path": "d.jsonl"})
+    _, folder = PR.shape_folder(runfile.validate(values), progress=lambda *a: None)
+    assert folder.resolve().parent == (tmp_path / "cache" / "shapes").resolve()
+    assert not (tmp_path / "escaped").exists() and "/" not in folder.name and ".." not in folder.name
