@@ -62,7 +62,7 @@ def probed(demo_cache, tmp_path_factory):
     home = tmp_path_factory.mktemp("probe")
     env = {**os.environ, "RIGTUNE_CACHE": str(demo_cache),
            "RIGTUNE_MEASURED": str(home / "measured.json"), "RIGTUNE_PROBE_FAULT": "oom_above@512"}
-    res = rigtune("probe", "--json", cwd=home, env=env, timeout=300)
+    res = rigtune("probe", DEMO_RUN_FILE, "--json", cwd=home, env=env, timeout=300)  # no GPU in it, on any box
     assert res.returncode == 0, res.stderr
     return json.loads(res.stdout), env, home, res.stderr
 
