@@ -196,9 +196,9 @@ def ollama_folder(run_dir: Path, out: Path, checkpoint, into: str, quant: str, f
 
 
 def _special(folder: Path) -> dict:
-    tok = json.loads((folder / "tokenizer.json").read_text())
+    tok, config = json.loads((folder / "tokenizer.json").read_text()), M.tokenizer_config(folder)
     return {"specials": [t["content"] for t in tok.get("added_tokens", []) if t.get("special")],
-            "eos": M.special_token(M.tokenizer_config(folder), "eos_token")}
+            "bos": M.special_token(config, "bos_token"), "eos": M.special_token(config, "eos_token")}
 
 
 def main(argv=None) -> int:
