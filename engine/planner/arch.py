@@ -6,122 +6,32 @@ from __future__ import annotations
 
 import functools
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import presets
 
 from ..errors import BadInput
+from .blocks import GIB, Arch
+from .configs import build_arch, family_shape, vision_params
 
-GIB = 1024 ** 3
-
-
-@dataclass(frozen=True)
-class Arch:
-    """The shape of a decoder-only model, from its config.json (or presets/models.toml, which copies it)."""
-    name: str
-    layers: int
-    hidden: int
-    intermediate: int
-    heads: int
-    kv_heads: int
-    vocab: int
-    tied: bool = False
-    hf_id: str = ""
-    size: str = ""
-    params_b: float = 0.0            # the published total (models.toml): what total_params is checked against
-    head_dim: int = 0                # when the config sets it apart from hidden / heads (Qwen3, Gemma 3)
-    extra_norms: int = 0             # RMSNorms per layer beyond Llama's two (Gemma 2/3: two more around the MLP)
-    qk_norm: bool = False            # RMSNorm on each head's queries and keys (Qwen3, Gemma 3)
-    qkv_bias: bool = False           # biases on q, k and v (Qwen2.5)
-    model_type: str = "llama"        # the config's model_type
-    fused: bool = False              # Phi-3/4: one qkv_proj and one gate_up_proj instead of q/k/v and gate/up
-    experts: int = 0                 # MoE: experts per layer (0 = a dense MLP)
-    experts_active: int = 0          # MoE: experts each token goes through
-    expert_intermediate: int = 0     # MoE: one expert's intermediate size
-    extra_params: int = 0            # loaded with the model but outside the decoder (Gemma 3's vision tower)
-    active_params_b: float = 0.0     # the published active count of an MoE model (models.toml)
-    gated: bool = False              # the hub asks to accept a licence before downloading (models.toml)
-    source: str = ""                 # where the catalog's numbers come from (models.toml)
-    download_bytes: int = 0          # the weights' size from the hub's listing (0: not known; 16-bit assumed)
-
-    @property
-    def download_gib(self) -> float:
-        """What the download of the weights takes: the listing's size, else the 16-bit checkpoint's."""
-        return (self.download_bytes or self.total_params * 2) / GIB
-
-    @property
-    def head_size(self) -> int:
-        return self.head_dim or self.hidden // self.heads
-
-    @property
-    def q_dim(self) -> int:
-        return self.head_size * self.heads
-
-    @property
-    def kv_dim(self) -> int:
-        return self.head_size * self.kv_heads
-
-    def linears(self) -> dict:
-        """(in, out) of each nn.Linear in one decoder block: what bitsandbytes quantizes and LoRA can target.
-        An MoE block's experts are fused 3-D parameters, not linears: this stack keeps them in the compute
-        dtype (DESIGN.md section 4) and LoRA does not reach them."""
-        h, i, q, kv = self.hidden, self.intermediate, self.q_dim, self.kv_dim
-        attn = ({"qkv_proj": (h, q + 2 * kv)} if self.fused else
-                {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv)})
-        attn["o_proj"] = (q, h)
-        if self.experts:
-            return attn
-        mlp = {"gate_up_proj": (h, 2 * i)} if self.fused else {"gate_proj": (h, i), "up_proj": (h, i)}
-        return {**attn, **mlp, "down_proj": (i, h)}
-
-    @property
-    def linear_params(self) -> int:
-        return self.layers * sum(a * b for a, b in self.linears().values())
-
-    @property
-    def expert_params(self) -> int:
-        """Every expert's gate, up and down weights, plus the routers: all resident, in the compute dtype."""
-        return self.layers * self.experts * (3 * self.hidden * self.expert_intermediate + self.hidden)
-
-    @property
-    def active_expert_params(self) -> int:
-        """The expert weights one token runs through (its top-k experts), plus the router."""
-        return self.layers * (self.experts_active * 3 * self.hidden * self.expert_intermediate
-                              + self.experts * self.hidden)
-
-    @property
-    def embed_params(self) -> int:
-        return self.vocab * self.hidden * (1 if self.tied else 2)
-
-    @property
-    def norm_params(self) -> int:
-        return self.layers * ((2 + self.extra_norms) * self.hidden + (2 * self.head_size if self.qk_norm else 0)
-                              + (self.q_dim + 2 * self.kv_dim if self.qkv_bias else 0)) + self.hidden
-
-    @property
-    def total_params(self) -> int:
-        return self.linear_params + self.expert_params + self.embed_params + self.norm_params + self.extra_params
-
-    @property
-    def active_params(self) -> int:
-        """Parameters one token's forward pass uses: the total less the experts it is not routed to."""
-        return self.total_params - self.expert_params + self.active_expert_params
-
-
-def family_shape(model_type: str) -> dict:
-    """What a family's block has beyond Llama's, by model_type."""
-    return {"extra_norms": 2 if model_type.startswith("gemma") else 0, "qkv_bias": model_type == "qwen2",
-            "qk_norm": model_type.startswith(("qwen3", "gemma3")), "fused": model_type in ("phi3", "phi4")}
+__all__ = ["GIB", "Arch", "family_shape", "vision_params", "arch_from_config", "load_models", "catalog_model",
+           "config_path", "read_config", "model_config", "resolve_model", "trainable", "FAMILIES"]
 
 
 @functools.cache
 def load_models() -> dict:
+    """{name: Arch} of presets/models.toml. An entry's layer_pattern (the config's layer_types as the repeating
+    unit) is repeated over its layers; extra_params_b (billions) is the vision tower's count; published_* keys say
+    how the published counts were counted and are not part of the shape."""
     out = {}
     for name, facts in presets.load_models().items():
         facts = {**family_shape(facts.get("model_type", "llama")), **facts}
         if "extra_params_b" in facts:
             facts["extra_params"] = round(facts.pop("extra_params_b") * 1e9)
+        facts = {k: v for k, v in facts.items() if not k.startswith("published_")}  # notes for tests/test_catalog.py
+        pattern = facts.pop("layer_pattern", None)
+        if pattern:
+            facts["layer_types"] = tuple(pattern[i % len(pattern)] for i in range(facts["layers"]))
         out[name] = Arch(name=name, **facts)
     return out
 
@@ -130,37 +40,18 @@ def load_models() -> dict:
 FAMILIES = {"llama": "Llama 2, Llama 3.x, CodeLlama", "mistral": "Mistral 7B, Mistral Small", "qwen2": "Qwen2.5",
             "qwen3": "Qwen3", "qwen3_moe": "Qwen3 MoE", "mixtral": "Mixtral", "gemma2": "Gemma 2",
             "gemma3": "Gemma 3 (the text model trains; its vision tower is loaded, frozen)",
-            "gemma3_text": "Gemma 3 text-only", "phi3": "Phi-3, Phi-4"}
-
-
-def vision_params(vision: dict, text_hidden: int) -> int:
-    """A SigLIP vision tower (Gemma 3) and the projector into the text model, from its vision_config."""
-    h, i, layers = vision.get("hidden_size", 0), vision.get("intermediate_size", 0), vision.get("num_hidden_layers", 0)
-    patch, image, channels = vision.get("patch_size", 14), vision.get("image_size", 224), vision.get("num_channels", 3)
-    per_layer = 4 * (h * h + h) + 2 * h * i + i + h + 4 * h  # attention with biases, MLP with biases, two LayerNorms
-    embed = channels * patch * patch * h + h + (image // patch) ** 2 * h
-    head = h + 4 * (h * h + h) + 2 * h + 2 * h * i + i + h if vision.get("vision_use_head", True) else 0  # pooling
-    return layers * per_layer + embed + 2 * h + head + h * text_hidden + h
+            "gemma3_text": "Gemma 3 text-only", "phi3": "Phi-3, Phi-4",
+            "qwen3_5": "Qwen3.5, Qwen3.6 (Gated DeltaNet linear attention; its text model loads and trains)",
+            "qwen3_5_moe": "Qwen3.5 / 3.6 MoE (linear attention, routed and shared experts; its text model)",
+            "gemma4": "Gemma 4 (the text model trains; its vision tower is loaded, frozen; 26B-A4B's MoE block too)",
+            "gemma4_text": "Gemma 4 text-only", "gpt_oss": "gpt-oss (attention sinks, sliding windows, biased experts)"}
 
 
 def arch_from_config(config: dict, name: str, hf_id: str = "") -> Arch:
-    """The Arch of a config.json (a multimodal one's text_config, with its vision tower counted)."""
-    outer = config
-    config = config.get("text_config") or config
-    model_type = str(outer.get("model_type") or config.get("model_type") or "")
+    """The Arch of a config.json as transformers reads it: missing keys take the defaults of the architecture's
+    transformers config class, a multimodal wrapper is unwrapped to its text_config, its vision tower counted."""
     try:
-        heads = config["num_attention_heads"]
-        experts = int(config.get("num_experts") or config.get("num_local_experts") or 0)
-        return Arch(name=name, hf_id=hf_id, layers=config["num_hidden_layers"], hidden=config["hidden_size"],
-                    intermediate=config["intermediate_size"], heads=heads,
-                    kv_heads=config.get("num_key_value_heads") or heads, vocab=config["vocab_size"],
-                    tied=bool(config.get("tie_word_embeddings", outer.get("tie_word_embeddings", False))),
-                    head_dim=int(config.get("head_dim") or 0), model_type=model_type, **family_shape(model_type),
-                    experts=experts, experts_active=int(config.get("num_experts_per_tok") or 0) if experts else 0,
-                    expert_intermediate=int(config.get("moe_intermediate_size") or config["intermediate_size"])
-                    if experts else 0,
-                    extra_params=vision_params(outer["vision_config"], config["hidden_size"])
-                    if isinstance(outer.get("vision_config"), dict) else 0)
+        return build_arch(config, name, hf_id)
     except (KeyError, TypeError) as e:
         raise BadInput(f"config.json lacks {e.args[0]!r}; rigtune plans decoder-only language models "
                        f"({', '.join(sorted(FAMILIES))}).", path=name) from None
@@ -217,7 +108,8 @@ def resolve_model(spec: str, online: bool = False, revision: str | None = None) 
     if known is not None:
         return known
     config, where = model_config(spec, online, revision)
-    return arch_from_config(config, where, hf_id=spec if where == spec else "")
+    local = config_path(spec) is not None  # a folder or a config.json path is never a hub id, whatever its spelling
+    return arch_from_config(config, where, hf_id="" if local else spec)
 
 
 def trainable(config: dict, strategy: str = "single", trust_remote_code: bool = False) -> tuple[str | None, str | None]:
@@ -225,7 +117,7 @@ def trainable(config: dict, strategy: str = "single", trust_remote_code: bool = 
     text = config.get("text_config") or config
     model_type = str(config.get("model_type") or "")
     quant = config.get("quantization_config") or text.get("quantization_config")
-    if quant:
+    if quant and quant.get("quant_method") != "mxfp4":  # MXFP4 experts (gpt-oss) are read into NF4 as they load
         return (f"this checkpoint is already quantized ({quant.get('quant_method', 'quantized')}); QLoRA loads a 16-bit "
                 "checkpoint and quantizes it to NF4 itself: use the original (bf16) repository."), None
     if config.get("is_encoder_decoder"):

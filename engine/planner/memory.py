@@ -92,8 +92,9 @@ def _targets(inp: PlanInput) -> list:
 
 
 def adapter_params(inp: PlanInput) -> int:
-    shapes = inp.arch.linears()
-    return inp.arch.layers * sum(inp.lora_r * (shapes[t][0] + shapes[t][1]) for t in _targets(inp))
+    """LoRA A and B over every layer, each layer kind with its own linears (Qwen3.5's Gated DeltaNet layers have
+    in_proj_*/out_proj where its full-attention layers have q/k/v/o_proj)."""
+    return inp.arch.lora_params(inp.lora_r, set(_targets(inp)))
 
 
 def linear_bytes(inp: PlanInput) -> float:
