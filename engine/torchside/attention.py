@@ -12,13 +12,18 @@ for on the device. Three ways, by device:
   CUDA without it: one SDPA call with the block-diagonal causal mask built once per micro-batch;
   CPU: one causal SDPA call per example (on a GPU that loop is thousands of tiny kernel launches per step:
     measured on an H200, it held an 8B and a 1B model to the same ~1,700 tokens/s; bench/planner_accuracy).
+A layer with attention sinks (gpt-oss: one learned logit per head that joins every softmax and attends to
+nothing) or a sliding window shorter than an example runs one SDPA call per example on every device, with an
+additive mask: the window as -inf and the sink as one more key and value of zeros whose logit is the sink.
+Linear-attention layers (Qwen3.5's Gated DeltaNet) are isolated apart, by engine.torchside.linear_attention.
 Anything else (generation with a cache, unpacked batches) takes transformers' own SDPA path.
 """
 from __future__ import annotations
 
 import inspect
 
-NAME = "rigtune_packed_sdpa"
+NAME = "rigtune_packed"  # no "sdpa" in it: transformers checks a model for SDPA support by that substring
+SINKS = {"gpt_oss"}  # model types whose attention has sinks (passed as s_aux), which transformers' SDPA lacks
 _CACHE: dict = {}  # id(segments) -> (segments, per-micro-batch tensors): built once, used by every layer
 
 
@@ -29,10 +34,18 @@ def packed_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     segments = kwargs.get("rigtune_segments")
+    p = dropout if module.training else 0.0
+    sinks, window = kwargs.get("s_aux"), kwargs.get("sliding_window")
+    if (sinks is not None or window) and attention_mask is None and (segments is None
+                                                                    or key.shape[2] != query.shape[2]):
+        # generation (a cache: keys reach back before the queries) or an unpacked row: each row is one example
+        width = [[key.shape[2]]] * query.shape[0]
+        return _per_example(query, key, value, width, p, scaling, window=window, sinks=sinks), None
     if segments is None or attention_mask is not None or key.shape[2] != query.shape[2]:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, **kwargs)
-    p = dropout if module.training else 0.0
+    if sinks is not None or (window and max(n for row in segments for n in row) > window):
+        return _per_example(query, key, value, segments, p, scaling, window=window, sinks=sinks), None
     if query.is_cuda:
         if p == 0.0 and varlen_call() is not None and query.dtype in (torch.bfloat16, torch.float16):
             return _varlen(query, key, value, segments, scaling), None
@@ -106,7 +119,7 @@ def _masked(query, key, value, segments, dropout, scaling):
     return out.transpose(1, 2).contiguous()
 
 
-def _per_example(query, key, value, segments, dropout, scaling):
+def _per_example(query, key, value, segments, dropout, scaling, window=None, sinks=None):
     import torch
     import torch.nn.functional as F
     gqa = query.shape[1] != key.shape[1]
@@ -115,13 +128,38 @@ def _per_example(query, key, value, segments, dropout, scaling):
         parts, start = [], 0
         for n in lengths:
             end = start + n
-            parts.append(F.scaled_dot_product_attention(
-                query[b:b + 1, :, start:end], key[b:b + 1, :, start:end], value[b:b + 1, :, start:end],
-                dropout_p=dropout, scale=scaling, is_causal=True, enable_gqa=gqa))
+            k, v = key[b:b + 1, :, start:end], value[b:b + 1, :, start:end]
+            q = query[b:b + 1, :, start:end] if query.shape[2] == key.shape[2] else query[b:b + 1]
+            if sinks is None and (not window or n <= window) and q.shape[2] == n:
+                parts.append(F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=scaling,
+                                                            is_causal=True, enable_gqa=gqa))
+            else:
+                mask, k, v = _bias(q.shape[2], window, sinks, k, v)
+                parts.append(F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
+                                                            scale=scaling, enable_gqa=gqa))
             start = end
         rows.append(parts[0] if len(parts) == 1 else torch.cat(parts, dim=2))
     out = rows[0] if len(rows) == 1 else torch.cat(rows, dim=0)
     return out.transpose(1, 2).contiguous()
+
+
+def _bias(nq: int, window, sinks, key, value):
+    """(additive mask, key, value) for one example's last `nq` queries over its keys: causal, within `window`
+    tokens when one is given (a query sees the keys less than `window` positions back, as transformers' sliding
+    windows do), and with a sink per head: a zero key and value appended, whose column holds the head's sink."""
+    import torch
+    nk = key.shape[2]
+    i = torch.arange(nk - nq, nk, device=key.device)[:, None]
+    j = torch.arange(nk, device=key.device)[None, :]
+    allowed = (j <= i) & ((i - j < window) if window else True)
+    mask = torch.zeros(nq, nk, dtype=key.dtype, device=key.device).masked_fill(~allowed, float("-inf"))
+    if sinks is None:
+        return mask, key, value
+    heads = sinks.shape[0]
+    sink = sinks.to(key.dtype).reshape(1, heads, 1, 1).expand(1, heads, nq, 1)
+    mask = torch.cat([mask.expand(1, heads, nq, nk), sink], dim=-1)
+    zero = key.new_zeros(1, key.shape[1], 1, key.shape[3])
+    return mask, torch.cat([key, zero], dim=2), torch.cat([value, zero.to(value.dtype)], dim=2)
 
 
 def _no_mask(*args, **kwargs):

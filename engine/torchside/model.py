@@ -68,6 +68,8 @@ def attn_implementation(cfg) -> str:
     implementation, which isolates packed examples by the restarting position ids all the same:
       logit softcapping (Gemma 2): SDPA cannot apply it, eager does;
       sliding windows shorter than the sequences (Gemma 2/3, Mistral with a window): transformers' SDPA masks them.
+    Attention sinks (gpt-oss, which transformers offers no SDPA for) take rigtune's packed attention, which adds
+    them and the sliding windows (engine.torchside.attention).
     Everything else is the run file's choice as transformers implements it."""
     impl = cfg.model.attn_implementation
     if impl != "sdpa" or not cfg.data.packing:
@@ -75,10 +77,12 @@ def attn_implementation(cfg) -> str:
     text = text_config(cfg)
     if getattr(text, "attn_logit_softcapping", None):
         return "eager"
+    from . import attention
+    if text.model_type in attention.SINKS:
+        return attention.register()
     window = getattr(text, "sliding_window", None)
     if window and window < cfg.data.max_seq_len and getattr(text, "use_sliding_window", True) is not False:
         return "sdpa"
-    from . import attention
     return attention.register()
 
 
@@ -94,6 +98,7 @@ def load_base(cfg, device):
     from transformers import AutoModelForCausalLM
 
     from ..modelref import SHAPE_MARK
+    from . import linear_attention
     from .shape import random_base
     m = cfg.model
     kwargs = dict(_hub_kwargs(m), dtype=getattr(torch, m.compute_dtype),
@@ -107,6 +112,7 @@ def load_base(cfg, device):
     except (OSError, ValueError) as e:
         raise BadInput(f"cannot load model '{m.base}' ({str(e).splitlines()[0][:300]}).", key="model.base") from None
     keep_cpu_weights_as_loaded(model)
+    linear_attention.isolate(model)  # packed examples through Qwen3.5's linear-attention layers one at a time
     return model
 
 

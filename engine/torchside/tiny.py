@@ -50,7 +50,16 @@ def _quiet():
 
 # model_type -> (transformers config class, its extra settings): a tiny random-init copy of each family rigtune
 # trains (engine.planner.FAMILIES), with that family's real block: fused Phi projections, MoE experts, Gemma's
-# extra norms and softcapping, q/k norms, a head_dim apart from hidden / heads, tied embeddings.
+# extra norms and softcapping, q/k norms, a head_dim apart from hidden / heads, tied embeddings, linear-attention
+# layers (Qwen3.5's Gated DeltaNet), sliding and global layers with their own head sizes (Gemma 4), attention
+# sinks and biased experts (gpt-oss). Windows are shorter than the tests' packed rows, so that packing crosses them.
+_LINEAR = {"head_dim": 16, "linear_conv_kernel_dim": 4, "linear_key_head_dim": 16, "linear_value_head_dim": 16,
+           "linear_num_key_heads": 2, "linear_num_value_heads": 4,
+           "layer_types": ["linear_attention", "full_attention"]}
+_GEMMA4 = {"head_dim": 16, "global_head_dim": 32, "num_global_key_value_heads": 1, "attention_k_eq_v": True,
+           "sliding_window": 16, "layer_types": ["sliding_attention", "full_attention"],
+           "final_logit_softcapping": 30.0, "hidden_size_per_layer_input": 0,
+           "use_bidirectional_attention": "vision"}  # as Gemma-4-31B's text model
 FAMILIES = {
     "llama": ("LlamaConfig", {}),
     "mistral": ("MistralConfig", {"sliding_window": None}),
@@ -63,7 +72,45 @@ FAMILIES = {
     "gemma3_text": ("Gemma3TextConfig", {"head_dim": 24, "sliding_window": 64}),
     "gemma3": ("Gemma3TextConfig", {"head_dim": 24, "sliding_window": 64}),  # wrapped with a vision tower below
     "phi3": ("Phi3Config", {}),
+    # Qwen3.5 / 3.6 as published: the text model inside Qwen3_5ForConditionalGeneration with a vision tower
+    "qwen3_5": ("Qwen3_5TextConfig", _LINEAR),
+    "qwen3_5_moe": ("Qwen3_5MoeTextConfig", {**_LINEAR, "num_experts": 4, "num_experts_per_tok": 2,
+                                             "moe_intermediate_size": 48, "shared_expert_intermediate_size": 48}),
+    "gemma4_text": ("Gemma4TextConfig", _GEMMA4),
+    # Gemma 4 as published (Gemma4ForConditionalGeneration with a vision tower), with 26B-A4B's MoE block beside
+    # the dense MLP
+    "gemma4": ("Gemma4TextConfig", {**_GEMMA4, "enable_moe_block": True, "num_experts": 4, "top_k_experts": 2,
+                                    "moe_intermediate_size": 32}),
+    "gpt_oss": ("GptOssConfig", {"head_dim": 16, "num_local_experts": 4, "num_experts_per_tok": 2,
+                                 "sliding_window": 16}),
 }
+
+
+def _wrapped(model_type: str, text, tok, tied: bool, ids: dict):
+    """The multimodal config a family is published as (its text config inside, a tiny vision tower beside), or
+    None for a text-only family."""
+    import transformers
+    if model_type == "gemma3":
+        vision = transformers.SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                                 num_attention_heads=2, image_size=28, patch_size=14,
+                                                 vision_use_head=False)  # as Gemma 3's own vision_config
+        return transformers.Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4,
+                                         image_token_index=tok.pad_token_id, boi_token_index=tok.bos_token_id,
+                                         eoi_token_index=tok.eos_token_id, tie_word_embeddings=tied, **ids)
+    if model_type in ("qwen3_5", "qwen3_5_moe"):
+        cls = transformers.Qwen3_5Config if model_type == "qwen3_5" else transformers.Qwen3_5MoeConfig
+        vision = {"depth": 1, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "patch_size": 14,
+                  "out_hidden_size": text.hidden_size, "num_position_embeddings": 16}
+        return cls(text_config=text.to_dict(), vision_config=vision, image_token_id=tok.pad_token_id,
+                   video_token_id=tok.pad_token_id, tie_word_embeddings=tied)
+    if model_type == "gemma4":
+        vision = transformers.Gemma4VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                                 num_attention_heads=2, num_key_value_heads=2, head_dim=16,
+                                                 position_embedding_size=64)
+        return transformers.Gemma4Config(text_config=text, vision_config=vision, image_token_id=tok.pad_token_id,
+                                         boi_token_id=tok.bos_token_id, eoi_token_id=tok.eos_token_id,
+                                         tie_word_embeddings=tied)
+    return None
 
 
 def family_config(model_type: str, tok, *, hidden: int, layers: int, heads: int, kv_heads: int, intermediate: int,
@@ -76,14 +123,11 @@ def family_config(model_type: str, tok, *, hidden: int, layers: int, heads: int,
         vocab_size=len(tok), hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
         num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=4096,
         tie_word_embeddings=tied, **ids, **extra)
-    if model_type != "gemma3":
-        return config
-    vision = transformers.SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                             num_attention_heads=2, image_size=28, patch_size=14,
-                                             vision_use_head=False)  # as Gemma 3's own vision_config
-    return transformers.Gemma3Config(text_config=config, vision_config=vision, mm_tokens_per_image=4,
-                                     image_token_index=tok.pad_token_id, boi_token_index=tok.bos_token_id,
-                                     eoi_token_index=tok.eos_token_id, tie_word_embeddings=tied, **ids)
+    return _wrapped(model_type, config, tok, tied, ids) or config
+
+
+# what a published multimodal checkpoint is saved as, where AutoModelForCausalLM builds the text model alone
+_SAVED_AS = {"qwen3_5": "Qwen3_5ForConditionalGeneration", "qwen3_5_moe": "Qwen3_5MoeForConditionalGeneration"}
 
 
 def build_model(out_dir, texts, *, vocab_size=512, hidden=128, layers=4, heads=4, kv_heads=2,
@@ -92,6 +136,7 @@ def build_model(out_dir, texts, *, vocab_size=512, hidden=128, layers=4, heads=4
     """Save a random-init model of `model_type` (a key of FAMILIES) and its tokenizer to out_dir (a complete
     local model folder)."""
     import torch
+    import transformers
     from transformers import AutoModelForCausalLM
 
     _quiet()
@@ -100,7 +145,8 @@ def build_model(out_dir, texts, *, vocab_size=512, hidden=128, layers=4, heads=4
     torch.manual_seed(seed)
     config = family_config(model_type, tok, hidden=hidden, layers=layers, heads=heads, kv_heads=kv_heads,
                            intermediate=intermediate, tied=tied)
-    model = AutoModelForCausalLM.from_config(config)
+    model = (getattr(transformers, _SAVED_AS[model_type])(config) if model_type in _SAVED_AS
+             else AutoModelForCausalLM.from_config(config))
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     model.save_pretrained(tmp, safe_serialization=True)
     tok.save_pretrained(tmp)
