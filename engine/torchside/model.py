@@ -48,18 +48,30 @@ def load_model(cfg, device) -> Loaded:
     return add_lora(cfg, load_base(cfg, device), device)
 
 
-def quantization_config(cfg):
+def quantization_config(cfg, experts: bool = False, mxfp4: bool = False):
     """bitsandbytes settings for the run, or None. The 4-bit weights are stored in the compute dtype, the one
-    dtype FSDP needs every shard of a layer to have (and harmless for one process)."""
+    dtype FSDP needs every shard of a layer to have (and harmless for one process). experts: an MoE model, whose
+    fused expert weights are quantized as they load too (engine.torchside.experts); mxfp4: its checkpoint ships
+    them in MXFP4 (gpt-oss), dequantized tensor by tensor on the way."""
     import torch
     from transformers import BitsAndBytesConfig
     m = cfg.model
     if m.quantization == "none":
         return None
     dtype = getattr(torch, m.compute_dtype)
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=m.quantization,
-                              bnb_4bit_use_double_quant=m.double_quant, bnb_4bit_compute_dtype=dtype,
-                              bnb_4bit_quant_storage=dtype)
+    settings = dict(load_in_4bit=True, bnb_4bit_quant_type=m.quantization, bnb_4bit_use_double_quant=m.double_quant,
+                    bnb_4bit_compute_dtype=dtype, bnb_4bit_quant_storage=dtype)
+    if experts or mxfp4:
+        from .experts import ExpertsConfig
+        return ExpertsConfig(mxfp4=mxfp4, **settings)
+    return BitsAndBytesConfig(**settings)
+
+
+def is_mxfp4(config) -> bool:
+    """The checkpoint's weights ship in MXFP4 (gpt-oss's experts)."""
+    quant = getattr(config, "quantization_config", None)
+    method = quant.get("quant_method") if isinstance(quant, dict) else getattr(quant, "quant_method", None)
+    return str(method) == "mxfp4"
 
 
 def attn_implementation(cfg) -> str:
@@ -93,27 +105,43 @@ def text_config(cfg):
 
 
 def load_base(cfg, device):
-    """The (quantized) base model on `device`, without adapters."""
+    """The (quantized) base model on `device`, without adapters. An MoE model's experts are 4-bit too when the
+    run quantizes (engine.torchside.experts); an MXFP4 checkpoint's experts are dequantized as they load, and
+    quantized to the run's 4-bit type at once (or kept in the compute dtype with quantization = "none")."""
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM, Mxfp4Config
 
     from ..modelref import SHAPE_MARK
     from . import linear_attention
     from .shape import random_base
     m = cfg.model
-    kwargs = dict(_hub_kwargs(m), dtype=getattr(torch, m.compute_dtype),
-                  attn_implementation=attn_implementation(cfg), device_map={"": device}, low_cpu_mem_usage=True,
-                  quantization_config=quantization_config(cfg))
+    shape_only = (Path(m.base) / SHAPE_MARK).exists()  # a model's shape alone (engine.probe): random weights of it
     try:
-        if (Path(m.base) / SHAPE_MARK).exists():  # a model's shape alone (engine.probe): random weights of it
-            model = random_base(cfg, Path(m.base), device, kwargs["attn_implementation"], kwargs["quantization_config"])
+        config = AutoConfig.from_pretrained(m.base, **({} if shape_only else _hub_kwargs(m)))
+        mxfp4 = is_mxfp4(config)
+        qc = quantization_config(cfg, experts=bool(experts_of(text_of(config))), mxfp4=mxfp4)
+        kwargs = dict(_hub_kwargs(m), dtype=getattr(torch, m.compute_dtype), attn_implementation=attn_implementation(cfg),
+                      device_map={"": device}, low_cpu_mem_usage=True, quantization_config=qc)
+        if shape_only:
+            model = random_base(cfg, Path(m.base), device, kwargs["attn_implementation"], qc)
+        elif mxfp4 and qc is None:
+            kwargs["quantization_config"] = Mxfp4Config(dequantize=True)  # transformers' own route to 16 bits
+            model = AutoModelForCausalLM.from_pretrained(m.base, **kwargs)
         else:
+            if mxfp4:  # rigtune's quantizer reads the MXFP4 tensors itself (ExpertsConfig.mxfp4)
+                del config.quantization_config
+                kwargs["config"] = config
             model = AutoModelForCausalLM.from_pretrained(m.base, **kwargs)
     except (OSError, ValueError) as e:
         raise BadInput(f"cannot load model '{m.base}' ({str(e).splitlines()[0][:300]}).", key="model.base") from None
     keep_cpu_weights_as_loaded(model)
     linear_attention.isolate(model)  # packed examples through Qwen3.5's linear-attention layers one at a time
     return model
+
+
+def experts_of(config) -> int:
+    """Experts per MoE layer of a (text) config, 0 for a dense model."""
+    return int(getattr(config, "num_experts", None) or getattr(config, "num_local_experts", None) or 0)
 
 
 def keep_cpu_weights_as_loaded(model) -> None:
@@ -155,8 +183,7 @@ def add_lora(cfg, model, device) -> Loaded:
 
 
 def is_moe(model) -> bool:
-    config = text_of(model.config)
-    return bool(getattr(config, "num_experts", None) or getattr(config, "num_local_experts", None))
+    return bool(experts_of(text_of(model.config)))
 
 
 def linear_names(model) -> list:

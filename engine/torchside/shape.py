@@ -5,7 +5,8 @@ quantization do, and those are the ones a real load gives (tests/test_probe.py c
 The skeleton is made without memory (accelerate's init_empty_weights; buffers such as the rotary frequencies are
 computed as usual), bitsandbytes' quantizer swaps the linear layers exactly as from_pretrained does, and then
 each weight is drawn on the device and, for a 4-bit layer, quantized there at once: the whole model never
-exists in 16 bits."""
+exists in 16 bits. An MoE model's fused experts are drawn a layer at a time and packed to 4 bits at once, as
+engine.torchside.experts does when a checkpoint loads."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -37,7 +38,7 @@ def random_base(cfg, folder: Path, device, attn: str, qc):
     for module in model.modules():
         for name, p in list(module.named_parameters(recurse=False)):
             if p.device.type == "meta":
-                module._parameters[name] = _drawn(module, p, device, std)
+                module._parameters[name] = _drawn(module, p, device, std, quantizer)
         for name, b in list(module.named_buffers(recurse=False)):
             if b is not None and b.device != device:
                 module._buffers[name] = b.to(device)
@@ -49,9 +50,9 @@ def random_base(cfg, folder: Path, device, attn: str, qc):
     return model
 
 
-def _drawn(module, p, device, std: float):
+def _drawn(module, p, device, std: float, quantizer=None):
     """A random weight of p's shape and dtype on `device` (norms start at one), quantized there if p is a
-    4-bit parameter."""
+    4-bit parameter (or fused experts the quantizer packs)."""
     import torch
     if "norm" in type(module).__name__.lower():
         return torch.nn.Parameter(torch.ones(p.shape, dtype=p.dtype, device=device), requires_grad=p.requires_grad)
@@ -60,6 +61,12 @@ def _drawn(module, p, device, std: float):
         four_bit = isinstance(p, bnb.nn.Params4bit)
     except ImportError:  # no bitsandbytes: nothing can be 4-bit
         four_bit = False
+    if quantizer is not None and type(quantizer).__name__ == "ExpertsQuantizer":
+        from .experts import EXPERT_WEIGHTS, is_experts, packed_parameter
+        qc = quantizer.quantization_config
+        if is_experts(module) and any(module._parameters.get(n) is p for n in EXPERT_WEIGHTS):
+            data = torch.randn(p.shape, dtype=qc.bnb_4bit_compute_dtype, device=device) * std
+            return packed_parameter(data, qc.bnb_4bit_quant_type, qc.bnb_4bit_use_double_quant)
     if four_bit:
         dtype = getattr(module, "compute_dtype", None) or torch.bfloat16
         data = torch.randn(p.shape, dtype=dtype, device=device) * std
