@@ -121,3 +121,17 @@ def test_reading_configs_as_transformers_does_keeps_torch_out():
     res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "[]"
+
+
+def test_gemma4_per_layer_inputs_and_kv_shared_layers_are_counted():
+    """What no catalog config has but Gemma 4's small models do: per-layer input embeddings, layers that reuse
+    an earlier layer's keys and values (no k/v weights) with a double-wide MLP; and the MoE block with k = v."""
+    dense = {"architectures": ["Gemma4ForCausalLM"], "model_type": "gemma4_text", "hidden_size": 64,
+             "intermediate_size": 96, "num_hidden_layers": 6, "num_attention_heads": 4, "num_key_value_heads": 2,
+             "head_dim": 16, "global_head_dim": 32, "vocab_size": 320, "vocab_size_per_layer_input": 320,
+             "hidden_size_per_layer_input": 8, "num_kv_shared_layers": 2, "use_double_wide_mlp": True,
+             "attention_k_eq_v": False, "layer_types": ["sliding_attention", "full_attention"] * 3}
+    moe = {**dense, "attention_k_eq_v": True, "num_global_key_value_heads": 1, "num_kv_shared_layers": 0,
+           "enable_moe_block": True, "num_experts": 4, "top_k_experts": 2, "moe_intermediate_size": 32}
+    for config in (dense, moe):
+        assert P.arch_from_config(config, "tiny").total_params == real_count(config)
