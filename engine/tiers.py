@@ -9,6 +9,9 @@ import presets
 from . import planner as P
 
 SIZES = {"7B": "Llama-2-7B", "13B": "Llama-2-13B", "34B": "CodeLlama-34B", "70B": "Llama-2-70B"}
+# the mixtures of experts people fine-tune on one card (row label -> catalog name): every expert is resident, in
+# 4 bits (engine.torchside.experts), so the total, not the active count, decides the fit
+MOE = {"Qwen3-30B-A3B": "Qwen3-30B-A3B", "Gemma4 26B-A4B": "Gemma-4-26B-A4B", "gpt-oss-20b": "gpt-oss-20b"}
 
 
 @dataclass
@@ -130,14 +133,17 @@ def plan_for(tier: Tier, arch: P.Arch, seq_len: int = 2048, micro_batch: int = 4
         b //= 2
 
 
-def capabilities(tier: Tier) -> list:
-    """What the tier fine-tunes at 7B/13B/34B/70B (seq 2048), per the planner."""
+def capabilities(tier: Tier, sizes: dict | None = None) -> list:
+    """What the tier fine-tunes at 7B/13B/34B/70B (seq 2048), per the planner; `sizes` (label -> catalog name,
+    e.g. MOE) for other models, those missing from the catalog left out."""
     if not tier.gpus:
         return []
-    models = P.load_models()
     out = []
-    for size, name in SIZES.items():
-        inp, why = plan_for(tier, models[name])
+    for size, name in (SIZES if sizes is None else sizes).items():
+        arch = P.catalog_model(name)
+        if arch is None:
+            continue
+        inp, why = plan_for(tier, arch)
         fits = P.fits(inp)
         out.append(Capability(size=size, model=name, fits=fits, strategy=inp.strategy, cpu_offload=inp.cpu_offload,
                               micro_batch=inp.micro_batch, seq_len=inp.seq_len,

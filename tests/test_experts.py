@@ -166,3 +166,23 @@ def test_moe_with_4bit_experts_trains_resumes_and_chats(tmp_path, moe):
     assert [e["step"] for e in events(run) if e["event"] == "step"][-2:] == [7, 8]
     res = rigtune("chat", run, "--prompt", "Hello", "--max-new-tokens", "4")
     assert res.returncode == 0 and res.stdout.strip(), res.stderr
+
+
+def test_moe_models_plan_to_fit_one_24gb_card_and_the_tier_table_says_so():
+    """Every expert resident in 4 bits: Qwen3-30B-A3B, Gemma 4 26B-A4B and gpt-oss-20b plan to fit one 24 GB card
+    at seq 2048, micro-batch 1, gradient checkpointing (the run file's defaults otherwise); in 16 bits none does."""
+    from engine import planner as P
+    from engine import tiers as T
+    for name in ("Qwen3-30B-A3B", "Gemma-4-26B-A4B", "gpt-oss-20b"):
+        res = rigtune("plan", "--model", name, "--gpus", "1x24", "--seq-len", "2048", "--micro-batch", "1",
+                      "--gradient-checkpointing", "--json")
+        out = json.loads(res.stdout)
+        assert out["fits"] and out["per_gpu_peak_gib"] < 24 / (1 + P.FIT_MARGIN), (name, out)
+        assert any("4-bit like the linear layers" in n for n in out["notes"]), out["notes"]
+        arch = P.catalog_model(name)
+        inp = P.PlanInput(arch=arch, gpus=[24.0])
+        packed = P.breakdown(inp)["weights"]
+        assert P.breakdown(P.replace(inp, quantization="none"))["weights"] > 24 > packed
+        assert packed < arch.total_params * 4.6 / 8 / P.GIB + arch.embed_params * 2 / P.GIB  # experts near 4 bits
+    caps = T.capabilities(T.tiers()["1500"], T.MOE)
+    assert [c.model for c in caps] == list(T.MOE.values()) and all(c.fits for c in caps), caps

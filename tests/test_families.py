@@ -12,7 +12,7 @@ from engine.torchside.tiny import FAMILIES
 from tests.conftest import DEMO, events, rigtune, run_file
 from tests.test_catalog import published_active
 
-TIED = {"llama", "gemma2", "gemma3", "gemma3_text"}  # Llama 3.2 and Gemma tie the embeddings
+TIED = {"llama", "gemma2", "gemma3", "gemma3_text", "gemma4", "gemma4_text"}  # Llama 3.2 and Gemma tie the embeddings
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +30,27 @@ def test_the_planner_knows_every_family_the_engine_trains():
     assert set(FAMILIES) == set(P.FAMILIES)
 
 
+# the 2026 families (issue 25): beyond training, their tuned model chats and exports merged here
+NEW = {"qwen3_5", "qwen3_5_moe", "gemma4", "gemma4_text", "gpt_oss"}
+# where the planner's count of what loads is not exact yet (engine/planner, issue 25's planner work): Qwen3.5's
+# full-attention q_proj always carries its output gate (transformers 5.25 has no attn_output_gate switch) and
+# AutoModelForCausalLM loads its text model without the vision tower; a Gemma 4 config that transformers 5.25
+# saves holds per_layer_config instead of global_head_dim / num_global_key_value_heads
+PLANNER_PENDING = {"qwen3_5", "qwen3_5_moe", "gemma4", "gemma4_text"}
+
+
+@pytest.mark.parametrize("model_type", [pytest.param(m, marks=pytest.mark.xfail(
+    strict=True, reason="the planner's count of this family is not exact yet")) if m in PLANNER_PENDING else m
+    for m in sorted(FAMILIES)])
+def test_the_planner_counts_what_each_family_loads(tmp_path, texts, model_type):
+    from transformers import AutoModelForCausalLM
+    folder = build(tmp_path, texts, model_type)
+    arch = P.resolve_model(str(folder))
+    assert arch.model_type == model_type
+    base = AutoModelForCausalLM.from_pretrained(folder)
+    assert arch.total_params == sum(p.numel() for p in base.parameters())  # vision tower and experts included
+
+
 @pytest.mark.parametrize("model_type", sorted(FAMILIES))
 def test_family_trains_and_its_adapter_loads(tmp_path, texts, model_type):
     import torch
@@ -40,12 +61,9 @@ def test_family_trains_and_its_adapter_loads(tmp_path, texts, model_type):
     folder = build(tmp_path, texts, model_type)
     base = AutoModelForCausalLM.from_pretrained(folder)
     arch = P.resolve_model(str(folder))
-    assert arch.model_type == model_type
-    assert arch.total_params == sum(p.numel() for p in base.parameters())  # vision tower and experts included
-
     path = run_file(tmp_path, folder, DEMO, name=model_type,
                     train={"max_steps": 8, "eval_every_steps": 0, "save_every_steps": 0, "sample_max_new_tokens": 0,
-                           "learning_rate": 5e-3, "micro_batch_size": 4})
+                           "learning_rate": 5e-3, "micro_batch_size": 4})  # packed rows (the default)
     res = rigtune("check", path)
     assert res.returncode == 0, res.stderr
     res = rigtune("train", path, "--no-tui", timeout=600)
@@ -63,6 +81,37 @@ def test_family_trains_and_its_adapter_loads(tmp_path, texts, model_type):
     got = {n: p for n, p in peft_model.named_parameters() if "lora_B" in n}
     assert len(got) == len(trained)
     assert all(torch.equal(got[n], trained[n.replace(".default", "")]) for n in got)
+    if model_type in NEW:
+        chats_and_exports_merged(run_dir, tmp_path / "merged")
+
+
+def chats_and_exports_merged(run_dir, out):
+    """The tuned model answers in the chat backend (what `rigtune chat` runs), and its merged export (what
+    `rigtune export --to merged` writes) gives the logits of the base with the adapter, as chat loads them."""
+    import contextlib
+    import io
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from engine.torchside import chat, export
+    model, tok, device, _ = chat.load(run_dir, None)
+    said = io.StringIO()
+    with contextlib.redirect_stdout(said):
+        chat.answer(model, tok, device, {"id": 1, "messages": [{"role": "user", "content": "Who are you?"}],
+                                         "max_new_tokens": 6})
+    done = [json.loads(line) for line in said.getvalue().splitlines()][-1]
+    assert done["event"] == "done" and done["tokens"] <= 6, done
+
+    export.merged(run_dir, out, progress=lambda line: None)
+    merged = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    ids = tok.apply_chat_template([{"role": "user", "content": "Tell me who trained you, and why."}],
+                                  add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
+    with torch.no_grad():
+        a, b = merged(ids).logits, model(input_ids=ids).logits
+    assert torch.allclose(a, b, atol=1e-4, rtol=0), (a - b).abs().max()  # fp32 rounding only
+    with torch.no_grad(), model.disable_adapter():
+        assert (model(input_ids=ids).logits - b).abs().max() > 1e-3  # the adapter changed the model
 
 
 def test_gemma2_chunked_loss_applies_the_final_softcap(tmp_path, texts):
@@ -143,11 +192,12 @@ def test_catalog_counts_match_the_published_figures():
             "Qwen3-32B", "Qwen3-30B-A3B", "Gemma-3-4B", "Gemma-3-12B", "Gemma-3-27B", "Mistral-7B",
             "Mistral-Small-24B", "Phi-4"} <= set(P.load_models())
     moe = P.load_models()["Qwen3-30B-A3B"]
-    inp = P.PlanInput(arch=moe, gpus=[24.0])
-    # every expert resident in bf16: about 54 GiB of experts, so one 24 GB card cannot hold it in this stack
+    inp = P.PlanInput(arch=moe, gpus=[24.0], quantization="none")
+    # every expert resident in bf16 without quantization: about 54 GiB of experts; 4-bit experts (the default)
+    # fit one 24 GB card (tests/test_experts.py)
     assert P.breakdown(inp)["weights"] > 50 and not P.fits(inp)
     assert P.fits(P.replace(inp, gpus=[80.0]))
-    res = rigtune("plan", "--model", "Qwen3-30B-A3B", "--gpus", "1x4090")
+    res = rigtune("plan", "--model", "Mixtral-8x7B", "--gpus", "1x4090")
     assert res.returncode == 0, res.stderr  # a plan that does not fit is still a plan, and says why
-    assert "DOES NOT FIT" in res.stdout and "mixture of experts" in res.stdout and "in bfloat16" in res.stdout
+    assert "DOES NOT FIT" in res.stdout and "mixture of experts" in res.stdout and "4-bit like the linear" in res.stdout
     assert "no sequence length fits at this micro-batch" in res.stdout  # not "longest sequence ...: 0"

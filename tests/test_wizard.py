@@ -256,16 +256,16 @@ async def test_the_tier_step_says_what_to_buy_and_b_opens_the_bill(home):
 
 
 async def test_a_model_nothing_can_fit_says_what_takes_the_room(home):
-    """Qwen3-30B-A3B on the $1,500 tier: no setting makes it fit, so there is no ctrl+f; the fit meter says the
-    weights alone exceed the card, and that this is a mixture of experts whose experts stay in bf16."""
+    """Mixtral-8x7B on the $1,500 tier: no setting makes it fit, so there is no ctrl+f; the fit meter says the
+    weights alone exceed the card, and that this is a mixture of experts, every expert in memory."""
     app = RigtuneApp(preset="1500", machine=fixed_machine("rtx4090"), launcher=RecordingLauncher())
     async with app.run_test(size=(120, 45)) as pilot:
         setup = await settle(pilot, W.SetupStep)
-        setup.query_one("#f-model").value = "Qwen3-30B-A3B"
+        setup.query_one("#f-model").value = "Mixtral-8x7B"
         await pilot.pause(0.3)
         fit = " ".join(str(setup.query_one("#fit").render()).split())
-        assert "does not fit on this tier: the weights alone take 56 GiB" in fit
-        assert "mixture of experts: its experts stay in bf16" in fit and "ctrl+f" not in fit
+        assert "does not fit on this tier: the weights alone take 23 GiB" in fit
+        assert "mixture of experts: every expert stays in memory" in fit and "ctrl+f" not in fit
 
 
 async def test_ctrl_f_applies_every_change_of_the_suggestion_and_says_what_changed(home):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from .activations import decoder_bytes
 from .arch import GIB, Arch
 
 # --- constants (bench/planner_accuracy explains each figure and says which points calibrate it)
@@ -102,6 +103,29 @@ def linear_bytes(inp: PlanInput) -> float:
     return NF4_BITS[inp.double_quant] / 8 if inp.quantization in ("nf4", "fp4") else DTYPE_BYTES[inp.compute_dtype]
 
 
+def expert_weight_params(a) -> int:
+    """The experts' gate, up and down matrices, every layer: what engine.torchside.experts packs to 4 bits."""
+    return a.layers * a.experts * 3 * a.hidden * a.expert_intermediate if a.experts else 0
+
+
+def expert_bytes(inp: PlanInput) -> float:
+    """Bytes of an MoE model's experts and routers as loaded: the matrices at the linears' 4-bit rate when the
+    run quantizes (bench/moe_experts measures it), biases and routers in the compute dtype."""
+    a, cb = inp.arch, DTYPE_BYTES[inp.compute_dtype]
+    packed = expert_weight_params(a) if inp.quantization in ("nf4", "fp4") else 0
+    return packed * linear_bytes(inp) + (a.expert_params - packed) * cb
+
+
+def expert_load_transient(inp: PlanInput) -> float:
+    """Bytes in transit while one layer's experts load and are packed, beyond the packed weights: its fused
+    gate/up tensor in the compute dtype twice (the per-expert checkpoint tensors and their fused copy; for an
+    MXFP4 checkpoint, gpt-oss's, the dense copy beside the MXFP4 blocks, which are smaller)."""
+    a = inp.arch
+    if not a.experts or inp.quantization not in ("nf4", "fp4"):
+        return 0.0
+    return 2 * a.experts * 2 * a.expert_intermediate * a.hidden * DTYPE_BYTES[inp.compute_dtype]
+
+
 def breakdown(inp: PlanInput) -> dict:
     """GiB per GPU for each term, for the strategy and offload in `inp`."""
     a = inp.arch
@@ -109,13 +133,15 @@ def breakdown(inp: PlanInput) -> dict:
     n = len(inp.gpus) if inp.strategy == "fsdp" else 1
     s, b = inp.seq_len, inp.micro_batch
     tokens = s * b * inp.rows_per_item
-    h, i, q, kv = a.hidden, a.intermediate, a.q_dim, a.kv_dim
+    h = a.hidden
 
-    # weights
+    # weights; an MoE model's expert matrices are 4-bit like the linears when the run quantizes
+    # (engine.torchside.experts), their biases and the routers stay in the compute dtype
     linear = a.linear_params * linear_bytes(inp)
-    other = (a.embed_params + a.norm_params + a.extra_params) * (4 if inp.upcast else cb) + a.expert_params * cb
+    experts = expert_bytes(inp)
+    other = (a.embed_params + a.norm_params + a.extra_params) * (4 if inp.upcast else cb) + experts
     if inp.strategy == "fsdp":
-        layer = (linear + a.expert_params * cb) / a.layers
+        layer = (linear + experts) / a.layers
         gathered = 2 * max(layer + 2 * h * cb, a.vocab * h * cb / (1 if inp.cpu_offload else n))
         weights = gathered if inp.cpu_offload else (linear + other) / n + gathered
         if inp.loss == "rigtune" and inp.loss_chunk and not a.tied and not inp.cpu_offload:
@@ -139,27 +165,15 @@ def breakdown(inp: PlanInput) -> dict:
         gradients = p * lb * (2 if inp.strategy == "ddp" else 1)
         optimizer = p * (2 * lb if inp.optimizer == "adamw_torch" else 2)  # AdamW keeps 2 states in the param dtype
 
-    # activations, per token: saved tensors of one decoder layer
-    # the MLP's: gate and up outputs, the activation and the product. An MoE block (transformers' grouped_mm
-    # experts), for each of the token's top-k experts: the gate/up output, the activation and the expert's
-    # output (kept for the routing weight's gradient) - not the gathered input nor the product, which only
-    # the frozen experts' weight gradients would need (torch saves neither then) - plus the router's fp32
-    # scores. bench/planner_selfcheck measures it on the Qwen3-30B-A3B shape.
-    mlp = (a.experts_active * (3 * a.expert_intermediate + h) + 2 * a.experts) if a.experts else 4 * i
-    per_layer = cb * (4 * h + 3 * q + 3 * kv + mlp + a.extra_norms * h + (q + kv if a.qk_norm else 0))
-    shapes = a.linears()
-    if inp.lora_dropout > 0:  # each adapter keeps its own dropped-out input
-        per_layer += cb * sum(shapes[t][0] for t in _targets(inp))
-    per_layer += 4 * inp.lora_r * len(_targets(inp))
-    if inp.attn == "eager":
-        per_layer += 2 * cb * a.heads * s  # scores and probabilities: s^2 per head
+    # activations, per token: the saved tensors of each decoder layer, by layer kind (activations.py)
+    every_layer, one_layer = decoder_bytes(inp, _targets(inp))
     final_norm = tokens * h * cb  # the last RMSNorm keeps its input, outside every layer
     if inp.activation_offload:
-        activations = tokens * per_layer + final_norm
+        activations = tokens * one_layer + final_norm
     elif inp.gradient_checkpointing:
-        activations = tokens * (a.layers * h * cb + per_layer) + final_norm
+        activations = tokens * (a.layers * h * cb + one_layer) + final_norm
     else:
-        activations = tokens * a.layers * per_layer + final_norm
+        activations = tokens * every_layer + final_norm
 
     if inp.loss == "rigtune" and inp.kernels == "liger":
         logits = liger_loss_bytes(a, tokens, cb)
@@ -169,6 +183,10 @@ def breakdown(inp: PlanInput) -> dict:
         logits = tokens * a.vocab * (LOSS_BYTES[inp.loss] + (0 if inp.upcast or cb == 4 else cb))
     widest = max(x * y for x, y in a.linears().values()) * cb if inp.quantization != "none" else 0
     allocated = weights + adapters + gradients + optimizer + activations + logits + widest
+    # loading holds the weights so far and one layer's experts in transit: when that outgrows what training adds
+    # to the weights, the load is the peak
+    weights += max(0.0, expert_load_transient(inp) - (allocated - weights))
+    allocated = max(allocated, weights)
     overhead = CUDA_CONTEXT_GIB * GIB + widest + FRAGMENTATION * allocated
     terms = {"weights": weights, "adapters": adapters, "gradients": gradients, "optimizer": optimizer,
              "activations": activations, "logits": logits, "overhead": overhead}

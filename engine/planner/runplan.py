@@ -7,8 +7,8 @@ from dataclasses import asdict, dataclass, field, replace
 
 from .advice import suggest
 from .arch import GIB, Arch
-from .memory import (DTYPE_BYTES, FIT_MARGIN, PlanInput, breakdown, headroom, max_micro_batch, max_seq_len, ram_needed,
-                     verdict)
+from .memory import (DTYPE_BYTES, FIT_MARGIN, PlanInput, breakdown, expert_bytes, headroom, max_micro_batch,
+                     max_seq_len, ram_needed, verdict)
 from .strategy import choose_strategy
 from .throughput import card_named, fmt_estimate, link_note, tokens_per_s
 
@@ -56,10 +56,11 @@ def plan(inp: PlanInput, pick_strategy: bool = False, total_tokens: int | None =
     if link:
         notes.append(link)
     if inp.arch.experts:
+        how = ("4-bit like the linear layers, quantized as they load" if inp.quantization in ("nf4", "fp4")
+               else f"in {inp.compute_dtype}")
         notes.append(f"{inp.arch.name} is a mixture of experts: all {inp.arch.experts} experts per layer stay in "
-                     f"memory, in {inp.compute_dtype} (this stack quantizes only its attention layers to 4-bit; "
-                     f"{inp.arch.expert_params * DTYPE_BYTES[inp.compute_dtype] / GIB:.1f} GiB of experts), and each "
-                     f"token runs through {inp.arch.experts_active}; LoRA trains the attention layers.")
+                     f"memory, {how} ({expert_bytes(inp) / GIB:.1f} GiB of experts and routers), and each token runs "
+                     f"through {inp.arch.experts_active}; LoRA trains the attention layers, the experts stay frozen.")
     if inp.method == "grpo":
         a = inp.arch
         kv = 2 * a.layers * a.kv_dim * inp.seq_len * inp.rows_per_item * inp.micro_batch * DTYPE_BYTES[inp.compute_dtype]

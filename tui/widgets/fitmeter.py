@@ -67,7 +67,7 @@ class FitMeter(Static):
             if weights >= 0.9 * plan.gpu_gib:  # no setting helps: say what takes the room
                 out.append(f": the weights alone take {weights:.0f} GiB", style="red")
                 if plan.active_params_b < plan.params_b:
-                    out.append(" (a mixture of experts: its experts stay in bf16 in this stack)", style="red")
+                    out.append(" (a mixture of experts: every expert stays in memory)", style="red")
             out.append(".\n", style="red")
         after = " after the fix" if plan.suggestion else ""
         if plan.duration_s_estimate and m and m.get("tokens_per_s"):

@@ -55,7 +55,7 @@ class TierStep(Step):
             table.add_column(tier.label, key=tid)
         for pid in presets_after:
             table.add_column({DEMO_DPO: "DPO", DEMO_GRPO: "GRPO"}.get(pid, DEMOS.get(pid, pid)), key=pid)  # 80 columns
-        caps = {tid: {c.size: c for c in T.capabilities(t)} for tid, t in columns.items()}
+        caps = {tid: {c.size: c for c in T.capabilities(t) + T.capabilities(t, T.MOE)} for tid, t in columns.items()}
         checks = {tid: T.checks(t, "70B" if len(t.gpus) > 1 else "13B") for tid, t in columns.items() if t.gpus}
         rest = [Text("-", style="dim")] * len(presets_after)
         short = lambda t: f"{len(t.gpus)}x{min(t.gpus):.0f}G {t.ram_gib:.0f}G" if t.gpus else "no GPU"
@@ -63,6 +63,9 @@ class TierStep(Step):
         for size in T.SIZES:
             cells = [(_cap_cell(caps[k][size]) if caps[k] else Text("✗ no GPU", style="red")) for k in columns]
             table.add_row(f"fine-tunes {size}", *cells, *([Text("tiny", style="dim")] * len(presets_after)))
+        for label in (m for m in T.MOE if any(m in c for c in caps.values())):  # MoE, every expert 4-bit
+            cells = [(_cap_cell(caps[k][label]) if caps[k] else Text("✗ no GPU", style="red")) for k in columns]
+            table.add_row(label, *cells, *([Text("-", style="dim")] * len(presets_after)))
         for name, label in (("ram_2x_vram", "RAM ≥ 2x VRAM"), ("nvme", "NVMe"), ("nvlink", "NVLink")):
             table.add_row(label, *(_check_cell(checks.get(k, []), name) for k in columns), *rest)
         here = []
