@@ -13,7 +13,7 @@ is how Ollama renders a chat. What stands between the markers gives the text a c
 
 Past assistant turns are read from a conversation that goes on after them, so what a template writes only for
 the answer being trained (Qwen3's empty think block, gpt-oss's `<|return|>`) stays out of the history; the
-ending it writes after a final answer gives the stop tokens. A date the template writes (strftime_now) becomes
+ending it writes after a final answer gives the stop tokens, and closes a chat that ends on an answer. A date the template writes (strftime_now) becomes
 Ollama's `currentDate`, cut and renamed with `slice` and `eq` into the template's format. The result is
 checked: put back together for one, two and three user turns, with and without a system prompt, it must
 equal the template's own rendering, or the export is refused with the reason (BadInput): a Modelfile that
@@ -160,7 +160,7 @@ def assemble(p: dict, system: str | None, messages: list, dates: tuple = ()) -> 
         else:
             out += [p["u2a"], m["content"]]
             last = "assistant"
-    text = "".join(out) + (p["tail"] if last == "user" else "")
+    text = "".join(out) + (p["tail"] if last == "user" else p["ending"] if last == "assistant" else "")
     return USED_DATE.sub(lambda m: dates[int(m.group(1))], text)
 
 
@@ -214,7 +214,7 @@ def go_template(p: dict) -> str:
     go = ("{{ $today := currentDate }}" if p["dates"] else "") + '{{ $first := true }}{{ $last := "" }}'
     go += ('{{ range $i, $m := .Messages }}{{ if eq $m.Role "user" }}' + user + '{{ else if eq $m.Role "assistant" }}'
            + t["u2a"] + '{{ $m.Content }}{{ $last = "assistant" }}{{ end }}{{ end }}'
-           + '{{ if eq $last "user" }}' + t["tail"] + "{{ end }}")
+           + '{{ if eq $last "user" }}' + t["tail"] + '{{ else if eq $last "assistant" }}' + t["ending"] + "{{ end }}")
     return re.sub("\x02(\\d+)\x02", lambda m: _date(p["dates"][int(m.group(1))]), go)
 
 

@@ -89,6 +89,14 @@ def test_the_stops_are_the_tokens_that_end_an_answer(name):
     assert lines == [f'PARAMETER stop "{s}"' for s in STOPS[name]]
 
 
+@pytest.mark.parametrize("name", ["demo", "llama-3.1", "qwen2.5", "gemma-3", "mistral-nemo", "phi-3.5"])
+def test_a_chat_that_ends_on_an_answer_is_closed_as_the_template_closes_a_final_answer(name):
+    s = SPECIAL[name]
+    for turns in (2, 4):
+        want = render(TEMPLATES[name], TURNS[:turns], False, s.get("bos") or "", s.get("eos") or "")
+        assert execute(go_template(name), "", TURNS[:turns]) == want
+
+
 def test_where_each_template_puts_the_system_prompt_and_what_it_writes_without_one():
     one = TURNS[:1]
     sys = [{"role": "system", "content": "Be brief."}] + one
