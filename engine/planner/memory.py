@@ -109,11 +109,12 @@ def expert_weight_params(a) -> int:
 
 
 def expert_bytes(inp: PlanInput) -> float:
-    """Bytes of an MoE model's experts and routers as loaded: the matrices at the linears' 4-bit rate when the
-    run quantizes (bench/moe_experts measures it), biases and routers in the compute dtype."""
+    """Bytes of an MoE model's experts and routers as loaded: the matrices in 4 bits when the run quantizes, with
+    single quant whatever double_quant says (engine.torchside.experts says why; bench/moe_experts measures it),
+    biases and routers in the compute dtype."""
     a, cb = inp.arch, DTYPE_BYTES[inp.compute_dtype]
     packed = expert_weight_params(a) if inp.quantization in ("nf4", "fp4") else 0
-    return packed * linear_bytes(inp) + (a.expert_params - packed) * cb
+    return packed * NF4_BITS[False] / 8 + (a.expert_params - packed) * cb
 
 
 def expert_load_transient(inp: PlanInput) -> float:
@@ -135,7 +136,7 @@ def breakdown(inp: PlanInput) -> dict:
     tokens = s * b * inp.rows_per_item
     h = a.hidden
 
-    # weights; an MoE model's expert matrices are 4-bit like the linears when the run quantizes
+    # weights; an MoE model's expert matrices are 4-bit (single quant) when the run quantizes
     # (engine.torchside.experts), their biases and the routers stay in the compute dtype
     linear = a.linear_params * linear_bytes(inp)
     experts = expert_bytes(inp)

@@ -6,8 +6,13 @@ are 4-bit too (whenever [model] quantization is nf4 or fp4), with bitsandbytes' 
 
 Load. ExpertsQuantizer (a Bnb4BitHfQuantizer) also claims the experts' 3-D weights. transformers' loader asks it
 per parameter as each one is materialized - after it has fused a checkpoint's per-expert tensors into the 3-D
-layout, one layer at a time - and F.quantize_4bit packs it at once (blocks of 64, the run's quant type and double
-quant). The whole model never exists in 16 bits: at most one layer's fused expert tensor does. gpt-oss ships its
+layout, one layer at a time - and F.quantize_4bit packs it at once (blocks of 64, the run's quant type, single
+quant: 4.5 bits a weight, what the planner counts). Not double quant, though the forward reads it: its nested
+statistics and their offset span the whole fused tensor, so a per-expert checkpoint tensor could not be quantized
+and dequantized alone to the weights training saw; with one fp32 absmax per 64 values each 64-aligned slice can,
+which is how the merged export (engine.torchside.export, as_trained_expert) reproduces the trained experts tensor
+by tensor. It costs 0.37 bits a weight (1.3 GiB on Qwen3-30B-A3B's 29 billion expert weights). The whole model
+never exists in 16 bits: at most one layer's fused expert tensor does. gpt-oss ships its
 experts in MXFP4 (`*_blocks`, `*_scales`): the same quantizer adds a converter that dequantizes each such tensor
 as it loads (transformers' MXFP4 layout: two FP4 values per byte, low nibble first, one power-of-two scale biased
 by 127 per 32 values, stored transposed) and hands it straight to the NF4 quantizer.
@@ -53,6 +58,10 @@ METHOD = "rigtune_4bit_experts"
 EXPERT_WEIGHTS = ("gate_up_proj", "down_proj")
 BLOCK = 64          # values per absmax block (what bitsandbytes' Linear4bit uses)
 NESTED_BLOCK = 256  # absmax values per nested block (double quant)
+DOUBLE_QUANT = False  # for the experts, whatever [model] double_quant says for the linears (see above)
+# the expert tensors of a checkpoint: fused (transformers 5, gpt-oss; MXFP4 blocks) or one per expert (the hub's
+# Qwen3-MoE and Mixtral layouts)
+EXPERT_TENSOR = r".*\.experts\.((gate_up_proj|down_proj)(_blocks)?|\d+\.(gate_proj|up_proj|down_proj|w1|w2|w3)\.weight)$"
 FP4_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
 
 
@@ -207,6 +216,29 @@ def four_bit_bytes(model) -> int:
                for n, p in m._parameters.items() if n.rsplit("_", 1)[-1] in ("nf4", "absmax", "absmax2", "code2"))
 
 
+def as_trained_expert(w, quant_type: str, dtype):
+    """A checkpoint's expert tensor as training saw it: cast to the compute dtype, quantized and dequantized flat
+    (single quant, blocks of 64): equal to the slice of the fused tensor's round trip whenever the tensor's size
+    and offset in it are multiples of 64 (every published MoE)."""
+    from bitsandbytes import functional as F
+    packed, state = quantize(w.to(dtype).reshape(-1), quant_type, DOUBLE_QUANT)
+    return F.dequantize_4bit(packed, state).reshape(w.shape)
+
+
+def trained_expert(name: str, t, get, cfg, into: str):
+    """(name, tensor) the merged export writes for checkpoint expert tensor `name`: MXFP4 blocks (with their
+    scales, from get(name)) as the dense tensor, and - merging into the weights as trained - round-tripped
+    through 4 bits as training held them."""
+    m = cfg.model
+    dtype, out = getattr(torch, m.compute_dtype), t.dtype
+    if name.endswith("_blocks"):
+        name = name.removesuffix("_blocks")
+        t, out = mxfp4_dense(t, get(name + "_scales"), dtype), torch.bfloat16
+    if into == "dequantized" and m.quantization != "none":
+        t = as_trained_expert(t, m.quantization, dtype)
+    return name, t.to(out)
+
+
 # ---- MXFP4 (gpt-oss's published experts) to the compute dtype, one tensor as it loads
 
 def mxfp4_dense(blocks, scales, dtype):
@@ -275,7 +307,7 @@ class ExpertsQuantize(Bnb4bitQuantize):
             module, attr = get_module_from_name(model, name)
             if attr in EXPERT_WEIGHTS and is_experts(module):
                 value = value[0] if isinstance(value, list) else value
-                out[name] = packed_parameter(value, qc.bnb_4bit_quant_type, qc.bnb_4bit_use_double_quant)
+                out[name] = packed_parameter(value, qc.bnb_4bit_quant_type, DOUBLE_QUANT)
                 module._is_hf_initialized = True
             else:
                 rest[name] = value

@@ -65,11 +65,33 @@ def merge_tensor(w, ab, scale: float, cfg, into: str):
         return (base + scale * (b.float() @ a.float())).to(w.dtype)
 
 
+def adapter_name(module: str, deltas: dict) -> str:
+    """The adapter's name for a checkpoint's module. A published multimodal checkpoint (Qwen3.5) keeps its text
+    model under model.language_model, where AutoModelForCausalLM loads it as model (without the vision tower)."""
+    if module in deltas or ".language_model." not in module:
+        return module
+    return module.replace(".language_model.", ".", 1)
+
+
+def tensor_in(files, key: str):
+    """Tensor `key` from whichever of the checkpoint's shards holds it."""
+    from safetensors import safe_open
+    for shard in files:
+        with safe_open(str(shard), framework="pt") as f:
+            if key in f.keys():
+                return f.get_tensor(key)
+    raise BadInput(f"the base's checkpoint lacks {key}; is it complete?")
+
+
 def merged(run_dir: Path, out: Path, checkpoint: str | None = None, into: str = "dequantized",
            force: bool = False, progress=print) -> Path:
     """Write the merged model to `out`; returns it."""
+    import re
+
     from safetensors import safe_open
     from safetensors.torch import save_file
+
+    from . import experts as X
     cfg = runfile.load(run_dir / RUN_FILE)
     adapter = adapter_dir(run_dir, checkpoint)
     base = base_folder(cfg.model)
@@ -83,11 +105,16 @@ def merged(run_dir: Path, out: Path, checkpoint: str | None = None, into: str = 
             tensors = {}
             with safe_open(str(shard), framework="pt") as f:
                 for name in f.keys():
+                    expert = ".experts." in name and re.match(X.EXPERT_TENSOR, name.replace("_scales", "_blocks"))
+                    if expert and name.endswith("_scales"):
+                        continue  # an MXFP4 tensor's scales: read with its blocks
                     t = f.get_tensor(name)
-                    module = name.removesuffix(".weight")
+                    module = adapter_name(name.removesuffix(".weight"), deltas)
                     if name.endswith(".weight") and module in deltas:
                         t = merge_tensor(t, deltas[module], scale, cfg, into)
                         done.add(module)
+                    elif expert:  # the 4-bit experts training ran on (engine.torchside.experts), MXFP4 ones dense
+                        name, t = X.trained_expert(name, t, lambda key: tensor_in(files, key), cfg, into)
                     tensors[name] = t.contiguous()
             save_file(tensors, str(tmp / shard.name), metadata={"format": "pt"})
             progress(f"merged {shard.name} ({n}/{len(files)})")

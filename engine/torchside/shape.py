@@ -62,11 +62,11 @@ def _drawn(module, p, device, std: float, quantizer=None):
     except ImportError:  # no bitsandbytes: nothing can be 4-bit
         four_bit = False
     if quantizer is not None and type(quantizer).__name__ == "ExpertsQuantizer":
-        from .experts import EXPERT_WEIGHTS, is_experts, packed_parameter
+        from .experts import DOUBLE_QUANT, EXPERT_WEIGHTS, is_experts, packed_parameter
         qc = quantizer.quantization_config
         if is_experts(module) and any(module._parameters.get(n) is p for n in EXPERT_WEIGHTS):
             data = torch.randn(p.shape, dtype=qc.bnb_4bit_compute_dtype, device=device) * std
-            return packed_parameter(data, qc.bnb_4bit_quant_type, qc.bnb_4bit_use_double_quant)
+            return packed_parameter(data, qc.bnb_4bit_quant_type, DOUBLE_QUANT)
     if four_bit:
         dtype = getattr(module, "compute_dtype", None) or torch.bfloat16
         data = torch.randn(p.shape, dtype=dtype, device=device) * std
