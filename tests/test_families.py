@@ -87,15 +87,19 @@ def test_family_trains_and_its_adapter_loads(tmp_path, texts, model_type):
 
 def chats_and_exports_merged(run_dir, out):
     """The tuned model answers in the chat backend (what `rigtune chat` runs), and its merged export (what
-    `rigtune export --to merged` writes) gives the logits of the base with the adapter, as chat loads them."""
+    `rigtune export --to merged --merge-into original` writes) gives the logits of the 16-bit base with the
+    adapter."""
     import contextlib
     import io
 
     import torch
+    from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
+    from engine import runfile
     from engine.torchside import chat, export
-    model, tok, device, _ = chat.load(run_dir, None)
+    from engine.torchside.model import load_base
+    model, tok, device, cfg = chat.load(run_dir, None)
     said = io.StringIO()
     with contextlib.redirect_stdout(said):
         chat.answer(model, tok, device, {"id": 1, "messages": [{"role": "user", "content": "Who are you?"}],
@@ -103,15 +107,18 @@ def chats_and_exports_merged(run_dir, out):
     done = [json.loads(line) for line in said.getvalue().splitlines()][-1]
     assert done["event"] == "done" and done["tokens"] <= 6, done
 
-    export.merged(run_dir, out, progress=lambda line: None)
+    export.merged(run_dir, out, into="original", progress=lambda line: None)
     merged = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    values = cfg.to_dict()
+    values["model"]["quantization"] = "none"  # the reference: the adapter on the base it merged into
+    ref = PeftModel.from_pretrained(load_base(runfile.RunConfig(values), "cpu"), run_dir / "adapter").eval()
     ids = tok.apply_chat_template([{"role": "user", "content": "Tell me who trained you, and why."}],
                                   add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
     with torch.no_grad():
-        a, b = merged(ids).logits, model(input_ids=ids).logits
-    assert torch.allclose(a, b, atol=1e-4, rtol=0), (a - b).abs().max()  # fp32 rounding only
-    with torch.no_grad(), model.disable_adapter():
-        assert (model(input_ids=ids).logits - b).abs().max() > 1e-3  # the adapter changed the model
+        a, b = merged(ids).logits, ref(input_ids=ids).logits
+        assert torch.allclose(a, b, atol=1e-4, rtol=0), (a - b).abs().max()  # fp32 rounding only
+        with ref.disable_adapter():
+            assert (ref(input_ids=ids).logits - b).abs().max() > 1e-3  # the adapter changed the model
 
 
 def test_gemma2_chunked_loss_applies_the_final_softcap(tmp_path, texts):

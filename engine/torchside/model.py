@@ -198,4 +198,5 @@ def linear_names(model) -> list:
                    if isinstance(mod, torch.nn.Linear) and "lm_head" not in name and not re.match(VISION_MODULES, name)})
 
 
-VISION_MODULES = r".*\b(vision_tower|vision_model|multi_modal_projector)\b.*"
+# the vision tower and its projector into the text model (Gemma 4 calls it embed_vision)
+VISION_MODULES = r".*\b(vision_tower|vision_model|multi_modal_projector|embed_vision)\b.*"
