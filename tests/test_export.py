@@ -302,36 +302,120 @@ def test_gguf_tokenizes_like_transformers(demo_run, demo_cache, tmp_path):
         assert tokenize(gguf, texts) == [tok(t, add_special_tokens=False)["input_ids"] for t in texts], folder
 
 
-@pytest.mark.parametrize("family", ["qwen2", "qwen3"])
-def test_gguf_of_other_families_runs_in_llama_cpp(tmp_path, family):
-    """Tiny random Qwen2 (q/k/v biases, tied embeddings) and Qwen3 (q/k norms, wider heads) models written as
-    GGUF (f32, so rounding cannot flip a near-tie) continue each prompt in llama.cpp exactly as in transformers."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
+# family (engine.torchside.tiny.FAMILIES) -> (seed, settings on its tiny copy). Gemma's sliding window (16) is
+# shorter than the prompts, and its layers are set apart from llama.cpp's default pattern, so both count; Gemma 3
+# scales its full-attention layers' RoPE linearly, as Gemma 3 4B-27B do. Seeds: each family's first seed whose
+# greedy steps all lead by GREEDY_MARGIN (seeds 0-7 tried; fp32 llama.cpp and transformers differ by ~1e-5 in a
+# logit, so a lead of 0.02 cannot flip); the test asserts the margin, so a changed init cannot make it a coin toss.
+GEMMA3 = {"query_pre_attn_scalar": 24, "sliding_window": 16, "layer_types": ["full_attention", "sliding_attention"],
+          "rope_parameters": {"full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 1e6},
+                              "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}}
+GGUF_FAMILIES = {
+    "qwen2": (0, {}), "qwen3": (0, {}), "phi3": (0, {}), "mixtral": (1, {}),
+    "qwen3_moe": (0, {"norm_topk_prob": True}),
+    "gemma2": (1, {"query_pre_attn_scalar": 24, "sliding_window": 16}),
+    "gemma3_text": (3, GEMMA3), "gemma3": (4, GEMMA3)}
+GREEDY_MARGIN = 0.02  # logits: top-1 over top-2 at every generated step, in transformers (fp32)
+
+
+def tiny_family(folder: Path, family: str, tok, seed: int, settings: dict) -> Path:
+    """A tiny random copy of `family` (hidden 64, 2 layers, large weights: the next token depends on the context)
+    with `settings` set on its (text) config, random norm weights, saved with its tokenizer, tied embeddings."""
+    from transformers import AutoModelForCausalLM
+
+    from engine.torchside.tiny import family_config
+    config = family_config(family, tok, hidden=64, layers=2, heads=4, kv_heads=2, intermediate=128, tied=True)
+    text = config.get_text_config()
+    for key, value in {**settings, "initializer_range": 0.4}.items():
+        setattr(text, key, value)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config)
+    with torch.no_grad():  # norms away from their init (1, or Gemma's 0): each one's weight has to arrive
+        for name, weight in model.named_parameters():
+            if name.endswith("norm.weight"):
+                weight.uniform_(0.5, 3.0)
+        if family.startswith("gemma"):  # Gemma scales embeddings by sqrt(hidden) going in: the layers count too
+            model.get_input_embeddings().weight.mul_(64 ** -0.5)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def greedy_margins(model, ids: list, n: int) -> tuple:
+    """transformers' greedy continuation (at most n tokens, ending before end-of-sequence, as until_eos) and the
+    smallest lead of the chosen token's logit over the next one's along it."""
+    out = model.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False, output_logits=True,
+                         return_dict_in_generate=True, pad_token_id=model.config.get_text_config().eos_token_id)
+    top = torch.stack([s[0].float().topk(2).values for s in out.logits])
+    new = out.sequences[0][len(ids):].tolist()
+    eos = model.config.get_text_config().eos_token_id
+    return (new[:new.index(eos)] if eos in new else new), (top[:, 0] - top[:, 1]).min().item()
+
+
+def greedy_jobs(jobs: list, tmp_path: Path) -> list:
+    """llama.cpp's greedy lists for several GGUFs in one node process (llama_greedy.mjs jobs)."""
+    (tmp_path / "jobs.json").write_text(json.dumps(jobs))
+    res = subprocess.run(["node", "llama_greedy.mjs", "jobs", str(tmp_path / "jobs.json")], cwd=llama_cpp(),
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return [json.loads(line) for line in res.stdout.strip().splitlines()]
+
+
+def test_gguf_of_other_families_runs_in_llama_cpp(tmp_path):
+    """A tiny random copy of each family rigtune trains and llama.cpp runs (Qwen2's q/k/v biases, Qwen3's q/k norms
+    and wide heads, Phi-3's fused projections, Mixtral's and Qwen3-MoE's stacked experts, Gemma 2's softcaps and
+    Gemma 2/3's shifted norms, sliding windows and per-layer-kind RoPE, the multimodal Gemma 3's text model) written
+    as GGUF (f32) continues prompts of about 45 tokens in llama.cpp exactly as in transformers: 16 new tokens (fewer
+    where end-of-sequence comes first, at least 8), whole lists compared."""
+    from transformers import AutoModelForCausalLM
 
     from engine.torchside import gguf_export as G
     from engine.torchside.tiny import build_tokenizer
     llama_cpp()
     texts = [json.loads(x)["output"] for x in (ROOT / "presets" / "demo.jsonl").read_text().splitlines()]
-    tok = build_tokenizer(texts, 400)
-    common = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True,
-                  bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                  initializer_range=0.4)  # large weights: the next token depends on the context, not on the init
-    torch.manual_seed(0)
-    if family == "qwen2":
-        model = Qwen2ForCausalLM(Qwen2Config(**common))
-    else:
-        model = Qwen3ForCausalLM(Qwen3Config(**common, head_dim=32))  # 4 heads x 32 > hidden 64, as Qwen3 does
-    folder = tmp_path / family
-    model.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    G.write_model(folder, tmp_path / f"{family}.gguf", quant="f32", progress=lambda line: None)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    tok = AutoTokenizer.from_pretrained(folder)
-    ids = [tok(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
-    expected = [until_eos(model, x, tok.eos_token_id) for x in ids]
-    assert len({tuple(e) for e in expected}) == len(expected)  # each prompt continues differently
-    assert greedy(tmp_path / f"{family}.gguf", None, ids) == expected
+    tok = build_tokenizer(texts, 320)
+    prompts = [tok(" ".join(texts[i:i + 3]), add_special_tokens=False)["input_ids"] for i in (0, 3)]
+    assert all(30 < len(x) < 90 for x in prompts), [len(x) for x in prompts]
+    jobs, expected = [], []
+    for family, (seed, settings) in GGUF_FAMILIES.items():
+        folder = tiny_family(tmp_path / family, family, tok, seed, settings)
+        G.write_model(folder, tmp_path / f"{family}.gguf", quant="f32", progress=lambda line: None)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+        runs = [greedy_margins(model, x, 16) for x in prompts]
+        assert min(m for _, m in runs) > GREEDY_MARGIN, (family, runs)
+        assert all(len(r) >= 8 for r, _ in runs) and runs[0][0] != runs[1][0], (family, runs)  # no early EOS
+        expected.append([r for r, _ in runs])
+        jobs.append({"model": str(tmp_path / f"{family}.gguf"), "n": 16, "prompts": prompts})
+    got = greedy_jobs(jobs, tmp_path)
+    assert dict(zip(GGUF_FAMILIES, got)) == dict(zip(GGUF_FAMILIES, expected))
+
+
+@pytest.mark.parametrize("family, change, key, words", [
+    ("qwen3_moe", {"norm_topk_prob": False}, "norm_topk_prob", "always does"),
+    ("qwen3_moe", {"norm_topk_prob": True, "mlp_only_layers": [1]}, "mlp_only_layers", "experts in every layer"),
+    ("gemma2", {"query_pre_attn_scalar": 256}, "query_pre_attn_scalar", "scales this size of model by 24"),
+    ("gemma2", {"query_pre_attn_scalar": 24, "tie_word_embeddings": False}, "tie_word_embeddings", "reuses"),
+    ("gemma3_text", {"query_pre_attn_scalar": 24, "attn_logit_softcapping": 50.0}, "attn_logit_softcapping", "caps"),
+    ("qwen3", {"architectures": ["Qwen3_5ForCausalLM"]}, "--to", "Gated DeltaNet"),
+    ("qwen3", {"architectures": ["Gemma4ForCausalLM"]}, "--to", "gemma4 layout"),
+    ("qwen3", {"architectures": ["GptOssForCausalLM"]}, "--to", "MXFP4"),
+    ("qwen3", {"architectures": ["FalconForCausalLM"]}, "--to", "GGUF export covers")])
+def test_gguf_refuses_what_llama_cpp_would_run_differently(tmp_path, family, change, key, words):
+    """A family rigtune does not write, or settings llama.cpp's graph for the family cannot run as transformers
+    does, are refused before anything is written: the key, why, and what to do instead."""
+    from engine.errors import BadInput
+    from engine.torchside import gguf_export as G
+    from engine.torchside.tiny import build_tokenizer
+    texts = [json.loads(x)["output"] for x in (ROOT / "presets" / "demo.jsonl").read_text().splitlines()]
+    folder = tiny_family(tmp_path / family, family, build_tokenizer(texts, 320), 0,
+                         GGUF_FAMILIES[family][1])
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **change}))
+    with pytest.raises(BadInput) as e:
+        G.write_model(folder, tmp_path / "no.gguf", progress=lambda line: None)
+    assert f"key '{key}'" in str(e.value) and words in str(e.value), str(e.value)
+    assert "convert_hf_to_gguf.py" in str(e.value)
+    assert not (tmp_path / "no.gguf").exists()
 
 
 def test_gguf_with_a_sentencepiece_tokenizer(tmp_path):
@@ -423,7 +507,7 @@ def test_gguf_of_a_llama3_rope_scaled_llama_runs_in_llama_cpp(tmp_path):
 
 
 @pytest.mark.parametrize("scaling", [{"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32},
-                                     {"type": "linear", "factor": 2.0}, {"rope_type": "dynamic", "factor": 2.0}])
+                                     {"type": "dynamic", "factor": 2.0}])
 def test_gguf_refuses_rope_scaling_it_cannot_write(tiny_model, tmp_path, scaling):
     """RoPE scaling rigtune does not write (llama.cpp would run it as plain RoPE) is refused before anything is
     written, naming rope_scaling and the type; so is "llama3" on a family llama.cpp gives no rope_freqs to."""

@@ -3,10 +3,12 @@
 gguf: the merged model (engine.torchside.export) as one file, f16, bf16 or q8_0.
 gguf-lora: the adapter alone, for `llama-cli -m base.gguf --lora adapter.gguf` on a GGUF of the base.
 
-Supported: Llama and Mistral (llama.cpp's "llama" graph), Qwen2/2.5 and Qwen3, with a byte-level BPE
-tokenizer, or a SentencePiece one (Llama 2, CodeLlama, Mistral up to v0.3). For the Llama graph the q and k projections' rows are permuted to llama.cpp's rotary layout, as
-its own converter does (and so are the LoRA B matrices of q and k). Other architectures and tokenizers are
-refused with the reason, before anything is written.
+Supported (gguf_archs.ARCHS, written as llama.cpp's own converter writes them): Llama, Mistral and Mixtral
+(llama.cpp's "llama" graph), Qwen2/2.5, Qwen3, Qwen3-MoE, Gemma 2, Gemma 3 (text, and the multimodal model's
+text part) and Phi-3, with a byte-level BPE tokenizer, or a SentencePiece one (Llama 2, CodeLlama, Mistral up to
+v0.3, Gemma). For the Llama graph the q and k projections' rows are permuted to llama.cpp's rotary layout, as its
+own converter does (and so are the LoRA B matrices of q and k). Other architectures and tokenizers, and settings
+llama.cpp's graph for the family cannot run, are refused with the reason, before anything is written.
 """
 from __future__ import annotations
 
@@ -15,12 +17,10 @@ from pathlib import Path
 
 from .. import modelfiles as M
 from ..errors import BadInput
+from . import gguf_archs as A
+from .gguf_archs import ARCHS, rope, rope_factors  # noqa: F401 (their home before)
 from .weights import shards
 
-# transformers architecture -> (the gguf package's MODEL_ARCH name, whether q/k rows are permuted): llama.cpp's
-# Llama graph wants its own rotary row order; its Qwen graphs take transformers' as it is
-ARCHS = {"LlamaForCausalLM": ("LLAMA", True), "MistralForCausalLM": ("LLAMA", True),
-         "Qwen2ForCausalLM": ("QWEN2", False), "Qwen3ForCausalLM": ("QWEN3", False)}
 # tokenizer.json pre-tokenizers llama.cpp knows, by how they split text: GPT-2's byte-level regex, and the
 # Split regexes of Llama 3.x and Qwen2/2.5 (followed by a byte-level step without its own regex)
 PRE_BYTELEVEL_GPT2 = "gpt-2"
@@ -32,57 +32,11 @@ SPLIT_PATTERNS = {LLAMA3_SPLIT: "llama-bpe", QWEN2_SPLIT: "qwen2"}
 
 
 def check_supported(folder: Path) -> dict:
-    """The model's config.json, if rigtune can write GGUF for it; BadInput saying why not otherwise."""
-    config = json.loads((folder / "config.json").read_text())
-    arch = (config.get("architectures") or ["?"])[0]
-    if arch not in ARCHS:
-        raise BadInput(f"GGUF export covers {', '.join(ARCHS)}; this model is {arch}. Export --to merged and "
-                       "convert it with llama.cpp's convert_hf_to_gguf.py.", key="--to")
-    kind = rope(config)["rope_type"]
-    if kind not in ("default", "llama3") or (kind == "llama3" and ARCHS[arch][0] != "LLAMA"):
-        raise BadInput(f"this {arch} uses RoPE scaling of type {kind!r}, which rigtune's GGUF export does not write "
-                       "(it writes plain RoPE and, for Llama, Llama 3.x's 'llama3'); llama.cpp would run it as plain "
-                       "RoPE. Export --to merged and convert it with llama.cpp's convert_hf_to_gguf.py.",
-                       key="rope_scaling")
+    """The model's settings (gguf_archs.load_config), if rigtune can write GGUF for it; BadInput saying why not."""
+    config = A.load_config(folder)
+    A.check_family(config)
     pre_tokenizer(folder)
     return config
-
-
-def rope(config: dict) -> dict:
-    """The RoPE parameters however config.json spells them: rope_theta and rope_scaling (the hub's files,
-    transformers 4) or rope_parameters (transformers 5 writes rope_theta inside it). rope_type "default" is plain."""
-    params = dict(config.get("rope_scaling") or {}) | dict(config.get("rope_parameters") or {})
-    params.setdefault("rope_theta", config.get("rope_theta", 10000.0))
-    params["rope_type"] = params.get("rope_type") or params.get("type") or "default"
-    return params
-
-
-def rope_factors(config: dict):
-    """llama.cpp's rope_freqs tensor for Llama 3.x's "llama3" RoPE scaling (None for plain RoPE): one float32 per
-    frequency, the plain inverse frequency over the scaled one (llama.cpp divides each angle by it), computed as
-    its converter does. Unlike the converter, original_max_position_embeddings is read where transformers reads
-    it (in the scaling parameters) instead of the top level, where Llama 3.1's config has none (8192 assumed)."""
-    import math
-
-    import torch
-    r = rope(config)
-    if r["rope_type"] != "llama3":
-        return None
-    dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
-    freqs = 1.0 / (r["rope_theta"] ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
-    factor, low, high = r.get("factor", 8.0), r.get("low_freq_factor", 1.0), r.get("high_freq_factor", 4.0)
-    old = r.get("original_max_position_embeddings", 8192)
-    factors = []
-    for freq in freqs.tolist():
-        wavelen = 2 * math.pi / freq
-        if wavelen < old / high:
-            factors.append(1.0)
-        elif wavelen > old / low:
-            factors.append(factor)
-        else:
-            smooth = (old / wavelen - low) / (high - low)
-            factors.append(1 / ((1 - smooth) / factor + smooth))
-    return torch.tensor(factors, dtype=torch.float32).numpy()
 
 
 def is_sentencepiece(folder: Path) -> bool:
@@ -144,13 +98,14 @@ def add_metadata(w, config: dict, name: str) -> None:
     w.add_head_count(heads)
     w.add_head_count_kv(config.get("num_key_value_heads") or heads)
     head_dim = config.get("head_dim") or config["hidden_size"] // heads
-    w.add_rope_dimension_count(head_dim)
-    if head_dim != config["hidden_size"] // heads:  # Qwen3 and others: heads wider than hidden/heads
+    w.add_rope_dimension_count(int(rope(config).get("partial_rotary_factor", 1.0) * head_dim))
+    if head_dim != config["hidden_size"] // heads:  # Qwen3, Gemma and others: heads wider than hidden/heads
         w.add_key_length(head_dim)
         w.add_value_length(head_dim)
     w.add_layer_norm_rms_eps(config.get("rms_norm_eps", 1e-5))
     w.add_rope_freq_base(rope(config)["rope_theta"])
     w.add_vocab_size(config["vocab_size"])
+    A.add_family_metadata(w, config)
 
 
 def add_sentencepiece(w, folder: Path, config: dict) -> None:
@@ -176,6 +131,8 @@ def add_sentencepiece(w, folder: Path, config: dict) -> None:
                      gguf.TokenType.USER_DEFINED if t else gguf.TokenType.UNUSED)
     w.add_tokenizer_model("llama")
     w.add_tokenizer_pre("default")
+    if gguf_arch(config)[0] in (gguf.MODEL_ARCH.GEMMA2, gguf.MODEL_ARCH.GEMMA3):
+        w.add_add_space_prefix(False)  # as llama.cpp's converter writes Gemma's SentencePiece vocabulary
     w.add_token_list(tokens)
     w.add_token_scores(scores)
     w.add_token_types(types)
@@ -246,7 +203,7 @@ class Planned:
             raise RuntimeError(f"{self.target}: wrote {written} bytes, planned {self.nbytes}")
 
 
-def _blocks(shard: Path, hf: str, shape, ggml_type, heads: int | None):
+def _blocks(shard: Path, hf: str, shape, ggml_type, heads: int | None, shift: float = 0.0):
     """Reads hf from the shard in blocks of rows (whole heads where q/k rows are permuted), converted."""
     import gguf
     import numpy as np
@@ -261,7 +218,7 @@ def _blocks(shard: Path, hf: str, shape, ggml_type, heads: int | None):
                 t = f.get_slice(hf)[a:a + step].float()
             if heads:
                 t = permute(t, t.shape[0] // unit)
-            data = t.numpy()
+            data = (t + shift if shift else t).numpy()
             if ggml_type == gguf.GGMLQuantizationType.F32:
                 yield data
             elif ggml_type == gguf.GGMLQuantizationType.F16:
@@ -271,34 +228,71 @@ def _blocks(shard: Path, hf: str, shape, ggml_type, heads: int | None):
     return read
 
 
-def tensor_plan(folder: Path, config: dict, qtype) -> list:
-    """Every tensor the GGUF file holds, in order, from the safetensors headers (shapes; nothing loaded)."""
+def _chain(readers):
+    def read():
+        for r in readers:
+            yield from r()
+    return read
+
+
+def _kind(shape, qtype):
+    """norms stay f32, as llama.cpp keeps them; f16 where the quant's blocks do not fit the rows."""
     import gguf
-    import numpy as np
-    from safetensors import safe_open
-    arch, arch_name, _ = gguf_arch(config)
-    names = gguf.get_tensor_name_map(arch, config["num_hidden_layers"])
     F32, F16 = gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16
     block = gguf.GGML_QUANT_SIZES[qtype][0]
-    plan, seen = [], set()
-    factors = rope_factors(config)
-    if factors is not None:
-        plan.append(Planned(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight", factors.shape, F32,
-                            factors.nbytes, lambda: [factors]))
+    return F32 if len(shape) == 1 or qtype == F32 else F16 if qtype == F16 or shape[-1] % block else qtype
+
+
+def _nbytes(shape, kind) -> int:
+    import gguf
+    import numpy as np
+    return int(np.prod(gguf.quant_shape_to_byte_shape(shape, kind), dtype=np.int64))
+
+
+def _sources(folder: Path, config: dict) -> dict:
+    """Every tensor the GGUF takes, by its text model's name: (shard, name in the shard, shape)."""
+    from safetensors import safe_open
+    found = {}
     for shard in shards(folder):
         with safe_open(str(shard), framework="pt") as f:
-            shapes = {hf: f.get_slice(hf).get_shape() for hf in f.keys()}
-        for hf, shape in shapes.items():
-            seen.add(hf)
-            target = names.get_name(hf, try_suffixes=(".weight", ".bias"))
-            if target is None:
-                raise BadInput(f"tensor {hf} has no GGUF name for the {arch_name} architecture.", key="--to")
-            # norms stay f32, as llama.cpp keeps them; f16 where the quant's blocks do not fit the rows
-            kind = F32 if len(shape) == 1 or qtype == F32 else F16 if qtype == F16 or shape[-1] % block else qtype
-            nbytes = int(np.prod(gguf.quant_shape_to_byte_shape(shape, kind), dtype=np.int64))
-            plan.append(Planned(target, shape, kind, nbytes, _blocks(shard, hf, shape, kind, _heads(config, hf)),
-                                shard))
-    if config.get("tie_word_embeddings") is False and "lm_head.weight" not in seen:
+            for hf in f.keys():
+                name = A.hf_name(config, hf)
+                if name is not None:
+                    found[name] = (shard, hf, f.get_slice(hf).get_shape())
+    return found
+
+
+def tensor_plan(folder: Path, config: dict, qtype) -> list:
+    """Every tensor the GGUF file holds, in order, from the safetensors headers (shapes; nothing loaded). Each
+    layer's experts of one projection become one tensor [experts, rows, cols], expert after expert."""
+    import gguf
+    arch, arch_name, _ = gguf_arch(config)
+    names = gguf.get_tensor_name_map(arch, config["num_hidden_layers"])
+    plan = []
+    factors = rope_factors(config)
+    if factors is not None:
+        plan.append(Planned(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight", factors.shape,
+                            gguf.GGMLQuantizationType.F32, factors.nbytes, lambda: [factors]))
+    sources = _sources(folder, config)
+    groups = A.expert_groups(config, list(sources))
+    stacked = {name: key for key, found in groups.items() for name in found.values()}
+    for name, (shard, hf, shape) in sources.items():
+        key = stacked.get(name)
+        if key is not None and groups[key].get(0) != name:
+            continue  # planned with expert 0
+        target = names.get_name(f"{key[0]}.{key[1]}.weight" if key else name, try_suffixes=(".weight", ".bias"))
+        if target is None:
+            raise BadInput(f"tensor {hf} has no GGUF name for the {arch_name} architecture.", key="--to")
+        if key:
+            parts = [sources[groups[key][i]] for i in range(len(groups[key]))]
+            shape = [len(parts), *shape]
+            kind = _kind(shape, qtype)
+            blocks = _chain([_blocks(s, h, p, kind, None) for s, h, p in parts])
+        else:
+            kind = _kind(shape, qtype)
+            blocks = _blocks(shard, hf, shape, kind, _heads(config, name), A.norm_shift(config, name))
+        plan.append(Planned(target, shape, kind, _nbytes(shape, kind), blocks, shard))
+    if config.get("tie_word_embeddings") is False and "lm_head.weight" not in sources:
         raise BadInput("the model has untied output weights but no lm_head.weight tensor.", key="--to")
     return plan
 
@@ -367,7 +361,8 @@ def write_lora(adapter: Path, base_folder: Path, out: Path) -> Path:
         part = "lora_a" if ".lora_A." in name else "lora_b" if ".lora_B." in name else None
         if part is None:
             continue
-        module = name.split(".lora_")[0].removeprefix("base_model.model.")
+        module = (A.hf_name(config, name.split(".lora_")[0].removeprefix("base_model.model.") + ".weight")
+                  or "?").removesuffix(".weight")
         target = names.get_name(module + ".weight", try_suffixes=(".weight",))
         if target is None:
             raise BadInput(f"adapter tensor {name} has no GGUF name for the {arch_name} architecture.", key="--to")

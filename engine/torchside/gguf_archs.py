@@ -1,0 +1,225 @@
+"""What the GGUF writer (gguf_export) needs to know per model family, as llama.cpp's own converter
+(convert_hf_to_gguf.py, at the llama.cpp that node-llama-cpp 3.22.1 ships, v0.5.0) writes it: which llama.cpp graph
+runs it, its metadata keys, its tensor names, the changes its tensors need (Gemma's norms + 1, MoE experts stacked
+into one tensor per projection, Llama's rotary row order) and what that graph cannot run (refused, with the reason).
+
+The model's settings are read as transformers reads them (its config class fills in what config.json leaves out;
+a multimodal wrapper's text_config is the model llama.cpp runs), so Gemma 3's published config.json works.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from ..errors import BadInput
+
+# transformers architecture -> (the gguf package's MODEL_ARCH name, whether q/k rows are permuted): llama.cpp's
+# Llama graph wants its own rotary row order; its other graphs take transformers' as it is
+ARCHS = {"LlamaForCausalLM": ("LLAMA", True), "MistralForCausalLM": ("LLAMA", True),
+         "MixtralForCausalLM": ("LLAMA", True),
+         "Qwen2ForCausalLM": ("QWEN2", False), "Qwen3ForCausalLM": ("QWEN3", False),
+         "Qwen3MoeForCausalLM": ("QWEN3MOE", False),
+         "Gemma2ForCausalLM": ("GEMMA2", False), "Gemma3ForCausalLM": ("GEMMA3", False),
+         "Gemma3ForConditionalGeneration": ("GEMMA3", False), "Phi3ForCausalLM": ("PHI3", False)}
+# families rigtune trains that its GGUF writer does not write (yet), and why
+REFUSED = {
+    "Qwen3_5ForCausalLM": "its Gated DeltaNet layers need llama.cpp's qwen35 tensor layout (reordered value heads, "
+                          "A_log as -exp, conv1d kernels), which rigtune does not write yet",
+    "Qwen3_5ForConditionalGeneration": "its Gated DeltaNet layers need llama.cpp's qwen35 tensor layout, which "
+                                       "rigtune does not write yet",
+    "Qwen3_5MoeForCausalLM": "its Gated DeltaNet layers and experts need llama.cpp's qwen35moe layout, which "
+                             "rigtune does not write yet",
+    "Qwen3_5MoeForConditionalGeneration": "its Gated DeltaNet layers and experts need llama.cpp's qwen35moe "
+                                          "layout, which rigtune does not write yet",
+    "Gemma4ForCausalLM": "its per-layer head sizes, shared KV layers and per-layer inputs need llama.cpp's gemma4 "
+                         "layout, which rigtune does not write yet",
+    "Gemma4ForConditionalGeneration": "its per-layer head sizes, shared KV layers and per-layer inputs need "
+                                      "llama.cpp's gemma4 layout, which rigtune does not write yet",
+    "GptOssForCausalLM": "its MXFP4 experts, attention sinks and clamped SwiGLU need llama.cpp's gpt-oss layout, "
+                         "which rigtune does not write yet",
+}
+WRAPPER_PREFIXES = (("language_model.model.", "model."), ("model.language_model.", "model."),
+                    ("language_model.lm_head.", "lm_head."))
+SKIPPED_PREFIXES = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.", "model.multi_modal_projector.")
+EXPERT = re.compile(r"^(.*\.experts)\.(\d+)\.(\w+)\.weight$")
+CONVERT = "Export --to merged and convert it with llama.cpp's convert_hf_to_gguf.py."
+
+
+def load_config(folder: Path) -> dict:
+    """config.json as transformers reads it: its config class's defaults filled in, a multimodal wrapper's text
+    model in place of the wrapper (its architectures kept). BadInput for a family rigtune does not write."""
+    raw = json.loads((folder / "config.json").read_text())
+    arch = (raw.get("architectures") or ["?"])[0]
+    if arch in REFUSED:
+        raise BadInput(f"GGUF export cannot write {arch} yet: {REFUSED[arch]}. {CONVERT}", key="--to")
+    if arch not in ARCHS:
+        raise BadInput(f"GGUF export covers {', '.join(ARCHS)}; this model is {arch}. {CONVERT}", key="--to")
+    from transformers import AutoConfig
+    config = AutoConfig.from_pretrained(folder).get_text_config().to_dict()
+    config["architectures"] = raw["architectures"]
+    return config
+
+
+def rope(config: dict, kind: str = "full_attention") -> dict:
+    """The RoPE parameters however config.json spells them: rope_theta and rope_scaling (the hub's files,
+    transformers 4) or rope_parameters (transformers 5 writes rope_theta inside it, per layer kind where layers
+    differ, as Gemma 3's sliding and full layers do). rope_type "default" is plain."""
+    params = dict(config.get("rope_scaling") or {}) | dict(config.get("rope_parameters") or {})
+    if "full_attention" in params or "sliding_attention" in params:
+        params = dict(params.get(kind) or {})
+    params.setdefault("rope_theta", config.get("rope_theta", 10000.0))
+    params["rope_type"] = params.get("rope_type") or params.get("type") or "default"
+    return params
+
+
+def rope_factors(config: dict):
+    """llama.cpp's rope_freqs tensor for Llama 3.x's "llama3" RoPE scaling (None for plain RoPE): one float32 per
+    frequency, the plain inverse frequency over the scaled one (llama.cpp divides each angle by it), computed as
+    its converter does. Unlike the converter, original_max_position_embeddings is read where transformers reads
+    it (in the scaling parameters) instead of the top level, where Llama 3.1's config has none (8192 assumed)."""
+    import math
+
+    import torch
+    r = rope(config)
+    if r["rope_type"] != "llama3":
+        return None
+    dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    freqs = 1.0 / (r["rope_theta"] ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+    factor, low, high = r.get("factor", 8.0), r.get("low_freq_factor", 1.0), r.get("high_freq_factor", 4.0)
+    old = r.get("original_max_position_embeddings", 8192)
+    factors = []
+    for freq in freqs.tolist():
+        wavelen = 2 * math.pi / freq
+        if wavelen < old / high:
+            factors.append(1.0)
+        elif wavelen > old / low:
+            factors.append(factor)
+        else:
+            smooth = (old / wavelen - low) / (high - low)
+            factors.append(1 / ((1 - smooth) / factor + smooth))
+    return torch.tensor(factors, dtype=torch.float32).numpy()
+
+
+def _refuse(arch: str, what: str, key: str) -> None:
+    raise BadInput(f"this {arch} {what}. {CONVERT}", key=key)
+
+
+def check_rope(config: dict) -> None:
+    """RoPE scaling the target graph runs as transformers does: plain, linear (positions over the factor, as
+    llama.cpp's freq_scale), Llama 3.x's "llama3" on the Llama graph (rope_freqs); Gemma 3's sliding layers plain."""
+    arch = config["architectures"][0]
+    kind = rope(config)["rope_type"]
+    if kind not in ("default", "linear", "llama3") or (kind == "llama3" and ARCHS[arch][0] != "LLAMA"):
+        _refuse(arch, f"uses RoPE scaling of type {kind!r}, which rigtune's GGUF export does not write (it writes "
+                      "plain and linear RoPE and, for Llama, Llama 3.x's 'llama3'); llama.cpp would run it as plain "
+                      "RoPE", "rope_scaling")
+    if "sliding_attention" in (config.get("rope_parameters") or {}) and \
+            rope(config, "sliding_attention")["rope_type"] != "default":
+        _refuse(arch, "scales RoPE on its sliding-window layers, which llama.cpp's graph does not", "rope_scaling")
+
+
+def check_family(config: dict) -> None:
+    """What the family's llama.cpp graph cannot run as transformers does, refused before anything is written."""
+    arch = config["architectures"][0]
+    graph = ARCHS[arch][0]
+    check_rope(config)
+    if graph == "QWEN3MOE":
+        if not config.get("norm_topk_prob"):
+            _refuse(arch, "does not renormalise its chosen experts' weights (norm_topk_prob false); llama.cpp's "
+                          "qwen3moe graph always does", "norm_topk_prob")
+        if config.get("mlp_only_layers") or config.get("decoder_sparse_step", 1) != 1:
+            _refuse(arch, "has dense MLP layers between its MoE layers (mlp_only_layers / decoder_sparse_step); "
+                          "llama.cpp's qwen3moe graph has experts in every layer", "mlp_only_layers")
+        if config.get("use_sliding_window"):
+            _refuse(arch, "uses a sliding window, which llama.cpp's qwen3moe graph does not", "use_sliding_window")
+    if graph in ("GEMMA2", "GEMMA3"):
+        head_dim, layers = config["head_dim"], config["num_hidden_layers"]
+        # llama.cpp scales queries by 1/sqrt(head_dim), or by 1/sqrt(hidden/heads) for its 27B (46 / 62 layers)
+        wide = layers == (46 if graph == "GEMMA2" else 62)
+        scalar = config["hidden_size"] // config["num_attention_heads"] if wide else head_dim
+        if config.get("query_pre_attn_scalar", scalar) != scalar:
+            _refuse(arch, f"scales queries by query_pre_attn_scalar {config['query_pre_attn_scalar']}; llama.cpp's "
+                          f"{graph.lower()} graph scales this size of model by {scalar}", "query_pre_attn_scalar")
+        if config.get("hidden_activation", "gelu_pytorch_tanh") != "gelu_pytorch_tanh":
+            _refuse(arch, f"uses {config['hidden_activation']}; llama.cpp's Gemma graphs use tanh-approximated GELU",
+                    "hidden_activation")
+    if graph == "GEMMA2" and config.get("tie_word_embeddings") is False:
+        _refuse(arch, "has an output layer apart from its embeddings; llama.cpp's gemma2 graph reuses the "
+                      "embeddings", "tie_word_embeddings")
+    if graph == "GEMMA3" and config.get("attn_logit_softcapping"):
+        _refuse(arch, "caps attention logits, which llama.cpp's gemma3 graph does not", "attn_logit_softcapping")
+
+
+def _swa_pattern(config: dict, default: int) -> list | None:
+    """The sliding layers as a list of bools where layer_types differ from llama.cpp's default pattern for the
+    graph (every layer sliding but each default-th); None where the default already matches."""
+    kinds = config.get("layer_types") or []
+    swa = [k == "sliding_attention" for k in kinds]
+    fallback = [i % default < default - 1 for i in range(len(swa))]
+    return None if swa == fallback else swa
+
+
+def add_family_metadata(w, config: dict) -> None:
+    """The keys llama.cpp reads for the family, beyond the ones every family has (gguf_export.add_metadata)."""
+    graph = ARCHS[config["architectures"][0]][0]
+    r = rope(config)
+    if r["rope_type"] == "linear":
+        import gguf
+        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(r["factor"])
+    experts = config.get("num_local_experts") or config.get("num_experts")
+    if experts:
+        w.add_expert_count(experts)
+        w.add_expert_used_count(config["num_experts_per_tok"])
+    if graph == "QWEN3MOE":
+        w.add_expert_feed_forward_length(config["moe_intermediate_size"])
+    if graph in ("GEMMA2", "GEMMA3"):
+        if config.get("final_logit_softcapping"):
+            w.add_final_logit_softcapping(config["final_logit_softcapping"])
+        if graph == "GEMMA2":
+            w.add_attn_logit_softcapping(config["attn_logit_softcapping"])
+        if any(k == "sliding_attention" for k in config.get("layer_types") or []):
+            w.add_sliding_window(config["sliding_window"])
+            pattern = _swa_pattern(config, 2 if graph == "GEMMA2" else 6)
+            if pattern is not None:
+                w.add_sliding_window_pattern(pattern)
+            w.add_rope_freq_base_swa(rope(config, "sliding_attention")["rope_theta"])
+    if graph == "PHI3":
+        w.add_rope_scaling_orig_ctx_len(config.get("original_max_position_embeddings")
+                                        or config["max_position_embeddings"])
+        w.add_sliding_window(config.get("sliding_window") or 0)
+
+
+def hf_name(config: dict, name: str) -> str | None:
+    """The tensor's name as the text model's (a multimodal wrapper's prefixes taken off), None for tensors llama.cpp's
+    text GGUF leaves out (the vision tower and its projector; Gemma 2's lm_head, the embeddings' copy)."""
+    if name.startswith(SKIPPED_PREFIXES):
+        return None
+    for prefix, plain in WRAPPER_PREFIXES:
+        if name.startswith(prefix):
+            name = plain + name[len(prefix):]
+    if name == "lm_head.weight" and ARCHS[config["architectures"][0]][0] == "GEMMA2":
+        return None
+    return name
+
+
+def norm_shift(config: dict, name: str) -> float:
+    """Gemma's RMSNorm scales by 1 + weight; llama.cpp's by the weight: its converter adds 1."""
+    graph = ARCHS[config["architectures"][0]][0]
+    return 1.0 if graph in ("GEMMA2", "GEMMA3") and name.endswith("norm.weight") else 0.0
+
+
+def expert_groups(config: dict, names: list) -> dict:
+    """Per-expert tensors (…experts.N.PROJ.weight) grouped by (experts prefix, PROJ): llama.cpp holds each layer's
+    experts of a projection as one 3-D tensor, expert-major, as its converter stacks them."""
+    groups: dict = {}
+    for name in names:
+        m = EXPERT.match(name)
+        if m:
+            groups.setdefault((m.group(1), m.group(3)), {})[int(m.group(2))] = name
+    count = config.get("num_local_experts") or config.get("num_experts") or 0
+    for (prefix, part), found in groups.items():
+        if sorted(found) != list(range(count)):
+            raise BadInput(f"{prefix}.*.{part} holds experts {sorted(found)}, the config {count}.", key="--to")
+    return groups
