@@ -74,11 +74,28 @@ def is_experts(module) -> bool:
         params[n], "rigtune_state")) for n in EXPERT_WEIGHTS)
 
 
-def quantize(value, quant_type: str, double_quant: bool):
-    """(packed 4-bit data, bitsandbytes QuantState) of a fused expert tensor."""
-    return __import__("bitsandbytes").functional.quantize_4bit(
-        value.contiguous(), blocksize=BLOCK, compress_statistics=double_quant, quant_type=quant_type,
-        quant_storage=torch.uint8)
+def quantize(value, quant_type: str, double_quant: bool, chunk: int = 1 << 22):
+    """(packed 4-bit data, bitsandbytes QuantState) of a fused expert tensor. Single quant goes `chunk` values
+    at a time (its blocks are independent, so the result is the whole tensor's): bitsandbytes' CPU quantizer
+    holds about 7 times its input in temporaries (bench/moe_experts), a whole layer's experts at once would be
+    gigabytes. Double quant's nested statistics need the whole tensor."""
+    from bitsandbytes import functional as F
+    flat = value.contiguous().reshape(-1)
+    if double_quant or flat.numel() <= chunk:
+        packed, state = F.quantize_4bit(flat, blocksize=BLOCK, compress_statistics=double_quant,
+                                        quant_type=quant_type, quant_storage=torch.uint8)
+        state.shape = value.shape
+        return packed, state
+    n = flat.numel()
+    packed = torch.empty((n + 1) // 2, 1, dtype=torch.uint8, device=flat.device)
+    absmax = torch.empty(-(-n // BLOCK), dtype=torch.float32, device=flat.device)
+    for start in range(0, n, chunk):
+        part, state = F.quantize_4bit(flat[start:start + chunk], blocksize=BLOCK, quant_type=quant_type,
+                                      quant_storage=torch.uint8)
+        packed[start // 2: start // 2 + part.shape[0]] = part
+        absmax[start // BLOCK: start // BLOCK + state.absmax.numel()] = state.absmax
+    return packed, F.QuantState(absmax=absmax, shape=value.shape, code=state.code, blocksize=BLOCK,
+                                quant_type=quant_type, dtype=value.dtype)
 
 
 def packed_parameter(value, quant_type: str, double_quant: bool) -> nn.Parameter:
