@@ -314,22 +314,23 @@ GGUF_FAMILIES = {
     "qwen2": (0, {}), "qwen3": (0, {}), "phi3": (0, {}), "mixtral": (1, {}),
     "qwen3_moe": (0, {"norm_topk_prob": True}),
     "gemma2": (1, {"query_pre_attn_scalar": 24, "sliding_window": 16}),
-    "gemma3_text": (3, GEMMA3), "gemma3": (4, GEMMA3)}
+    "gemma3_text": (3, GEMMA3), "gemma3": (4, GEMMA3), "qwen3_5": (0, {}), "qwen3_5_moe": (0, {})}
 GREEDY_MARGIN = 0.02  # logits: top-1 over top-2 at every generated step, in transformers (fp32)
 
 
 def tiny_family(folder: Path, family: str, tok, seed: int, settings: dict) -> Path:
     """A tiny random copy of `family` (hidden 64, 2 layers, large weights: the next token depends on the context)
     with `settings` set on its (text) config, random norm weights, saved with its tokenizer, tied embeddings."""
-    from transformers import AutoModelForCausalLM
+    import transformers
 
-    from engine.torchside.tiny import family_config
+    from engine.torchside.tiny import _SAVED_AS, family_config
     config = family_config(family, tok, hidden=64, layers=2, heads=4, kv_heads=2, intermediate=128, tied=True)
     text = config.get_text_config()
     for key, value in {**settings, "initializer_range": 0.4}.items():
         setattr(text, key, value)
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config)
+    model = (getattr(transformers, _SAVED_AS[family])(config) if family in _SAVED_AS  # as published, as tiny does
+             else transformers.AutoModelForCausalLM.from_config(config))
     with torch.no_grad():  # norms away from their init (1, or Gemma's 0): each one's weight has to arrive
         for name, weight in model.named_parameters():
             if name.endswith("norm.weight"):
@@ -364,7 +365,8 @@ def greedy_jobs(jobs: list, tmp_path: Path) -> list:
 def test_gguf_of_other_families_runs_in_llama_cpp(tmp_path):
     """A tiny random copy of each family rigtune trains and llama.cpp runs (Qwen2's q/k/v biases, Qwen3's q/k norms
     and wide heads, Phi-3's fused projections, Mixtral's and Qwen3-MoE's stacked experts, Gemma 2's softcaps and
-    Gemma 2/3's shifted norms, sliding windows and per-layer-kind RoPE, the multimodal Gemma 3's text model) written
+    Gemma 2/3's shifted norms, sliding windows and per-layer-kind RoPE, the multimodal Gemma 3's text model, Qwen3.5's
+    Gated DeltaNet layers with more value than key heads and its M-RoPE, dense and MoE with a shared expert) written
     as GGUF (f32) continues prompts of about 45 tokens in llama.cpp exactly as in transformers: 16 new tokens (fewer
     where end-of-sequence comes first, at least 8), whole lists compared."""
     from transformers import AutoModelForCausalLM
@@ -396,7 +398,7 @@ def test_gguf_of_other_families_runs_in_llama_cpp(tmp_path):
     ("gemma2", {"query_pre_attn_scalar": 256}, "query_pre_attn_scalar", "scales this size of model by 24"),
     ("gemma2", {"query_pre_attn_scalar": 24, "tie_word_embeddings": False}, "tie_word_embeddings", "reuses"),
     ("gemma3_text", {"query_pre_attn_scalar": 24, "attn_logit_softcapping": 50.0}, "attn_logit_softcapping", "caps"),
-    ("qwen3", {"architectures": ["Qwen3_5ForCausalLM"]}, "--to", "Gated DeltaNet"),
+    ("qwen3", {"architectures": ["Gemma4ForConditionalGeneration"]}, "--to", "gemma4 layout"),
     ("qwen3", {"architectures": ["Gemma4ForCausalLM"]}, "--to", "gemma4 layout"),
     ("qwen3", {"architectures": ["GptOssForCausalLM"]}, "--to", "MXFP4"),
     ("qwen3", {"architectures": ["FalconForCausalLM"]}, "--to", "GGUF export covers")])

@@ -21,17 +21,12 @@ ARCHS = {"LlamaForCausalLM": ("LLAMA", True), "MistralForCausalLM": ("LLAMA", Tr
          "Qwen2ForCausalLM": ("QWEN2", False), "Qwen3ForCausalLM": ("QWEN3", False),
          "Qwen3MoeForCausalLM": ("QWEN3MOE", False),
          "Gemma2ForCausalLM": ("GEMMA2", False), "Gemma3ForCausalLM": ("GEMMA3", False),
-         "Gemma3ForConditionalGeneration": ("GEMMA3", False), "Phi3ForCausalLM": ("PHI3", False)}
+         "Gemma3ForConditionalGeneration": ("GEMMA3", False), "Phi3ForCausalLM": ("PHI3", False),
+         "Qwen3_5ForCausalLM": ("QWEN35", False), "Qwen3_5ForConditionalGeneration": ("QWEN35", False),
+         "Qwen3_5MoeForCausalLM": ("QWEN35MOE", False), "Qwen3_5MoeForConditionalGeneration": ("QWEN35MOE", False)}
+QWEN35 = ("QWEN35", "QWEN35MOE")
 # families rigtune trains that its GGUF writer does not write (yet), and why
 REFUSED = {
-    "Qwen3_5ForCausalLM": "its Gated DeltaNet layers need llama.cpp's qwen35 tensor layout (reordered value heads, "
-                          "A_log as -exp, conv1d kernels), which rigtune does not write yet",
-    "Qwen3_5ForConditionalGeneration": "its Gated DeltaNet layers need llama.cpp's qwen35 tensor layout, which "
-                                       "rigtune does not write yet",
-    "Qwen3_5MoeForCausalLM": "its Gated DeltaNet layers and experts need llama.cpp's qwen35moe layout, which "
-                             "rigtune does not write yet",
-    "Qwen3_5MoeForConditionalGeneration": "its Gated DeltaNet layers and experts need llama.cpp's qwen35moe "
-                                          "layout, which rigtune does not write yet",
     "Gemma4ForCausalLM": "its per-layer head sizes, shared KV layers and per-layer inputs need llama.cpp's gemma4 "
                          "layout, which rigtune does not write yet",
     "Gemma4ForConditionalGeneration": "its per-layer head sizes, shared KV layers and per-layer inputs need "
@@ -41,7 +36,8 @@ REFUSED = {
 }
 WRAPPER_PREFIXES = (("language_model.model.", "model."), ("model.language_model.", "model."),
                     ("language_model.lm_head.", "lm_head."))
-SKIPPED_PREFIXES = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.", "model.multi_modal_projector.")
+SKIPPED_PREFIXES = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.", "model.multi_modal_projector.",
+                    "model.visual.", "mtp.")  # Qwen3.5's vision tower and its multi-token-prediction layer
 EXPERT = re.compile(r"^(.*\.experts)\.(\d+)\.(\w+)\.weight$")
 CONVERT = "Export --to merged and convert it with llama.cpp's convert_hf_to_gguf.py."
 
@@ -144,6 +140,9 @@ def check_family(config: dict) -> None:
         if config.get("hidden_activation", "gelu_pytorch_tanh") != "gelu_pytorch_tanh":
             _refuse(arch, f"uses {config['hidden_activation']}; llama.cpp's Gemma graphs use tanh-approximated GELU",
                     "hidden_activation")
+    if graph in QWEN35 and set(config.get("layer_types") or []) - {"linear_attention", "full_attention"}:
+        _refuse(arch, f"has layers of kinds {sorted(set(config['layer_types']))}; llama.cpp's {graph.lower()} graph "
+                      "has linear and full attention layers only", "layer_types")
     if graph == "GEMMA2" and config.get("tie_word_embeddings") is False:
         _refuse(arch, "has an output layer apart from its embeddings; llama.cpp's gemma2 graph reuses the "
                       "embeddings", "tie_word_embeddings")
@@ -172,8 +171,10 @@ def add_family_metadata(w, config: dict) -> None:
     if experts:
         w.add_expert_count(experts)
         w.add_expert_used_count(config["num_experts_per_tok"])
-    if graph == "QWEN3MOE":
+    if graph in ("QWEN3MOE", "QWEN35MOE"):
         w.add_expert_feed_forward_length(config["moe_intermediate_size"])
+    if config.get("shared_expert_intermediate_size"):
+        w.add_expert_shared_feed_forward_length(config["shared_expert_intermediate_size"])
     if graph in ("GEMMA2", "GEMMA3"):
         if config.get("final_logit_softcapping"):
             w.add_final_logit_softcapping(config["final_logit_softcapping"])
@@ -185,10 +186,31 @@ def add_family_metadata(w, config: dict) -> None:
             if pattern is not None:
                 w.add_sliding_window_pattern(pattern)
             w.add_rope_freq_base_swa(rope(config, "sliding_attention")["rope_theta"])
+    if graph in QWEN35:
+        add_linear_attention(w, config)
     if graph == "PHI3":
         w.add_rope_scaling_orig_ctx_len(config.get("original_max_position_embeddings")
                                         or config["max_position_embeddings"])
         w.add_sliding_window(config.get("sliding_window") or 0)
+
+
+def add_linear_attention(w, config: dict) -> None:
+    """Qwen3.5's Gated DeltaNet sizes as llama.cpp's ssm keys, which layers are linear, and the interleaved
+    M-RoPE sections (text tokens give every section the same position: plain RoPE on the rotated quarter)."""
+    nv = config["linear_num_value_heads"]
+    w.add_ssm_conv_kernel(config["linear_conv_kernel_dim"])
+    w.add_ssm_state_size(config["linear_key_head_dim"])
+    w.add_ssm_group_count(config["linear_num_key_heads"])
+    w.add_ssm_time_step_rank(nv)
+    w.add_ssm_inner_size(config["linear_value_head_dim"] * nv)
+    w.add_array(f"{w.arch}.attention.recurrent_layers", [k == "linear_attention" for k in config["layer_types"]])
+    w.add_full_attention_interval(config.get("full_attention_interval", 4))
+    sections = list(rope(config).get("mrope_section") or [11, 11, 10])  # transformers' default, as the converter's
+    pairs = int(rope(config).get("partial_rotary_factor", 1.0) * config["head_dim"]) // 2
+    if sum(sections) > 2 * pairs:  # more than the rotated dims (only in copies narrower than any published model),
+        # which llama.cpp aborts on: each rotated pair in the section that transformers' interleaving gives it
+        sections = [(pairs - j + 2) // 3 for j in range(3)]
+    w.add_rope_dimension_sections((sections + [0] * 4)[:4])
 
 
 def hf_name(config: dict, name: str) -> str | None:
@@ -205,9 +227,45 @@ def hf_name(config: dict, name: str) -> str | None:
 
 
 def norm_shift(config: dict, name: str) -> float:
-    """Gemma's RMSNorm scales by 1 + weight; llama.cpp's by the weight: its converter adds 1."""
+    """Gemma's and Qwen3.5's RMSNorm scale by 1 + weight; llama.cpp's by the weight: its converter adds 1 (not to
+    Qwen3.5's gated norm inside the linear attention, which scales by the weight)."""
     graph = ARCHS[config["architectures"][0]][0]
-    return 1.0 if graph in ("GEMMA2", "GEMMA3") and name.endswith("norm.weight") else 0.0
+    if graph in QWEN35 and name.endswith("linear_attn.norm.weight"):
+        return 0.0
+    return 1.0 if graph in ("GEMMA2", "GEMMA3", *QWEN35) and name.endswith("norm.weight") else 0.0
+
+
+def linear_attention(config: dict, name: str):
+    """(the GGUF's source name, a function of the whole tensor) for a Qwen3.5 Gated DeltaNet tensor, None for any
+    other: A_log as -exp(A_log), dt_bias as dt_proj.bias, conv1d kernels without their middle axis, and where there
+    are more value heads than key heads, the value heads from grouped by key head to tiled (K0, K1, K0, K1, ...),
+    as llama.cpp's converter reorders them for its broadcasts."""
+    import torch
+    if ARCHS[config["architectures"][0]][0] not in QWEN35 or ".linear_attn." not in name:
+        return None
+    nk, nv = config["linear_num_key_heads"], config["linear_num_value_heads"]
+    dv, qk = config["linear_value_head_dim"], 2 * nk * config["linear_key_head_dim"]
+
+    def tiled(t, dim: int, head: int):
+        if nv == nk:
+            return t
+        shape = list(t.shape)
+        t = t.reshape(*shape[:dim], nk, nv // nk, head, *shape[dim + 1:])
+        return t.transpose(dim, dim + 1).reshape(shape)
+
+    def after_qk(t):
+        return torch.cat([t[:qk], tiled(t[qk:], 0, dv)])
+    base = name.rsplit(".", 2 if name.endswith(".weight") else 1)[0]
+    if name.endswith(".A_log"):
+        return name, lambda t: -torch.exp(tiled(t, 0, 1))
+    if name.endswith(".dt_bias"):
+        return base + ".dt_proj.bias", lambda t: tiled(t, 0, 1)
+    if name.endswith(".conv1d.weight"):
+        return name, lambda t: after_qk(t.squeeze(1))
+    part = name.split(".linear_attn.")[1]
+    return name, {"in_proj_qkv.weight": after_qk, "in_proj_z.weight": lambda t: tiled(t, 0, dv),
+                  "in_proj_a.weight": lambda t: tiled(t, 0, 1), "in_proj_b.weight": lambda t: tiled(t, 0, 1),
+                  "out_proj.weight": lambda t: tiled(t, 1, dv)}.get(part, lambda t: t)
 
 
 def expert_groups(config: dict, names: list) -> dict:

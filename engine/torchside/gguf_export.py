@@ -4,11 +4,12 @@ gguf: the merged model (engine.torchside.export) as one file, f16, bf16 or q8_0.
 gguf-lora: the adapter alone, for `llama-cli -m base.gguf --lora adapter.gguf` on a GGUF of the base.
 
 Supported (gguf_archs.ARCHS, written as llama.cpp's own converter writes them): Llama, Mistral and Mixtral
-(llama.cpp's "llama" graph), Qwen2/2.5, Qwen3, Qwen3-MoE, Gemma 2, Gemma 3 (text, and the multimodal model's
-text part) and Phi-3, with a byte-level BPE tokenizer, or a SentencePiece one (Llama 2, CodeLlama, Mistral up to
-v0.3, Gemma). For the Llama graph the q and k projections' rows are permuted to llama.cpp's rotary layout, as its
-own converter does (and so are the LoRA B matrices of q and k). Other architectures and tokenizers, and settings
-llama.cpp's graph for the family cannot run, are refused with the reason, before anything is written.
+(llama.cpp's "llama" graph), Qwen2/2.5, Qwen3, Qwen3-MoE, Qwen3.5/3.6 (dense and MoE), Gemma 2, Gemma 3 (text, and
+the multimodal model's text part) and Phi-3, with a byte-level BPE tokenizer, or a SentencePiece one (Llama 2,
+CodeLlama, Mistral up to v0.3, Gemma). For the Llama graph the q and k projections' rows are permuted to llama.cpp's
+rotary layout, as its own converter does (and so are the LoRA B matrices of q and k). Other architectures and
+tokenizers, and settings llama.cpp's graph for the family cannot run, are refused with the reason, before anything
+is written.
 """
 from __future__ import annotations
 
@@ -205,7 +206,6 @@ class Planned:
 
 def _blocks(shard: Path, hf: str, shape, ggml_type, heads: int | None, shift: float = 0.0):
     """Reads hf from the shard in blocks of rows (whole heads where q/k rows are permuted), converted."""
-    import gguf
     import numpy as np
     from safetensors import safe_open
 
@@ -218,13 +218,29 @@ def _blocks(shard: Path, hf: str, shape, ggml_type, heads: int | None, shift: fl
                 t = f.get_slice(hf)[a:a + step].float()
             if heads:
                 t = permute(t, t.shape[0] // unit)
-            data = (t + shift if shift else t).numpy()
-            if ggml_type == gguf.GGMLQuantizationType.F32:
-                yield data
-            elif ggml_type == gguf.GGMLQuantizationType.F16:
-                yield data.astype(np.float16)
-            else:  # bf16 and q8_0: packed bytes
-                yield gguf.quants.quantize(data, ggml_type)
+            yield _convert((t + shift if shift else t).numpy(), ggml_type)
+    return read
+
+
+def _convert(data, ggml_type):
+    import gguf
+    import numpy as np
+    if ggml_type == gguf.GGMLQuantizationType.F32:
+        return data
+    if ggml_type == gguf.GGMLQuantizationType.F16:
+        return data.astype(np.float16)
+    return gguf.quants.quantize(data, ggml_type)  # bf16 and q8_0: packed bytes
+
+
+def _whole(shard: Path, hf: str, fn, ggml_type):
+    """Reads hf whole and writes fn of it: for the tensors whose rows move across the whole tensor (Qwen3.5's
+    linear attention, at most a few hundred MB in the largest published model)."""
+    from safetensors import safe_open
+
+    def read():
+        with safe_open(str(shard), framework="pt") as f:
+            t = f.get_tensor(hf).float()
+        yield _convert(fn(t).contiguous().numpy(), ggml_type)
     return read
 
 
@@ -266,6 +282,7 @@ def tensor_plan(folder: Path, config: dict, qtype) -> list:
     """Every tensor the GGUF file holds, in order, from the safetensors headers (shapes; nothing loaded). Each
     layer's experts of one projection become one tensor [experts, rows, cols], expert after expert."""
     import gguf
+    import torch
     arch, arch_name, _ = gguf_arch(config)
     names = gguf.get_tensor_name_map(arch, config["num_hidden_layers"])
     plan = []
@@ -280,7 +297,9 @@ def tensor_plan(folder: Path, config: dict, qtype) -> list:
         key = stacked.get(name)
         if key is not None and groups[key].get(0) != name:
             continue  # planned with expert 0
-        target = names.get_name(f"{key[0]}.{key[1]}.weight" if key else name, try_suffixes=(".weight", ".bias"))
+        moved = A.linear_attention(config, name)
+        source = f"{key[0]}.{key[1]}.weight" if key else moved[0] if moved else name
+        target = names.get_name(source, try_suffixes=(".weight", ".bias"))
         if target is None:
             raise BadInput(f"tensor {hf} has no GGUF name for the {arch_name} architecture.", key="--to")
         if key:
@@ -288,6 +307,10 @@ def tensor_plan(folder: Path, config: dict, qtype) -> list:
             shape = [len(parts), *shape]
             kind = _kind(shape, qtype)
             blocks = _chain([_blocks(s, h, p, kind, None) for s, h, p in parts])
+        elif moved:
+            shape = list(moved[1](torch.empty(shape, device="meta")).shape)
+            kind = _kind(shape, qtype)
+            blocks = _whole(shard, hf, moved[1], kind)
         else:
             kind = _kind(shape, qtype)
             blocks = _blocks(shard, hf, shape, kind, _heads(config, name), A.norm_shift(config, name))
