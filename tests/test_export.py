@@ -314,7 +314,8 @@ GGUF_FAMILIES = {
     "qwen2": (0, {}), "qwen3": (0, {}), "phi3": (0, {}), "mixtral": (1, {}),
     "qwen3_moe": (0, {"norm_topk_prob": True}),
     "gemma2": (1, {"query_pre_attn_scalar": 24, "sliding_window": 16}),
-    "gemma3_text": (3, GEMMA3), "gemma3": (4, GEMMA3), "qwen3_5": (0, {}), "qwen3_5_moe": (0, {})}
+    "gemma3_text": (3, GEMMA3), "gemma3": (4, GEMMA3), "qwen3_5": (0, {}), "qwen3_5_moe": (0, {}),
+    "gemma4_text": (5, {}), "gemma4": (0, {})}
 GREEDY_MARGIN = 0.02  # logits: top-1 over top-2 at every generated step, in transformers (fp32)
 
 
@@ -332,9 +333,11 @@ def tiny_family(folder: Path, family: str, tok, seed: int, settings: dict) -> Pa
     model = (getattr(transformers, _SAVED_AS[family])(config) if family in _SAVED_AS  # as published, as tiny does
              else transformers.AutoModelForCausalLM.from_config(config))
     with torch.no_grad():  # norms away from their init (1, or Gemma's 0): each one's weight has to arrive
-        for name, weight in model.named_parameters():
+        for name, weight in [*model.named_parameters(), *model.named_buffers()]:
             if name.endswith("norm.weight"):
                 weight.uniform_(0.5, 3.0)
+            elif name.endswith(("layer_scalar", "router.scale", "per_expert_scale")):  # Gemma 4's, ones at init
+                weight.uniform_(0.5, 1.5)
         if family.startswith("gemma"):  # Gemma scales embeddings by sqrt(hidden) going in: the layers count too
             model.get_input_embeddings().weight.mul_(64 ** -0.5)
     model.save_pretrained(folder)
@@ -366,7 +369,9 @@ def test_gguf_of_other_families_runs_in_llama_cpp(tmp_path):
     """A tiny random copy of each family rigtune trains and llama.cpp runs (Qwen2's q/k/v biases, Qwen3's q/k norms
     and wide heads, Phi-3's fused projections, Mixtral's and Qwen3-MoE's stacked experts, Gemma 2's softcaps and
     Gemma 2/3's shifted norms, sliding windows and per-layer-kind RoPE, the multimodal Gemma 3's text model, Qwen3.5's
-    Gated DeltaNet layers with more value than key heads and its M-RoPE, dense and MoE with a shared expert) written
+    Gated DeltaNet layers with more value than key heads and its M-RoPE, dense and MoE with a shared expert, Gemma 4's
+    sliding and full layers with their own head sizes, KV heads and partial RoPE, K as V, layer scalars, and its
+    26B-A4B-style MoE block beside the MLP with router scales) written
     as GGUF (f32) continues prompts of about 45 tokens in llama.cpp exactly as in transformers: 16 new tokens (fewer
     where end-of-sequence comes first, at least 8), whole lists compared."""
     from transformers import AutoModelForCausalLM
@@ -398,8 +403,7 @@ def test_gguf_of_other_families_runs_in_llama_cpp(tmp_path):
     ("gemma2", {"query_pre_attn_scalar": 256}, "query_pre_attn_scalar", "scales this size of model by 24"),
     ("gemma2", {"query_pre_attn_scalar": 24, "tie_word_embeddings": False}, "tie_word_embeddings", "reuses"),
     ("gemma3_text", {"query_pre_attn_scalar": 24, "attn_logit_softcapping": 50.0}, "attn_logit_softcapping", "caps"),
-    ("qwen3", {"architectures": ["Gemma4ForConditionalGeneration"]}, "--to", "gemma4 layout"),
-    ("qwen3", {"architectures": ["Gemma4ForCausalLM"]}, "--to", "gemma4 layout"),
+    ("gemma4_text", {"hidden_size_per_layer_input": 16}, "hidden_size_per_layer_input", "per-layer input"),
     ("qwen3", {"architectures": ["GptOssForCausalLM"]}, "--to", "MXFP4"),
     ("qwen3", {"architectures": ["FalconForCausalLM"]}, "--to", "GGUF export covers")])
 def test_gguf_refuses_what_llama_cpp_would_run_differently(tmp_path, family, change, key, words):

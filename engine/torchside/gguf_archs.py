@@ -23,21 +23,19 @@ ARCHS = {"LlamaForCausalLM": ("LLAMA", True), "MistralForCausalLM": ("LLAMA", Tr
          "Gemma2ForCausalLM": ("GEMMA2", False), "Gemma3ForCausalLM": ("GEMMA3", False),
          "Gemma3ForConditionalGeneration": ("GEMMA3", False), "Phi3ForCausalLM": ("PHI3", False),
          "Qwen3_5ForCausalLM": ("QWEN35", False), "Qwen3_5ForConditionalGeneration": ("QWEN35", False),
-         "Qwen3_5MoeForCausalLM": ("QWEN35MOE", False), "Qwen3_5MoeForConditionalGeneration": ("QWEN35MOE", False)}
+         "Qwen3_5MoeForCausalLM": ("QWEN35MOE", False), "Qwen3_5MoeForConditionalGeneration": ("QWEN35MOE", False),
+         "Gemma4ForCausalLM": ("GEMMA4", False), "Gemma4ForConditionalGeneration": ("GEMMA4", False)}
 QWEN35 = ("QWEN35", "QWEN35MOE")
 # families rigtune trains that its GGUF writer does not write (yet), and why
 REFUSED = {
-    "Gemma4ForCausalLM": "its per-layer head sizes, shared KV layers and per-layer inputs need llama.cpp's gemma4 "
-                         "layout, which rigtune does not write yet",
-    "Gemma4ForConditionalGeneration": "its per-layer head sizes, shared KV layers and per-layer inputs need "
-                                      "llama.cpp's gemma4 layout, which rigtune does not write yet",
     "GptOssForCausalLM": "its MXFP4 experts, attention sinks and clamped SwiGLU need llama.cpp's gpt-oss layout, "
                          "which rigtune does not write yet",
 }
 WRAPPER_PREFIXES = (("language_model.model.", "model."), ("model.language_model.", "model."),
                     ("language_model.lm_head.", "lm_head."))
 SKIPPED_PREFIXES = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.", "model.multi_modal_projector.",
-                    "model.visual.", "mtp.")  # Qwen3.5's vision tower and its multi-token-prediction layer
+                    "model.visual.", "mtp.",  # Qwen3.5's vision tower and its multi-token-prediction layer
+                    "model.embed_vision.", "model.embed_audio.", "model.audio_tower.")  # Gemma 4's
 EXPERT = re.compile(r"^(.*\.experts)\.(\d+)\.(\w+)\.weight$")
 CONVERT = "Export --to merged and convert it with llama.cpp's convert_hf_to_gguf.py."
 
@@ -78,6 +76,8 @@ def rope_factors(config: dict):
 
     import torch
     r = rope(config)
+    if r["rope_type"] == "proportional" and ARCHS[config["architectures"][0]][0] == "GEMMA4":
+        return gemma4_rope_freqs(config)
     if r["rope_type"] != "llama3":
         return None
     dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
@@ -106,7 +106,10 @@ def check_rope(config: dict) -> None:
     llama.cpp's freq_scale), Llama 3.x's "llama3" on the Llama graph (rope_freqs); Gemma 3's sliding layers plain."""
     arch = config["architectures"][0]
     kind = rope(config)["rope_type"]
-    if kind not in ("default", "linear", "llama3") or (kind == "llama3" and ARCHS[arch][0] != "LLAMA"):
+    graph = ARCHS[arch][0]
+    if graph == "GEMMA4" and kind == "proportional":
+        kind = "default"  # its full layers' partial RoPE: rope_freqs (gemma4_rope_freqs)
+    if kind not in ("default", "linear", "llama3") or (kind == "llama3" and graph != "LLAMA"):
         _refuse(arch, f"uses RoPE scaling of type {kind!r}, which rigtune's GGUF export does not write (it writes "
                       "plain and linear RoPE and, for Llama, Llama 3.x's 'llama3'); llama.cpp would run it as plain "
                       "RoPE", "rope_scaling")
@@ -143,11 +146,25 @@ def check_family(config: dict) -> None:
     if graph in QWEN35 and set(config.get("layer_types") or []) - {"linear_attention", "full_attention"}:
         _refuse(arch, f"has layers of kinds {sorted(set(config['layer_types']))}; llama.cpp's {graph.lower()} graph "
                       "has linear and full attention layers only", "layer_types")
+    if graph == "GEMMA4":
+        check_gemma4(config)
     if graph == "GEMMA2" and config.get("tie_word_embeddings") is False:
         _refuse(arch, "has an output layer apart from its embeddings; llama.cpp's gemma2 graph reuses the "
                       "embeddings", "tie_word_embeddings")
     if graph == "GEMMA3" and config.get("attn_logit_softcapping"):
         _refuse(arch, "caps attention logits, which llama.cpp's gemma3 graph does not", "attn_logit_softcapping")
+
+
+def check_gemma4(config: dict) -> None:
+    arch = config["architectures"][0]
+    for key, what in (("hidden_size_per_layer_input", "per-layer input embeddings (Gemma 4 E2B/E4B)"),
+                      ("num_kv_shared_layers", "layers that reuse another layer's KV cache"),
+                      ("use_double_wide_mlp", "double-wide MLPs")):
+        if config.get(key):
+            _refuse(arch, f"has {what}, which rigtune's GGUF export does not write yet", key)
+    if rope(config)["rope_type"] != "proportional":
+        _refuse(arch, f"has {rope(config)['rope_type']!r} RoPE on its full-attention layers; llama.cpp's gemma4 "
+                      "graph is given Gemma 4's proportional RoPE", "rope_parameters")
 
 
 def _swa_pattern(config: dict, default: int) -> list | None:
@@ -170,12 +187,14 @@ def add_family_metadata(w, config: dict) -> None:
     experts = config.get("num_local_experts") or config.get("num_experts")
     if experts:
         w.add_expert_count(experts)
-        w.add_expert_used_count(config["num_experts_per_tok"])
-    if graph in ("QWEN3MOE", "QWEN35MOE"):
+        w.add_expert_used_count(config.get("num_experts_per_tok") or config["top_k_experts"])
+    if graph in ("QWEN3MOE", "QWEN35MOE") or (graph == "GEMMA4" and experts):
         w.add_expert_feed_forward_length(config["moe_intermediate_size"])
     if config.get("shared_expert_intermediate_size"):
         w.add_expert_shared_feed_forward_length(config["shared_expert_intermediate_size"])
-    if graph in ("GEMMA2", "GEMMA3"):
+    if graph == "GEMMA4":
+        add_gemma4(w, config)
+    if graph in ("GEMMA2", "GEMMA3", "GEMMA4"):
         if config.get("final_logit_softcapping"):
             w.add_final_logit_softcapping(config["final_logit_softcapping"])
         if graph == "GEMMA2":
@@ -183,7 +202,8 @@ def add_family_metadata(w, config: dict) -> None:
         if any(k == "sliding_attention" for k in config.get("layer_types") or []):
             w.add_sliding_window(config["sliding_window"])
             pattern = _swa_pattern(config, 2 if graph == "GEMMA2" else 6)
-            if pattern is not None:
+            if pattern is not None or graph == "GEMMA4":  # Gemma 4's graph has no default
+                pattern = [k == "sliding_attention" for k in config["layer_types"]]
                 w.add_sliding_window_pattern(pattern)
             w.add_rope_freq_base_swa(rope(config, "sliding_attention")["rope_theta"])
     if graph in QWEN35:
@@ -192,6 +212,42 @@ def add_family_metadata(w, config: dict) -> None:
         w.add_rope_scaling_orig_ctx_len(config.get("original_max_position_embeddings")
                                         or config["max_position_embeddings"])
         w.add_sliding_window(config.get("sliding_window") or 0)
+
+
+def gemma4_full(config: dict, key: str):
+    """A full-attention layer's head_dim or num_key_value_heads (global_* or per_layer_config)."""
+    glob = config.get({"head_dim": "global_head_dim", "num_key_value_heads": "num_global_key_value_heads"}[key])
+    if glob:
+        return glob
+    for i, layer in sorted((config.get("per_layer_config") or {}).items()):
+        if config["layer_types"][int(i)] == "full_attention" and key in layer:
+            return layer[key]
+    return config[key]
+
+
+def add_gemma4(w, config: dict) -> None:
+    """Gemma 4's sliding and full layers' head sizes, KV heads and rotary dims, as its converter writes them."""
+    full, swa = gemma4_full(config, "head_dim"), config["head_dim"]
+    w.add_key_length(full)
+    w.add_value_length(full)
+    w.add_key_length_swa(swa)
+    w.add_value_length_swa(swa)
+    w.add_rope_dimension_count(full)  # proportional: the unrotated dims get rope_freqs of 1e30
+    w.add_rope_dimension_count_swa(int(swa * rope(config, "sliding_attention").get("partial_rotary_factor", 1.0)))
+    kv_full = gemma4_full(config, "num_key_value_heads")
+    w.add_head_count_kv([config["num_key_value_heads"] if k == "sliding_attention" else kv_full
+                         for k in config["layer_types"]])
+    w.add_shared_kv_layers(config.get("num_kv_shared_layers") or 0)
+    w.add_embedding_length_per_layer_input(config.get("hidden_size_per_layer_input") or 0)
+
+
+def gemma4_rope_freqs(config: dict):
+    """Gemma 4's full layers rotate only a part of each head, with frequencies over the whole head
+    ("proportional"): llama.cpp rotates the whole head and divides the other pairs' angles by 1e30."""
+    import numpy as np
+    full = gemma4_full(config, "head_dim")
+    rotated = int(full * rope(config).get("partial_rotary_factor", 1.0) / 2)
+    return np.array([1.0] * rotated + [1e30] * (full // 2 - rotated), dtype=np.float32)
 
 
 def add_linear_attention(w, config: dict) -> None:
@@ -221,9 +277,20 @@ def hf_name(config: dict, name: str) -> str | None:
     for prefix, plain in WRAPPER_PREFIXES:
         if name.startswith(prefix):
             name = plain + name[len(prefix):]
-    if name == "lm_head.weight" and ARCHS[config["architectures"][0]][0] == "GEMMA2":
+    graph = ARCHS[config["architectures"][0]][0]
+    if name == "lm_head.weight" and graph == "GEMMA2":
         return None
+    if graph == "GEMMA4" and name.endswith((".layer_scalar", ".experts.gate_up_proj", ".experts.down_proj")):
+        return name + ".weight"  # as its converter names them for the tensor map
     return name
+
+
+def direct_target(config: dict, name: str) -> str | None:
+    """The GGUF name of a tensor the tensor map has no entry for: Gemma 4's router scales."""
+    m = re.match(r".*\.layers\.(\d+)\.router\.(scale|per_expert_scale)$", name)
+    if m and ARCHS[config["architectures"][0]][0] == "GEMMA4":
+        return f"blk.{m.group(1)}." + ("ffn_gate_inp.scale" if m.group(2) == "scale" else "ffn_down_exps.scale")
+    return None
 
 
 def norm_shift(config: dict, name: str) -> float:

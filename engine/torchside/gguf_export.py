@@ -4,8 +4,9 @@ gguf: the merged model (engine.torchside.export) as one file, f16, bf16 or q8_0.
 gguf-lora: the adapter alone, for `llama-cli -m base.gguf --lora adapter.gguf` on a GGUF of the base.
 
 Supported (gguf_archs.ARCHS, written as llama.cpp's own converter writes them): Llama, Mistral and Mixtral
-(llama.cpp's "llama" graph), Qwen2/2.5, Qwen3, Qwen3-MoE, Qwen3.5/3.6 (dense and MoE), Gemma 2, Gemma 3 (text, and
-the multimodal model's text part) and Phi-3, with a byte-level BPE tokenizer, or a SentencePiece one (Llama 2,
+(llama.cpp's "llama" graph), Qwen2/2.5, Qwen3, Qwen3-MoE, Qwen3.5/3.6 (dense and MoE), Gemma 2, Gemma 3 and Gemma 4
+(31B, 26B-A4B; text, and the multimodal models' text part) and Phi-3, with a byte-level BPE tokenizer, or a
+SentencePiece one (Llama 2,
 CodeLlama, Mistral up to v0.3, Gemma). For the Llama graph the q and k projections' rows are permuted to llama.cpp's
 rotary layout, as its own converter does (and so are the LoRA B matrices of q and k). Other architectures and
 tokenizers, and settings llama.cpp's graph for the family cannot run, are refused with the reason, before anything
@@ -91,16 +92,18 @@ def _heads(config: dict, name: str) -> int | None:
 
 def add_metadata(w, config: dict, name: str) -> None:
     heads = config["num_attention_heads"]
+    own = gguf_arch(config)[1] == "gemma4"  # its per-kind sizes: gguf_archs.add_gemma4
     w.add_name(name)
     w.add_context_length(config.get("max_position_embeddings", 4096))
     w.add_embedding_length(config["hidden_size"])
     w.add_block_count(config["num_hidden_layers"])
     w.add_feed_forward_length(config["intermediate_size"])
     w.add_head_count(heads)
-    w.add_head_count_kv(config.get("num_key_value_heads") or heads)
     head_dim = config.get("head_dim") or config["hidden_size"] // heads
-    w.add_rope_dimension_count(int(rope(config).get("partial_rotary_factor", 1.0) * head_dim))
-    if head_dim != config["hidden_size"] // heads:  # Qwen3, Gemma and others: heads wider than hidden/heads
+    if not own:
+        w.add_head_count_kv(config.get("num_key_value_heads") or heads)
+        w.add_rope_dimension_count(int(rope(config).get("partial_rotary_factor", 1.0) * head_dim))
+    if head_dim != config["hidden_size"] // heads and not own:  # Qwen3, Gemma: heads wider than hidden/heads
         w.add_key_length(head_dim)
         w.add_value_length(head_dim)
     w.add_layer_norm_rms_eps(config.get("rms_norm_eps", 1e-5))
@@ -299,7 +302,7 @@ def tensor_plan(folder: Path, config: dict, qtype) -> list:
             continue  # planned with expert 0
         moved = A.linear_attention(config, name)
         source = f"{key[0]}.{key[1]}.weight" if key else moved[0] if moved else name
-        target = names.get_name(source, try_suffixes=(".weight", ".bias"))
+        target = A.direct_target(config, name) or names.get_name(source, try_suffixes=(".weight", ".bias"))
         if target is None:
             raise BadInput(f"tensor {hf} has no GGUF name for the {arch_name} architecture.", key="--to")
         if key:
