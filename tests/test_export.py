@@ -310,22 +310,28 @@ def test_gguf_tokenizes_like_transformers(demo_run, demo_cache, tmp_path):
 GEMMA3 = {"query_pre_attn_scalar": 24, "sliding_window": 16, "layer_types": ["full_attention", "sliding_attention"],
           "rope_parameters": {"full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 1e6},
                               "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}}
+# gpt-oss's YaRN with its correction range rounded out to whole dims (truncate), as llama.cpp's ggml always does it;
+# the published truncate: false differs from llama.cpp's RoPE slightly (gguf_archs.notes says so when it exports)
+GPT_OSS_YARN = {"rope_type": "yarn", "factor": 32.0, "original_max_position_embeddings": 4096, "beta_fast": 32.0,
+                "beta_slow": 1.0, "rope_theta": 150000.0, "truncate": True}
 GGUF_FAMILIES = {
     "qwen2": (0, {}), "qwen3": (0, {}), "phi3": (0, {}), "mixtral": (1, {}),
     "qwen3_moe": (0, {"norm_topk_prob": True}),
     "gemma2": (1, {"query_pre_attn_scalar": 24, "sliding_window": 16}),
     "gemma3_text": (3, GEMMA3), "gemma3": (4, GEMMA3), "qwen3_5": (0, {}), "qwen3_5_moe": (0, {}),
-    "gemma4_text": (5, {}), "gemma4": (0, {})}
+    "gemma4_text": (5, {}), "gemma4": (0, {}), "gpt_oss": (3, {"rope_parameters": GPT_OSS_YARN})}
 GREEDY_MARGIN = 0.02  # logits: top-1 over top-2 at every generated step, in transformers (fp32)
 
 
 def tiny_family(folder: Path, family: str, tok, seed: int, settings: dict) -> Path:
     """A tiny random copy of `family` (hidden 64, 2 layers, large weights: the next token depends on the context)
-    with `settings` set on its (text) config, random norm weights, saved with its tokenizer, tied embeddings."""
+    with `settings` set on its (text) config, random norm weights, saved with its tokenizer, tied embeddings but
+    for gpt-oss."""
     import transformers
 
     from engine.torchside.tiny import _SAVED_AS, family_config
-    config = family_config(family, tok, hidden=64, layers=2, heads=4, kv_heads=2, intermediate=128, tied=True)
+    config = family_config(family, tok, hidden=64, layers=2, heads=4, kv_heads=2, intermediate=128,
+                           tied=family != "gpt_oss")  # as published: gpt-oss's output layer is its own
     text = config.get_text_config()
     for key, value in {**settings, "initializer_range": 0.4}.items():
         setattr(text, key, value)
@@ -345,15 +351,16 @@ def tiny_family(folder: Path, family: str, tok, seed: int, settings: dict) -> Pa
     return folder
 
 
-def greedy_margins(model, ids: list, n: int) -> tuple:
-    """transformers' greedy continuation (at most n tokens, ending before end-of-sequence, as until_eos) and the
-    smallest lead of the chosen token's logit over the next one's along it."""
+def greedy_margins(model, ids: list, n: int, ends: set) -> tuple:
+    """transformers' greedy continuation as llama.cpp's loop gives it (at most n tokens, ending before the first
+    token llama.cpp ends generation at: `ends`) and the smallest lead of the chosen token's logit over the next
+    one's along it."""
     out = model.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False, output_logits=True,
                          return_dict_in_generate=True, pad_token_id=model.config.get_text_config().eos_token_id)
     top = torch.stack([s[0].float().topk(2).values for s in out.logits])
     new = out.sequences[0][len(ids):].tolist()
-    eos = model.config.get_text_config().eos_token_id
-    return (new[:new.index(eos)] if eos in new else new), (top[:, 0] - top[:, 1]).min().item()
+    cut = min([new.index(e) for e in ends if e in new] + [len(new)])
+    return new[:cut], (top[:cut + 1, 0] - top[:cut + 1, 1]).min().item()
 
 
 def greedy_jobs(jobs: list, tmp_path: Path) -> list:
@@ -371,7 +378,7 @@ def test_gguf_of_other_families_runs_in_llama_cpp(tmp_path):
     Gemma 2/3's shifted norms, sliding windows and per-layer-kind RoPE, the multimodal Gemma 3's text model, Qwen3.5's
     Gated DeltaNet layers with more value than key heads and its M-RoPE, dense and MoE with a shared expert, Gemma 4's
     sliding and full layers with their own head sizes, KV heads and partial RoPE, K as V, layer scalars, and its
-    26B-A4B-style MoE block beside the MLP with router scales) written
+    26B-A4B-style MoE block beside the MLP with router scales, gpt-oss's fused biased experts, sinks and YaRN) written
     as GGUF (f32) continues prompts of about 45 tokens in llama.cpp exactly as in transformers: 16 new tokens (fewer
     where end-of-sequence comes first, at least 8), whole lists compared."""
     from transformers import AutoModelForCausalLM
@@ -384,17 +391,24 @@ def test_gguf_of_other_families_runs_in_llama_cpp(tmp_path):
     prompts = [tok(" ".join(texts[i:i + 3]), add_special_tokens=False)["input_ids"] for i in (0, 3)]
     assert all(30 < len(x) < 90 for x in prompts), [len(x) for x in prompts]
     jobs, expected = [], []
+    ends = {tok.eos_token_id, tok.convert_tokens_to_ids("<|end|>")}  # llama.cpp ends generation at either
     for family, (seed, settings) in GGUF_FAMILIES.items():
         folder = tiny_family(tmp_path / family, family, tok, seed, settings)
         G.write_model(folder, tmp_path / f"{family}.gguf", quant="f32", progress=lambda line: None)
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-        runs = [greedy_margins(model, x, 16) for x in prompts]
+        runs = [greedy_margins(model, x, 16, ends) for x in prompts]
         assert min(m for _, m in runs) > GREEDY_MARGIN, (family, runs)
         assert all(len(r) >= 8 for r, _ in runs) and runs[0][0] != runs[1][0], (family, runs)  # no early EOS
         expected.append([r for r, _ in runs])
         jobs.append({"model": str(tmp_path / f"{family}.gguf"), "n": 16, "prompts": prompts})
     got = greedy_jobs(jobs, tmp_path)
     assert dict(zip(GGUF_FAMILIES, got)) == dict(zip(GGUF_FAMILIES, expected))
+    published = json.loads((tmp_path / "gpt_oss" / "config.json").read_text())
+    published["rope_parameters"]["truncate"] = False  # as gpt-oss ships: the export says llama.cpp's RoPE differs
+    (tmp_path / "gpt_oss" / "config.json").write_text(json.dumps(published))
+    said = []
+    G.write_model(tmp_path / "gpt_oss", tmp_path / "published.gguf", quant="f32", progress=said.append)
+    assert any("rounds YaRN's correction range" in line for line in said), said
 
 
 @pytest.mark.parametrize("family, change, key, words", [
@@ -404,7 +418,7 @@ def test_gguf_of_other_families_runs_in_llama_cpp(tmp_path):
     ("gemma2", {"query_pre_attn_scalar": 24, "tie_word_embeddings": False}, "tie_word_embeddings", "reuses"),
     ("gemma3_text", {"query_pre_attn_scalar": 24, "attn_logit_softcapping": 50.0}, "attn_logit_softcapping", "caps"),
     ("gemma4_text", {"hidden_size_per_layer_input": 16}, "hidden_size_per_layer_input", "per-layer input"),
-    ("qwen3", {"architectures": ["GptOssForCausalLM"]}, "--to", "MXFP4"),
+    ("gpt_oss", {"tie_word_embeddings": True}, "tie_word_embeddings", "output layer of its own"),
     ("qwen3", {"architectures": ["FalconForCausalLM"]}, "--to", "GGUF export covers")])
 def test_gguf_refuses_what_llama_cpp_would_run_differently(tmp_path, family, change, key, words):
     """A family rigtune does not write, or settings llama.cpp's graph for the family cannot run as transformers

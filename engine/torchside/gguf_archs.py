@@ -24,13 +24,9 @@ ARCHS = {"LlamaForCausalLM": ("LLAMA", True), "MistralForCausalLM": ("LLAMA", Tr
          "Gemma3ForConditionalGeneration": ("GEMMA3", False), "Phi3ForCausalLM": ("PHI3", False),
          "Qwen3_5ForCausalLM": ("QWEN35", False), "Qwen3_5ForConditionalGeneration": ("QWEN35", False),
          "Qwen3_5MoeForCausalLM": ("QWEN35MOE", False), "Qwen3_5MoeForConditionalGeneration": ("QWEN35MOE", False),
-         "Gemma4ForCausalLM": ("GEMMA4", False), "Gemma4ForConditionalGeneration": ("GEMMA4", False)}
+         "Gemma4ForCausalLM": ("GEMMA4", False), "Gemma4ForConditionalGeneration": ("GEMMA4", False),
+         "GptOssForCausalLM": ("GPT_OSS", False)}
 QWEN35 = ("QWEN35", "QWEN35MOE")
-# families rigtune trains that its GGUF writer does not write (yet), and why
-REFUSED = {
-    "GptOssForCausalLM": "its MXFP4 experts, attention sinks and clamped SwiGLU need llama.cpp's gpt-oss layout, "
-                         "which rigtune does not write yet",
-}
 WRAPPER_PREFIXES = (("language_model.model.", "model."), ("model.language_model.", "model."),
                     ("language_model.lm_head.", "lm_head."))
 SKIPPED_PREFIXES = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.", "model.multi_modal_projector.",
@@ -45,8 +41,6 @@ def load_config(folder: Path) -> dict:
     model in place of the wrapper (its architectures kept). BadInput for a family rigtune does not write."""
     raw = json.loads((folder / "config.json").read_text())
     arch = (raw.get("architectures") or ["?"])[0]
-    if arch in REFUSED:
-        raise BadInput(f"GGUF export cannot write {arch} yet: {REFUSED[arch]}. {CONVERT}", key="--to")
     if arch not in ARCHS:
         raise BadInput(f"GGUF export covers {', '.join(ARCHS)}; this model is {arch}. {CONVERT}", key="--to")
     from transformers import AutoConfig
@@ -107,8 +101,8 @@ def check_rope(config: dict) -> None:
     arch = config["architectures"][0]
     kind = rope(config)["rope_type"]
     graph = ARCHS[arch][0]
-    if graph == "GEMMA4" and kind == "proportional":
-        kind = "default"  # its full layers' partial RoPE: rope_freqs (gemma4_rope_freqs)
+    if (graph == "GEMMA4" and kind == "proportional") or (graph == "GPT_OSS" and kind == "yarn"):
+        kind = "default"  # Gemma 4's full layers' partial RoPE: rope_freqs (gemma4_rope_freqs); gpt-oss's YaRN
     if kind not in ("default", "linear", "llama3") or (kind == "llama3" and graph != "LLAMA"):
         _refuse(arch, f"uses RoPE scaling of type {kind!r}, which rigtune's GGUF export does not write (it writes "
                       "plain and linear RoPE and, for Llama, Llama 3.x's 'llama3'); llama.cpp would run it as plain "
@@ -148,6 +142,9 @@ def check_family(config: dict) -> None:
                       "has linear and full attention layers only", "layer_types")
     if graph == "GEMMA4":
         check_gemma4(config)
+    if graph == "GPT_OSS" and config.get("tie_word_embeddings"):
+        _refuse(arch, "ties its output layer to its embeddings; llama.cpp's gpt-oss graph needs an output layer of "
+                      "its own (every published gpt-oss has one)", "tie_word_embeddings")
     if graph == "GEMMA2" and config.get("tie_word_embeddings") is False:
         _refuse(arch, "has an output layer apart from its embeddings; llama.cpp's gemma2 graph reuses the "
                       "embeddings", "tie_word_embeddings")
@@ -184,6 +181,8 @@ def add_family_metadata(w, config: dict) -> None:
         import gguf
         w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         w.add_rope_scaling_factor(r["factor"])
+    if graph == "GPT_OSS":
+        add_gpt_oss(w, config)
     experts = config.get("num_local_experts") or config.get("num_experts")
     if experts:
         w.add_expert_count(experts)
@@ -212,6 +211,36 @@ def add_family_metadata(w, config: dict) -> None:
         w.add_rope_scaling_orig_ctx_len(config.get("original_max_position_embeddings")
                                         or config["max_position_embeddings"])
         w.add_sliding_window(config.get("sliding_window") or 0)
+
+
+def notes(config: dict) -> list:
+    """What llama.cpp runs differently from transformers in a GGUF written as its converter writes it."""
+    r = rope(config)
+    if ARCHS[config["architectures"][0]][0] == "GPT_OSS" and r["rope_type"] == "yarn" and not r.get("truncate", True):
+        return ["note: llama.cpp rounds YaRN's correction range to whole dims; this gpt-oss's (truncate: false) "
+                "does not, so its RoPE differs slightly in llama.cpp, as in any GGUF of gpt-oss"]
+    return []
+
+
+def add_gpt_oss(w, config: dict) -> None:
+    """gpt-oss's sliding window, expert size and YaRN, as llama.cpp's converter writes them."""
+    import gguf
+    r = rope(config)
+    w.add_sliding_window(config["sliding_window"])
+    w.add_expert_feed_forward_length(config["intermediate_size"])
+    pattern = _swa_pattern(config, 2)
+    if pattern is not None:
+        w.add_sliding_window_pattern(pattern)
+    if r["rope_type"] == "yarn":
+        w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        w.add_rope_scaling_factor(r["factor"])
+        w.add_rope_scaling_orig_ctx_len(r["original_max_position_embeddings"])
+        for key, setter in (("extrapolation_factor", w.add_rope_scaling_yarn_ext_factor),
+                            ("attention_factor", w.add_rope_scaling_yarn_attn_factor),
+                            ("beta_fast", w.add_rope_scaling_yarn_beta_fast),
+                            ("beta_slow", w.add_rope_scaling_yarn_beta_slow)):
+            if r.get(key) is not None:
+                setter(r[key])
 
 
 def gemma4_full(config: dict, key: str):
@@ -280,7 +309,8 @@ def hf_name(config: dict, name: str) -> str | None:
     graph = ARCHS[config["architectures"][0]][0]
     if name == "lm_head.weight" and graph == "GEMMA2":
         return None
-    if graph == "GEMMA4" and name.endswith((".layer_scalar", ".experts.gate_up_proj", ".experts.down_proj")):
+    if (graph == "GEMMA4" and name.endswith((".layer_scalar", ".experts.gate_up_proj", ".experts.down_proj"))) or (
+            graph == "GPT_OSS" and name.endswith(".self_attn.sinks")):
         return name + ".weight"  # as its converter names them for the tensor map
     return name
 
@@ -302,14 +332,42 @@ def norm_shift(config: dict, name: str) -> float:
     return 1.0 if graph in ("GEMMA2", "GEMMA3", *QWEN35) and name.endswith("norm.weight") else 0.0
 
 
+def moved(config: dict, name: str) -> list | None:
+    """[(the name the tensor map knows, a function of the tensor)] for tensors llama.cpp's converter changes or
+    splits (Qwen3.5's linear attention, gpt-oss's experts), None for the others."""
+    graph = ARCHS[config["architectures"][0]][0]
+    if graph in QWEN35 and ".linear_attn." in name:
+        return [linear_attention(config, name)]
+    if graph == "GPT_OSS" and ".mlp.experts." in name:
+        return gpt_oss_experts(name)
+    return None
+
+
+def gpt_oss_experts(name: str) -> list:
+    """gpt-oss's fused experts as llama.cpp's converter splits them: gate_up [experts, hidden, 2 x ff] transposed,
+    gate the even rows and up the odd ones (their biases likewise); down [experts, ff, hidden] transposed. MXFP4
+    blocks are refused: rigtune writes the dequantized weights a merge leaves."""
+    base = name.rsplit(".", 1)[0]
+    if name.endswith(("_blocks", "_scales")):
+        raise BadInput(f"{name} is an MXFP4 block of gpt-oss's experts; export the merged (dequantized) model, "
+                       "whose experts are bf16.", key="--to")
+    if name.endswith(".gate_up_proj"):
+        return [(base + ".gate_proj.weight", lambda t: t.transpose(-1, -2)[:, ::2]),
+                (base + ".up_proj.weight", lambda t: t.transpose(-1, -2)[:, 1::2])]
+    if name.endswith(".gate_up_proj_bias"):
+        return [(base + ".gate_proj.bias", lambda t: t[..., ::2]), (base + ".up_proj.bias", lambda t: t[..., 1::2])]
+    if name.endswith(".down_proj"):
+        return [(base + ".down_proj.weight", lambda t: t.transpose(-1, -2))]
+    if name.endswith(".down_proj_bias"):
+        return [(base + ".down_proj.bias", lambda t: t)]
+    return None
+
+
 def linear_attention(config: dict, name: str):
-    """(the GGUF's source name, a function of the whole tensor) for a Qwen3.5 Gated DeltaNet tensor, None for any
-    other: A_log as -exp(A_log), dt_bias as dt_proj.bias, conv1d kernels without their middle axis, and where there
+    """(the GGUF's source name, a function of the whole tensor) for a Qwen3.5 Gated DeltaNet tensor: A_log as -exp(A_log), dt_bias as dt_proj.bias, conv1d kernels without their middle axis, and where there
     are more value heads than key heads, the value heads from grouped by key head to tiled (K0, K1, K0, K1, ...),
     as llama.cpp's converter reorders them for its broadcasts."""
     import torch
-    if ARCHS[config["architectures"][0]][0] not in QWEN35 or ".linear_attn." not in name:
-        return None
     nk, nv = config["linear_num_key_heads"], config["linear_num_value_heads"]
     dv, qk = config["linear_value_head_dim"], 2 * nk * config["linear_key_head_dim"]
 

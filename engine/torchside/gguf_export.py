@@ -5,12 +5,11 @@ gguf-lora: the adapter alone, for `llama-cli -m base.gguf --lora adapter.gguf` o
 
 Supported (gguf_archs.ARCHS, written as llama.cpp's own converter writes them): Llama, Mistral and Mixtral
 (llama.cpp's "llama" graph), Qwen2/2.5, Qwen3, Qwen3-MoE, Qwen3.5/3.6 (dense and MoE), Gemma 2, Gemma 3 and Gemma 4
-(31B, 26B-A4B; text, and the multimodal models' text part) and Phi-3, with a byte-level BPE tokenizer, or a
-SentencePiece one (Llama 2,
-CodeLlama, Mistral up to v0.3, Gemma). For the Llama graph the q and k projections' rows are permuted to llama.cpp's
-rotary layout, as its own converter does (and so are the LoRA B matrices of q and k). Other architectures and
-tokenizers, and settings llama.cpp's graph for the family cannot run, are refused with the reason, before anything
-is written.
+(31B, 26B-A4B; text, and the multimodal models' text part), Phi-3 and gpt-oss (its merged bf16 experts), with a
+byte-level BPE tokenizer, or a SentencePiece one (Llama 2, CodeLlama, Mistral up to v0.3, Gemma). For the Llama graph
+the q and k projections' rows are permuted to llama.cpp's rotary layout, as its own converter does (and so are the
+LoRA B matrices of q and k). Other architectures and tokenizers, and settings llama.cpp's graph for the family cannot
+run, are refused with the reason, before anything is written.
 """
 from __future__ import annotations
 
@@ -235,6 +234,20 @@ def _convert(data, ggml_type):
     return gguf.quants.quantize(data, ggml_type)  # bf16 and q8_0: packed bytes
 
 
+def _per_expert(shard: Path, hf: str, fn, ggml_type):
+    """Reads a tensor of every expert of a layer [experts, ...] an expert at a time, and writes fn of each."""
+    from safetensors import safe_open
+
+    def read():
+        with safe_open(str(shard), framework="pt") as f:
+            count = f.get_slice(hf).get_shape()[0]
+        for e in range(count):
+            with safe_open(str(shard), framework="pt") as f:
+                t = f.get_slice(hf)[e:e + 1].float()
+            yield _convert(fn(t).contiguous().numpy(), ggml_type)
+    return read
+
+
 def _whole(shard: Path, hf: str, fn, ggml_type):
     """Reads hf whole and writes fn of it: for the tensors whose rows move across the whole tensor (Qwen3.5's
     linear attention, at most a few hundred MB in the largest published model)."""
@@ -281,11 +294,31 @@ def _sources(folder: Path, config: dict) -> dict:
     return found
 
 
+def _planned(config: dict, sources: dict, target: str, source: tuple, experts: dict | None, fn, qtype) -> Planned:
+    """One GGUF tensor from its source: experts stacked; a moved tensor (fn of it, read whole, or expert by expert
+    where it holds every expert of a layer); any other read a block of rows at a time."""
+    import torch
+    shard, hf, shape = source
+    if experts:
+        parts = [sources[experts[i]] for i in range(len(experts))]
+        shape = [len(parts), *shape]
+        kind = _kind(shape, qtype)
+        blocks = _chain([_blocks(s, h, p, kind, None) for s, h, p in parts])
+    elif fn is not None:
+        shape = list(fn(torch.empty(shape, device="meta")).shape)
+        kind = _kind(shape, qtype)
+        blocks = _per_expert(shard, hf, fn, kind) if len(shape) == 3 else _whole(shard, hf, fn, kind)
+    else:
+        name = A.hf_name(config, hf)
+        kind = _kind(shape, qtype)
+        blocks = _blocks(shard, hf, shape, kind, _heads(config, name), A.norm_shift(config, name))
+    return Planned(target, shape, kind, _nbytes(shape, kind), blocks, shard)
+
+
 def tensor_plan(folder: Path, config: dict, qtype) -> list:
     """Every tensor the GGUF file holds, in order, from the safetensors headers (shapes; nothing loaded). Each
     layer's experts of one projection become one tensor [experts, rows, cols], expert after expert."""
     import gguf
-    import torch
     arch, arch_name, _ = gguf_arch(config)
     names = gguf.get_tensor_name_map(arch, config["num_hidden_layers"])
     plan = []
@@ -300,24 +333,11 @@ def tensor_plan(folder: Path, config: dict, qtype) -> list:
         key = stacked.get(name)
         if key is not None and groups[key].get(0) != name:
             continue  # planned with expert 0
-        moved = A.linear_attention(config, name)
-        source = f"{key[0]}.{key[1]}.weight" if key else moved[0] if moved else name
-        target = A.direct_target(config, name) or names.get_name(source, try_suffixes=(".weight", ".bias"))
-        if target is None:
-            raise BadInput(f"tensor {hf} has no GGUF name for the {arch_name} architecture.", key="--to")
-        if key:
-            parts = [sources[groups[key][i]] for i in range(len(groups[key]))]
-            shape = [len(parts), *shape]
-            kind = _kind(shape, qtype)
-            blocks = _chain([_blocks(s, h, p, kind, None) for s, h, p in parts])
-        elif moved:
-            shape = list(moved[1](torch.empty(shape, device="meta")).shape)
-            kind = _kind(shape, qtype)
-            blocks = _whole(shard, hf, moved[1], kind)
-        else:
-            kind = _kind(shape, qtype)
-            blocks = _blocks(shard, hf, shape, kind, _heads(config, name), A.norm_shift(config, name))
-        plan.append(Planned(target, shape, kind, _nbytes(shape, kind), blocks, shard))
+        for source, fn in A.moved(config, name) or [(f"{key[0]}.{key[1]}.weight" if key else name, None)]:
+            target = A.direct_target(config, name) or names.get_name(source, try_suffixes=(".weight", ".bias"))
+            if target is None:
+                raise BadInput(f"tensor {hf} has no GGUF name for the {arch_name} architecture.", key="--to")
+            plan.append(_planned(config, sources, target, (shard, hf, shape), groups.get(key), fn, qtype))
     if config.get("tie_word_embeddings") is False and "lm_head.weight" not in sources:
         raise BadInput("the model has untied output weights but no lm_head.weight tensor.", key="--to")
     return plan
@@ -333,6 +353,8 @@ def write_model(folder: Path, out: Path, quant: str = "f16", name: str = "rigtun
     import gguf
 
     config = check_supported(folder)
+    for note in A.notes(config):
+        progress(note)
     qtype = getattr(gguf.GGMLQuantizationType, QUANTS[quant])
     arch, arch_name, _ = gguf_arch(config)
     w = gguf.GGUFWriter(str(out), arch_name)
