@@ -279,17 +279,19 @@ def tokenize(model: Path, texts: list) -> list:
 
 def test_gguf_tokenizes_like_transformers(demo_run, demo_cache, tmp_path):
     """The GGUF's vocabulary, merges and pre-tokenizer name make llama.cpp split text exactly as transformers
-    does: the demo's GPT-2-style tokenizer, and Llama 3- and Qwen2-style ones (a Split regex, then bytes)."""
+    does: the demo's GPT-2-style tokenizer, and Llama 3-, Qwen2-, Qwen3.5- and gpt-oss (o200k)-style ones (a Split
+    regex, then bytes)."""
     from transformers import AutoTokenizer
 
     from engine.torchside import gguf_export as G
     from engine.torchside.tiny import build_model
     llama_cpp()
     texts = ["Hello world, it's 2026!", "  numbers 12345 and\nnew lines\n\n", "May I ask your name?",
-             "I'd love to hear who your best friend is."]
+             "I'd love to hear who your best friend is.", "CamelCase WORDS DON'T cafe\u0301 naïve HTTPServer"]
     corpus = [json.loads(x)["output"] for x in (ROOT / "presets" / "demo.jsonl").read_text().splitlines()] + texts
     cases = []
-    for split, name in ((G.LLAMA3_SPLIT, "llama-bpe"), (G.QWEN2_SPLIT, "qwen2")):
+    for split, name in ((G.LLAMA3_SPLIT, "llama-bpe"), (G.QWEN2_SPLIT, "qwen2"), (G.QWEN35_SPLIT, "qwen35"),
+                        (G.GPT4O_SPLIT, "gpt-4o")):
         folder = build_model(tmp_path / name, corpus, vocab_size=400, hidden=64, layers=2, heads=4, kv_heads=2,
                              intermediate=128, split=split)
         assert G.pre_tokenizer(folder) == name
@@ -315,7 +317,7 @@ GEMMA3 = {"query_pre_attn_scalar": 24, "sliding_window": 16, "layer_types": ["fu
 GPT_OSS_YARN = {"rope_type": "yarn", "factor": 32.0, "original_max_position_embeddings": 4096, "beta_fast": 32.0,
                 "beta_slow": 1.0, "rope_theta": 150000.0, "truncate": True}
 GGUF_FAMILIES = {
-    "qwen2": (0, {}), "qwen3": (0, {}), "phi3": (0, {}), "mixtral": (1, {}),
+    "llama": (4, {}), "mistral": (5, {}), "qwen2": (0, {}), "qwen3": (0, {}), "phi3": (0, {}), "mixtral": (1, {}),
     "qwen3_moe": (0, {"norm_topk_prob": True}),
     "gemma2": (1, {"query_pre_attn_scalar": 24, "sliding_window": 16}),
     "gemma3_text": (3, GEMMA3), "gemma3": (4, GEMMA3), "qwen3_5": (0, {}), "qwen3_5_moe": (0, {}),
@@ -373,14 +375,15 @@ def greedy_jobs(jobs: list, tmp_path: Path) -> list:
 
 
 def test_gguf_of_other_families_runs_in_llama_cpp(tmp_path):
-    """A tiny random copy of each family rigtune trains and llama.cpp runs (Qwen2's q/k/v biases, Qwen3's q/k norms
-    and wide heads, Phi-3's fused projections, Mixtral's and Qwen3-MoE's stacked experts, Gemma 2's softcaps and
-    Gemma 2/3's shifted norms, sliding windows and per-layer-kind RoPE, the multimodal Gemma 3's text model, Qwen3.5's
-    Gated DeltaNet layers with more value than key heads and its M-RoPE, dense and MoE with a shared expert, Gemma 4's
-    sliding and full layers with their own head sizes, KV heads and partial RoPE, K as V, layer scalars, and its
-    26B-A4B-style MoE block beside the MLP with router scales, gpt-oss's fused biased experts, sinks and YaRN) written
-    as GGUF (f32) continues prompts of about 45 tokens in llama.cpp exactly as in transformers: 16 new tokens (fewer
-    where end-of-sequence comes first, at least 8), whole lists compared."""
+    """A tiny random copy of each family rigtune trains (Llama's and Mistral's permuted q/k rows, Qwen2's q/k/v
+    biases, Qwen3's q/k norms and wide heads, Phi-3's fused projections, Mixtral's and Qwen3-MoE's stacked experts,
+    Gemma 2's softcaps and Gemma 2/3's shifted norms, sliding windows and per-layer-kind RoPE, the multimodal Gemma 3's
+    text model, Qwen3.5's Gated DeltaNet layers with more value than key heads and its M-RoPE, dense and MoE with a
+    shared expert, Gemma 4's sliding and full layers with their own head sizes, KV heads and partial RoPE, K as V,
+    layer scalars and its 26B-A4B-style MoE block beside the MLP with router scales, gpt-oss's fused biased experts,
+    sinks and YaRN) written as GGUF (f32) continues prompts of about 45 tokens in llama.cpp exactly as in
+    transformers: 16 new tokens (fewer where llama.cpp's end of generation comes first, at least 8), whole lists
+    compared. All GGUFs run in one node process."""
     from transformers import AutoModelForCausalLM
 
     from engine.torchside import gguf_export as G
@@ -419,6 +422,7 @@ def test_gguf_of_other_families_runs_in_llama_cpp(tmp_path):
     ("gemma3_text", {"query_pre_attn_scalar": 24, "attn_logit_softcapping": 50.0}, "attn_logit_softcapping", "caps"),
     ("gemma4_text", {"hidden_size_per_layer_input": 16}, "hidden_size_per_layer_input", "per-layer input"),
     ("gpt_oss", {"tie_word_embeddings": True}, "tie_word_embeddings", "output layer of its own"),
+    ("gemma4_text", {"tokenizer.model": b""}, "--to", "'gemma4' tokenizer"),  # Gemma 4's SentencePiece
     ("qwen3", {"architectures": ["FalconForCausalLM"]}, "--to", "GGUF export covers")])
 def test_gguf_refuses_what_llama_cpp_would_run_differently(tmp_path, family, change, key, words):
     """A family rigtune does not write, or settings llama.cpp's graph for the family cannot run as transformers
@@ -430,6 +434,9 @@ def test_gguf_refuses_what_llama_cpp_would_run_differently(tmp_path, family, cha
     folder = tiny_family(tmp_path / family, family, build_tokenizer(texts, 320), 0,
                          GGUF_FAMILIES[family][1])
     config = json.loads((folder / "config.json").read_text())
+    change = dict(change)
+    for file in [k for k in change if "." in k]:  # files beside config.json
+        (folder / file).write_bytes(change.pop(file))
     (folder / "config.json").write_text(json.dumps({**config, **change}))
     with pytest.raises(BadInput) as e:
         G.write_model(folder, tmp_path / "no.gguf", progress=lambda line: None)

@@ -364,9 +364,10 @@ def gpt_oss_experts(name: str) -> list:
 
 
 def linear_attention(config: dict, name: str):
-    """(the GGUF's source name, a function of the whole tensor) for a Qwen3.5 Gated DeltaNet tensor: A_log as -exp(A_log), dt_bias as dt_proj.bias, conv1d kernels without their middle axis, and where there
-    are more value heads than key heads, the value heads from grouped by key head to tiled (K0, K1, K0, K1, ...),
-    as llama.cpp's converter reorders them for its broadcasts."""
+    """(the GGUF's source name, a function of the whole tensor) for a Qwen3.5 Gated DeltaNet tensor: A_log as
+    -exp(A_log), dt_bias as dt_proj.bias, conv1d kernels without their middle axis, and where there are more value
+    heads than key heads, the value heads from grouped by key head to tiled (K0, K1, K0, K1, ...), as llama.cpp's
+    converter reorders them for its broadcasts."""
     import torch
     nk, nv = config["linear_num_key_heads"], config["linear_num_value_heads"]
     dv, qk = config["linear_value_head_dim"], 2 * nk * config["linear_key_head_dim"]

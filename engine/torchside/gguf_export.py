@@ -29,13 +29,22 @@ LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,
                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-SPLIT_PATTERNS = {LLAMA3_SPLIT: "llama-bpe", QWEN2_SPLIT: "qwen2"}
+QWEN35_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*"
+                r"|\s*[\r\n]+|\s+(?!\S)|\s+")  # Qwen3.5/3.6: letters with their combining marks
+GPT4O_SPLIT = (r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"
+               r"(?i:'s|'t|'re|'ve|'m|'ll|'d)?|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+"
+               r"[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+               r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")  # o200k: gpt-oss
+SPLIT_PATTERNS = {LLAMA3_SPLIT: "llama-bpe", QWEN2_SPLIT: "qwen2", QWEN35_SPLIT: "qwen35", GPT4O_SPLIT: "gpt-4o"}
 
 
 def check_supported(folder: Path) -> dict:
     """The model's settings (gguf_archs.load_config), if rigtune can write GGUF for it; BadInput saying why not."""
     config = A.load_config(folder)
     A.check_family(config)
+    if is_sentencepiece(folder) and A.ARCHS[config["architectures"][0]][0] == "GEMMA4":
+        raise BadInput("Gemma 4's SentencePiece vocabulary is llama.cpp's 'gemma4' tokenizer, which rigtune does not "
+                       f"write yet. {A.CONVERT}", key="--to")
     pre_tokenizer(folder)
     return config
 
