@@ -445,6 +445,39 @@ def test_gguf_refuses_what_llama_cpp_would_run_differently(tmp_path, family, cha
     assert not (tmp_path / "no.gguf").exists()
 
 
+def test_gguf_of_fused_moe_experts_equals_per_expert(tmp_path):
+    """A Qwen3-MoE / Qwen3.5-MoE checkpoint whose experts are fused (transformers 5's own layout: gate_up_proj
+    [experts, 2 x ff, hidden], down_proj [experts, hidden, ff]) gives the same GGUF tensors as the per-expert
+    layout the families' llama.cpp test runs, as llama.cpp's converter splits them."""
+    import gguf
+    from safetensors.torch import load_file, save_file
+
+    from engine.torchside import gguf_export as G
+    from engine.torchside.tiny import build_tokenizer
+    texts = [json.loads(x)["output"] for x in (ROOT / "presets" / "demo.jsonl").read_text().splitlines()]
+    tok = build_tokenizer(texts, 320)
+    for family in ("qwen3_moe", "qwen3_5_moe"):
+        folder = tiny_family(tmp_path / family, family, tok, 0, GGUF_FAMILIES[family][1])
+        fused = tmp_path / f"{family}-fused"
+        shutil.copytree(folder, fused)
+        tensors = load_file(str(folder / "model.safetensors"))
+        for prefix in sorted({k.split(".experts.")[0] for k in tensors if ".mlp.experts." in k}):
+            each = [k for k in tensors if k.startswith(prefix + ".experts.")]
+            count = len(each) // 3
+
+            def stack(part):
+                return torch.stack([tensors.pop(f"{prefix}.experts.{e}.{part}.weight") for e in range(count)])
+            gate, up, down = stack("gate_proj"), stack("up_proj"), stack("down_proj")
+            tensors[f"{prefix}.experts.gate_up_proj"] = torch.cat([gate, up], dim=1)
+            tensors[f"{prefix}.experts.down_proj"] = down
+        save_file(tensors, str(fused / "model.safetensors"))
+        for f in (folder, fused):
+            G.write_model(f, tmp_path / f"{f.name}.gguf", quant="f32", progress=lambda line: None)
+        a, b = (gguf.GGUFReader(tmp_path / f"{f.name}.gguf").tensors for f in (folder, fused))
+        assert {t.name: t.data.tobytes() for t in a} == {t.name: t.data.tobytes() for t in b}, family
+        assert any(t.name.endswith("ffn_gate_exps.weight") for t in a)
+
+
 def test_gguf_with_a_sentencepiece_tokenizer(tmp_path):
     """Llama 2 / CodeLlama / Mistral-style: a SentencePiece model (trained here in a second) on a tiny Llama.
     llama.cpp tokenizes text as transformers does and continues each prompt the same (f32)."""

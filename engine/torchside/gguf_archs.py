@@ -340,6 +340,12 @@ def moved(config: dict, name: str) -> list | None:
         return [linear_attention(config, name)]
     if graph == "GPT_OSS" and ".mlp.experts." in name:
         return gpt_oss_experts(name)
+    if graph in ("QWEN3MOE", *QWEN35) and name.endswith(".mlp.experts.gate_up_proj"):
+        base = name.removesuffix(".gate_up_proj")  # fused [experts, 2 x ff, hidden]: gate the first half
+        return [(base + ".gate_proj.weight", lambda t: t[:, :t.shape[1] // 2]),
+                (base + ".up_proj.weight", lambda t: t[:, t.shape[1] // 2:])]
+    if graph in ("QWEN3MOE", *QWEN35) and name.endswith(".mlp.experts.down_proj"):
+        return [(name + ".weight", lambda t: t)]
     return None
 
 
