@@ -445,6 +445,34 @@ def test_gguf_refuses_what_llama_cpp_would_run_differently(tmp_path, family, cha
     assert not (tmp_path / "no.gguf").exists()
 
 
+def test_gguf_lora_of_qwen3_5_runs_in_llama_cpp(tmp_path):
+    """A LoRA on every linear layer of a tiny Qwen3.5 (as rigtune's all-linear trains it; 2 key and 4 value heads)
+    as a GGUF LoRA on the base's GGUF: llama.cpp continues prompts as transformers does on the merged model. The
+    factors of the linear attention's projections are reordered as llama.cpp's converter reorders their weights
+    (B's rows, out_proj's A columns); the vision tower's are left out with it."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from engine.torchside import gguf_export as G
+    from engine.torchside.tiny import build_tokenizer
+    llama_cpp()
+    texts = [json.loads(x)["output"] for x in (ROOT / "presets" / "demo.jsonl").read_text().splitlines()]
+    tok = build_tokenizer(texts, 320)
+    base = tiny_family(tmp_path / "base", "qwen3_5", tok, 0, {})
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    torch.manual_seed(1)
+    peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))
+    assert any(".linear_attn.out_proj.lora_A" in n for n, _ in peft.named_parameters())
+    peft.save_pretrained(tmp_path / "adapter")
+    merged = peft.merge_and_unload().eval()
+    prompts = [tok(" ".join(texts[i:i + 3]), add_special_tokens=False)["input_ids"] for i in (0, 3)]
+    runs = [greedy_margins(merged, x, 16, {tok.eos_token_id, tok.convert_tokens_to_ids("<|end|>")}) for x in prompts]
+    assert min(m for _, m in runs) > GREEDY_MARGIN and all(len(r) >= 8 for r, _ in runs), runs
+    G.write_model(base, tmp_path / "base.gguf", quant="f32", progress=lambda line: None)
+    G.write_lora(tmp_path / "adapter", base, tmp_path / "adapter.gguf")
+    assert greedy(tmp_path / "base.gguf", tmp_path / "adapter.gguf", prompts, 16) == [r for r, _ in runs]
+
+
 def test_gguf_of_fused_moe_experts_equals_per_expert(tmp_path):
     """A Qwen3-MoE / Qwen3.5-MoE checkpoint whose experts are fused (transformers 5's own layout: gate_up_proj
     [experts, 2 x ff, hidden], down_proj [experts, hidden, ff]) gives the same GGUF tensors as the per-expert

@@ -397,6 +397,21 @@ def _finish(w) -> None:
         w.close()
 
 
+def _lora_moved(config: dict, module: str, part: str, t):
+    """A LoRA factor of a projection whose rows (B) or columns (A) llama.cpp's converter reorders (Qwen3.5's
+    linear attention: its out_proj's columns, the others' rows), reordered the same way."""
+    moved = A.moved(config, module + ".weight")
+    if not moved:
+        return t
+    if len(moved) != 1 or ".linear_attn." not in module:
+        raise BadInput(f"the adapter trains {module}, which llama.cpp's converter splits; export --to gguf (merged) "
+                       "instead.", key="--to")
+    columns = module.endswith(".out_proj")
+    if part == ("lora_a" if columns else "lora_b"):
+        return moved[0][1](t)
+    return t
+
+
 def write_lora(adapter: Path, base_folder: Path, out: Path) -> Path:
     """A PEFT adapter as a GGUF LoRA for the base's GGUF: lora_a [r, in] and lora_b [out, r] per target."""
     import gguf
@@ -418,12 +433,14 @@ def write_lora(adapter: Path, base_folder: Path, out: Path) -> Path:
         part = "lora_a" if ".lora_A." in name else "lora_b" if ".lora_B." in name else None
         if part is None:
             continue
-        module = (A.hf_name(config, name.split(".lora_")[0].removeprefix("base_model.model.") + ".weight")
-                  or "?").removesuffix(".weight")
+        module = A.hf_name(config, name.split(".lora_")[0].removeprefix("base_model.model.") + ".weight")
+        if module is None:
+            continue  # a vision tower's: the GGUF is the text model
+        module = module.removesuffix(".weight")
         target = names.get_name(module + ".weight", try_suffixes=(".weight",))
         if target is None:
             raise BadInput(f"adapter tensor {name} has no GGUF name for the {arch_name} architecture.", key="--to")
-        t = t.float()
+        t = _lora_moved(config, module, part, t.float())
         heads = _heads(config, module + ".weight")
         if part == "lora_b" and heads:
             t = permute(t, heads)  # B's rows are the projection's output rows
