@@ -2,7 +2,10 @@
 
 Real architecture shapes at full width and vocabulary, truncated to two decoder layers (every term but
 the embeddings scales with the layer count, so the planner is asked about the same two layers): Llama-3.1-8B,
-Qwen3-8B, Gemma-3-12B and the mixture of experts Qwen3-30B-A3B (128 experts, 8 per token), random weights. Each is loaded by engine.torchside.model.load_base (NF4, double
+Qwen3-8B, Gemma-3-12B and the mixture of experts Qwen3-30B-A3B (128 experts, 8 per token), random weights; and
+two models whose layers differ, each cut to one layer of each kind: Qwen3.5-27B (a Gated DeltaNet layer, which
+runs transformers' PyTorch chunked delta rule on the CPU, and a gated full-attention layer) and Gemma-4-31B (a
+sliding layer with 256-wide heads and 16 kv heads, a full one with 512-wide heads, 4 kv heads, keys as values). Each is loaded by engine.torchside.model.load_base (NF4, double
 quant) and add_lora (r16, all linear layers, dropout 0.05), then one step of engine.torchside.loss.loss_sum
 runs forward and backward, and the engine's optimizer steps. Measured exactly:
   weights      bytes of every parameter and buffer (packed 4-bit weights with their quantization state,
@@ -50,6 +53,10 @@ from engine import planner as P  # noqa: E402
 from engine import runfile  # noqa: E402
 
 LAYERS, SEQ = 2, 256
+# the two hybrid models' vocabularies (248k, 262k) are cut to 32k: in float32 their embeddings and lm_head alone
+# take 10 GB, which with the load's copies ran this shared 23 GB machine out of memory; no term but the weights'
+# and the loss's embedding and vocabulary parts depends on it, and the planner is asked about the same 32k
+VOCAB_CUT = 32768
 SHAPES = {  # config.json facts of the real models
     "Llama-3.1-8B": ("Llama", dict(hidden_size=4096, num_attention_heads=32, num_key_value_heads=8,
                                    intermediate_size=14336, vocab_size=128256, tie_word_embeddings=False)),
@@ -61,9 +68,22 @@ SHAPES = {  # config.json facts of the real models
                                        intermediate_size=6144, moe_intermediate_size=768, num_experts=128,
                                        num_experts_per_tok=8, norm_topk_prob=True, decoder_sparse_step=1,
                                        mlp_only_layers=[], vocab_size=151936, tie_word_embeddings=False)),
+    # one layer of each kind: a Gated DeltaNet linear-attention layer and a gated full-attention one
+    "Qwen3.5-27B": ("Qwen3_5Text", dict(hidden_size=5120, num_attention_heads=24, num_key_value_heads=4, head_dim=256,
+                                        intermediate_size=17408, vocab_size=VOCAB_CUT, tie_word_embeddings=False,
+                                        linear_num_key_heads=16, linear_num_value_heads=48, linear_key_head_dim=128,
+                                        linear_value_head_dim=128, linear_conv_kernel_dim=4,
+                                        layer_types=["linear_attention", "full_attention"])),
+    # a sliding layer (256-wide heads, 16 kv heads) and a full one (512-wide heads, 4 kv heads, keys as values)
+    "Gemma-4-31B": ("Gemma4Text", dict(hidden_size=5376, num_attention_heads=32, num_key_value_heads=16, head_dim=256,
+                                       global_head_dim=512, num_global_key_value_heads=4, attention_k_eq_v=True,
+                                       intermediate_size=21504, vocab_size=VOCAB_CUT, tie_word_embeddings=True,
+                                       hidden_size_per_layer_input=0, sliding_window=1024,
+                                       final_logit_softcapping=30.0,
+                                       layer_types=["sliding_attention", "full_attention"])),
 }
 MODEL_TYPES = {"Llama-3.1-8B": "llama", "Qwen3-8B": "qwen3", "Gemma-3-12B": "gemma3_text",
-               "Qwen3-30B-A3B": "qwen3_moe"}
+               "Qwen3-30B-A3B": "qwen3_moe", "Qwen3.5-27B": "qwen3_5_text", "Gemma-4-31B": "gemma4_text"}
 SHARDED_HEAD = "## Sharded under FSDP"
 TERMS = ["weights", "adapters", "gradients", "optimizer", "activations", "boundaries", "loss peak"]
 
@@ -78,7 +98,7 @@ def build(folder: Path, family: str, shape: dict) -> None:
     config = getattr(transformers, f"{family}Config")(**shape, num_hidden_layers=LAYERS, max_position_embeddings=4096)
     if family == "Gemma3Text":
         config.layer_types = ["full_attention"] * LAYERS
-    model = getattr(transformers, f"{'Gemma3' if family == 'Gemma3Text' else family}ForCausalLM")(config)
+    model = getattr(transformers, f"{family.removesuffix('Text')}ForCausalLM")(config)
     model.to(torch.bfloat16).save_pretrained(folder, safe_serialization=True)
 
 
@@ -238,11 +258,13 @@ def planned(name: str, shape: dict) -> dict:
                        loss_chunk=4096, kernels="none")
     t = {k: v * P.GIB for k, v in P.breakdown(base).items()}
     gc_terms = P.breakdown(P.replace(base, gradient_checkpointing=True))
-    final_norm = SEQ * arch.hidden * 4  # the last RMSNorm's input, outside the layers (float32 here)
-    per_layer = (t["activations"] - final_norm) / LAYERS
+    # the one layer recomputed in full (the largest kind's, when the two layers differ) is not a boundary
+    from engine.planner.activations import decoder_bytes
+    from engine.planner.memory import _targets
+    one_layer = SEQ * decoder_bytes(base, _targets(base))[1]
     return {"weights": t["weights"], "adapters": t["adapters"], "gradients": t["gradients"],
             "optimizer": t["optimizer"], "activations": t["activations"],
-            "boundaries": gc_terms["activations"] * P.GIB - per_layer, "loss peak": t["logits"]}
+            "boundaries": gc_terms["activations"] * P.GIB - one_layer, "loss peak": t["logits"]}
 
 
 def sharded_table(rows: list) -> str:

@@ -231,7 +231,8 @@ def build_arch(config: dict, name: str, hf_id: str = "") -> Arch:
         extra_params=vision_params(vision, hidden) if vision is not None else 0,
         layer_types=types if len(set(types)) > 1 or linear else (),
         sliding_window=int(text.get("sliding_window") or 0) if SLIDING in types else 0,
-        attn_gate=bool(text.get("attn_output_gate")) and linear,
+        attn_gate=linear and (text_type.startswith("qwen3_5") or bool(text.get("attn_output_gate"))),  # transformers
+        # builds Qwen3.5's q_proj gated whatever the file says (its config class has no attn_output_gate)
         global_head_dim=int(text.get("global_head_dim") or GEMMA4_GLOBAL_HEAD_DIM) if gemma4 else 0,
         global_kv_heads=int(text.get("num_global_key_value_heads") or 0) if k_eq_v else 0, k_eq_v=k_eq_v,
         linear_k_heads=int(text.get("linear_num_key_heads") or 0) if linear else 0,
