@@ -79,6 +79,18 @@ def test_experts_load_in_4bit_and_compute_as_their_whole_dequantized_copy(tmp_pa
     expected = sum(v // 2 + 4 * (v // 64) for v in sizes)
     assert X.four_bit_bytes(model) == expected
 
+    # the probe's random-weight loader (engine.torchside.shape) gives the same parameters, 4-bit experts too
+    import shutil
+
+    from engine.modelref import SHAPE_MARK
+    shape = tmp_path / "shape"
+    shape.mkdir()
+    shutil.copy(moe / "config.json", shape)
+    (shape / SHAPE_MARK).write_text("{}")
+    drawn = load_base(runfile.load(run_file(tmp_path, shape, DEMO, name="shape")), "cpu")
+    geometry = lambda m: {n: (tuple(p.shape), p.dtype) for n, p in m.named_parameters()}
+    assert geometry(drawn) == geometry(model) and X.four_bit_bytes(drawn) == expected
+
     # forward and backward (gradient checkpointing on) as the dense copy's, to fp32 rounding
     dense = dense_copy(model)
     ids = torch.randint(0, 320, (2, 24), generator=torch.Generator().manual_seed(1))
