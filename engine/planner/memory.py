@@ -140,7 +140,7 @@ def breakdown(inp: PlanInput) -> dict:
     # (engine.torchside.experts), their biases and the routers stay in the compute dtype
     linear = a.linear_params * linear_bytes(inp)
     experts = expert_bytes(inp)
-    other = (a.embed_params + a.norm_params + a.extra_params) * (4 if inp.upcast else cb) + experts
+    other = (a.embed_params + a.norm_params + a.loaded_extra_params) * (4 if inp.upcast else cb) + experts
     if inp.strategy == "fsdp":
         layer = (linear + experts) / a.layers
         gathered = 2 * max(layer + 2 * h * cb, a.vocab * h * cb / (1 if inp.cpu_offload else n))
@@ -186,8 +186,8 @@ def breakdown(inp: PlanInput) -> dict:
     allocated = weights + adapters + gradients + optimizer + activations + logits + widest
     # loading holds the weights so far and one layer's experts in transit: when that outgrows what training adds
     # to the weights, the load is the peak
-    weights += max(0.0, expert_load_transient(inp) - (allocated - weights))
-    allocated = max(allocated, weights)
+    in_transit = max(0.0, expert_load_transient(inp) - (allocated - weights))
+    weights, allocated = weights + in_transit, allocated + in_transit
     overhead = CUDA_CONTEXT_GIB * GIB + widest + FRAGMENTATION * allocated
     terms = {"weights": weights, "adapters": adapters, "gradients": gradients, "optimizer": optimizer,
              "activations": activations, "logits": logits, "overhead": overhead}
