@@ -17,6 +17,7 @@ The store is one JSON file in rigtune's cache folder (RIGTUNE_CACHE; RIGTUNE_MEA
 renamed, so a killed writer leaves the previous one; an unreadable one is set aside and started afresh."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -29,6 +30,7 @@ VERSION = 1
 SHAPE_FIELDS = ("model_type", "layers", "hidden", "intermediate", "heads", "kv_heads", "vocab", "tied", "head_dim",
                 "extra_norms", "qk_norm", "qkv_bias", "fused", "experts", "experts_active", "expert_intermediate",
                 "extra_params")
+NOT_SHAPE = ("name", "hf_id", "size", "params_b", "active_params_b", "gated", "source", "download_bytes")
 MEASURED_KEYS = ("peak_gib", "tokens_per_s", "max_seq_len", "max_micro_batch", "measured_at")
 
 
@@ -74,6 +76,9 @@ def _machine(gpu_indices: tuple, fake: str) -> tuple:
 def shape_id(arch) -> str:
     """One model shape, whatever it is called: '<model_type> <layers>x<hidden> <digest>'."""
     numbers = {k: getattr(arch, k) for k in SHAPE_FIELDS}
+    # the fields today's blocks added (engine.planner.blocks), where they are set: an older shape keeps its key
+    numbers |= {f.name: getattr(arch, f.name) for f in dataclasses.fields(arch) if f.name not in SHAPE_FIELDS
+                and f.name not in NOT_SHAPE and getattr(arch, f.name) != f.default}
     digest = hashlib.sha1(json.dumps(numbers, sort_keys=True).encode()).hexdigest()[:10]
     return f"{arch.model_type} {arch.layers}x{arch.hidden} {digest}"
 

@@ -12,7 +12,7 @@ import presets
 
 from ..errors import BadInput
 from .blocks import GIB, Arch
-from .configs import build_arch, family_shape, vision_params
+from .configs import build_arch, family_shape, vision_loaded, vision_params
 
 __all__ = ["GIB", "Arch", "family_shape", "vision_params", "arch_from_config", "load_models", "catalog_model",
            "config_path", "read_config", "model_config", "resolve_model", "trainable", "FAMILIES"]
@@ -28,6 +28,7 @@ def load_models() -> dict:
         facts = {**family_shape(facts.get("model_type", "llama")), **facts}
         if "extra_params_b" in facts:
             facts["extra_params"] = round(facts.pop("extra_params_b") * 1e9)
+            facts.setdefault("vision_loaded", vision_loaded(facts.get("model_type", "llama")))
         facts = {k: v for k, v in facts.items() if not k.startswith("published_")}  # notes for tests/test_catalog.py
         pattern = facts.pop("layer_pattern", None)
         if pattern:

@@ -61,6 +61,8 @@ class Arch:
     per_layer_vocab: int = 0         # ... and their vocabulary (vocab_size_per_layer_input)
     kv_shared_layers: int = 0        # the last layers that reuse an earlier layer's keys and values (no k/v weights)
     double_wide_mlp: bool = False    # those kv-shared layers have an MLP twice as wide (Gemma 4 use_double_wide_mlp)
+    vision_loaded: bool = True       # AutoModelForCausalLM loads the vision tower too (Gemma 3/4); Qwen3.5's text-only
+                                     # class leaves it in the download (total_params) but out of memory
 
     @property
     def download_gib(self) -> float:
@@ -211,6 +213,16 @@ class Arch:
     @property
     def total_params(self) -> int:
         return self.linear_params + self.expert_params + self.embed_params + self.norm_params + self.extra_params
+
+    @property
+    def loaded_extra_params(self) -> int:
+        """The part of extra_params the engine loads (AutoModelForCausalLM's class)."""
+        return self.extra_params if self.vision_loaded else 0
+
+    @property
+    def loaded_params(self) -> int:
+        """What the engine holds in memory: the total less a vision tower it does not load."""
+        return self.total_params - self.extra_params + self.loaded_extra_params
 
     @property
     def active_params(self) -> int:

@@ -119,7 +119,47 @@ def _sub_config_type(model_type: str, key: str) -> str:
 
 
 def _filled(sub: dict, model_type: str) -> dict:
-    return {**defaults(model_type), **sub} if model_type else dict(sub)
+    """`sub` over its class's defaults, read through the class's attribute_map as transformers does: a key the
+    map renames (Qwen3-MoE's num_experts, stored as num_local_experts) sets the attribute it names, and both
+    names read the same value afterwards."""
+    if not model_type:
+        return dict(sub)
+    base = defaults(model_type)
+    names = base.get("attribute_map") if isinstance(base.get("attribute_map"), dict) else {}
+    out = {**base, **{names.get(k, k): v for k, v in sub.items()}}
+    out.update({alias: out[name] for alias, name in names.items() if name in out})
+    return out
+
+
+@functools.cache
+def _causal_lm_classes() -> dict:
+    """model_type -> the class AutoModelForCausalLM builds, from transformers' modeling_auto.py (read, not run)."""
+    models = _models_dir()
+    path = models / "auto" / "modeling_auto.py" if models else None
+    if path is None or not path.is_file():
+        return {}
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES":
+            return _literal_dict(node.value)
+    return {}
+
+
+def vision_loaded(model_type: str) -> bool:
+    """Whether AutoModelForCausalLM (what rigtune trains with) loads a wrapper's vision tower: it does where it
+    builds the ForConditionalGeneration class (Gemma 3, Gemma 4), not where it builds the text model's
+    ForCausalLM (Qwen3.5, "VLM compatibility"), which leaves the tower's weights unread."""
+    return not _causal_lm_classes().get(model_type, "ConditionalGeneration").endswith("ForCausalLM")
+
+
+def global_attention(text: dict) -> tuple:
+    """(head size, kv heads) of Gemma 4's full-attention layers: per_layer_config's overrides where the file has
+    them (transformers 5.25 saves that form), else global_head_dim / num_global_key_value_heads."""
+    layers = text.get("per_layer_config")
+    if isinstance(layers, dict) and layers:
+        first = next(iter(layers.values()))
+        return int(first.get("head_dim") or GEMMA4_GLOBAL_HEAD_DIM), int(first.get("num_key_value_heads") or 0)
+    kv = int(text.get("num_global_key_value_heads") or 0) if text.get("attention_k_eq_v") else 0
+    return int(text.get("global_head_dim") or GEMMA4_GLOBAL_HEAD_DIM), kv
 
 
 def resolve(config: dict) -> tuple:
@@ -229,12 +269,13 @@ def build_arch(config: dict, name: str, hf_id: str = "") -> Arch:
         expert_intermediate=int(text.get("moe_intermediate_size") or text.get("intermediate_size") or 0)
         if experts else 0,
         extra_params=vision_params(vision, hidden) if vision is not None else 0,
+        vision_loaded=vision is None or vision_loaded(model_type),
         layer_types=types if len(set(types)) > 1 or linear else (),
         sliding_window=int(text.get("sliding_window") or 0) if SLIDING in types else 0,
         attn_gate=linear and (text_type.startswith("qwen3_5") or bool(text.get("attn_output_gate"))),  # transformers
         # builds Qwen3.5's q_proj gated whatever the file says (its config class has no attn_output_gate)
-        global_head_dim=int(text.get("global_head_dim") or GEMMA4_GLOBAL_HEAD_DIM) if gemma4 else 0,
-        global_kv_heads=int(text.get("num_global_key_value_heads") or 0) if k_eq_v else 0, k_eq_v=k_eq_v,
+        global_head_dim=global_attention(text)[0] if gemma4 else 0,
+        global_kv_heads=global_attention(text)[1] if gemma4 else 0, k_eq_v=k_eq_v,
         linear_k_heads=int(text.get("linear_num_key_heads") or 0) if linear else 0,
         linear_v_heads=int(text.get("linear_num_value_heads") or 0) if linear else 0,
         linear_k_dim=int(text.get("linear_key_head_dim") or 0) if linear else 0,
