@@ -16,8 +16,10 @@ from tests.test_families import build
 LENGTHS = (70, 23, 41, 9, 30, 17, 50)  # across the tiny windows (16) and the delta rule's 64-token chunks
 
 
-@pytest.mark.parametrize("model_type", sorted(FAMILIES))
-def test_a_packed_batch_has_the_loss_of_its_examples_run_one_by_one(tmp_path, model_type):
+# every family on the default attention, and Qwen3.5 with the run file asking for eager: its linear-attention
+# layers still learn where each example starts
+@pytest.mark.parametrize("model_type,attn", [(m, "sdpa") for m in sorted(FAMILIES)] + [("qwen3_5", "eager")])
+def test_a_packed_batch_has_the_loss_of_its_examples_run_one_by_one(tmp_path, model_type, attn):
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -29,7 +31,8 @@ def test_a_packed_batch_has_the_loss_of_its_examples_run_one_by_one(tmp_path, mo
 
     folder = build(tmp_path, [json.loads(line)["output"] for line in DEMO.read_text().splitlines()], model_type)
     cfg = runfile.load(run_file(tmp_path, folder, DEMO, name=model_type,
-                                model={"base": str(folder), "compute_dtype": "float32", "quantization": "none"},
+                                model={"base": str(folder), "compute_dtype": "float32", "quantization": "none",
+                                       "attn_implementation": attn},
                                 data={"max_seq_len": 128, "packing": True}))
     model = load_base(cfg, "cpu").eval()
     # transformers' own eager attention, one example at a time: the reference for what the model computes

@@ -82,14 +82,21 @@ def attn_implementation(cfg) -> str:
       sliding windows shorter than the sequences (Gemma 2/3, Mistral with a window): transformers' SDPA masks them.
     Attention sinks (gpt-oss, which transformers offers no SDPA for) take rigtune's packed attention, which adds
     them and the sliding windows (engine.torchside.attention).
+    Linear-attention layers (Qwen3.5/3.6) learn where each packed example starts only from rigtune's packed
+    attention (engine.torchside.linear_attention): with packing they take it whether the run file says sdpa or
+    eager (the same causal attention per example); flash_attention_2 passes the starts itself.
     Everything else is the run file's choice as transformers implements it."""
     impl = cfg.model.attn_implementation
-    if impl != "sdpa" or not cfg.data.packing:
+    if not cfg.data.packing or impl not in ("sdpa", "eager"):
         return impl
     text = text_config(cfg)
+    from . import attention
+    if "linear_attention" in (getattr(text, "layer_types", None) or ()):
+        return attention.register()
+    if impl != "sdpa":
+        return impl
     if getattr(text, "attn_logit_softcapping", None):
         return "eager"
-    from . import attention
     if text.model_type in attention.SINKS:
         return attention.register()
     window = getattr(text, "sliding_window", None)
