@@ -30,6 +30,8 @@ FAMILIES = {
     "gpt-oss": ("openai-gpt-oss-120b", "<|startoftext|>", "<|return|>",
                 ["<|startoftext|>", "<|start|>", "<|message|>", "<|channel|>", "<|end|>", "<|return|>", "<|call|>"]),
     "phi-3.5": ("microsoft-Phi-3.5-mini-instruct", "<s>", "<|endoftext|>", ["<|end|>", "<|endoftext|>", "<|user|>"]),
+    "phi-4": ("microsoft-phi-4", "<|endoftext|>", "<|endoftext|>",
+              ["<|endoftext|>", "<|im_start|>", "<|im_sep|>", "<|im_end|>"]),
     "mistral-nemo": ("mistralai-Mistral-Nemo-Instruct-2407", "<s>", "</s>", ["<s>", "</s>", "[INST]", "[/INST]"]),
     "mistral-small-3.2": ("Mistral-Small-3.2-24B-Instruct-2506", "<s>", "</s>",
                           ["<s>", "</s>", "[INST]", "[/INST]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]"]),
@@ -42,7 +44,8 @@ TURNS = [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content
          {"role": "user", "content": "Another?"}]
 STOPS = {"llama-3.1": ["<|eot_id|>"], "llama-3.2": ["<|eot_id|>"], "gemma-2": ["<end_of_turn>", "<eos>"],
          "gemma-3": ["<end_of_turn>", "<eos>"], "gemma-4": ["<turn|>", "<eos>"], "gpt-oss": ["<|return|>"],
-         "phi-3.5": ["<|end|>", "<|endoftext|>"], "mistral-nemo": ["</s>"], "mistral-small-3.2": ["</s>"]} | {
+         "phi-3.5": ["<|end|>", "<|endoftext|>"], "phi-4": ["<|im_end|>", "<|endoftext|>"], "mistral-nemo": ["</s>"],
+         "mistral-small-3.2": ["</s>"]} | {
     k: ["<|im_end|>"] for k in ("demo", "qwen2.5", "qwen3", "qwen3.5", "qwen3.5-2b", "qwen3.6")}
 
 
@@ -77,7 +80,8 @@ def test_the_modelfile_template_renders_like_the_chat_template(name):
 
 def test_every_catalog_family_has_its_published_template():
     assert set(FAMILIES) >= {"llama-3.1", "llama-3.2", "qwen2.5", "qwen3", "qwen3.5", "qwen3.6", "gemma-2",
-                             "gemma-3", "gemma-4", "gpt-oss", "phi-3.5", "mistral-nemo", "mistral-small-3.2"}
+                             "gemma-3", "gemma-4", "gpt-oss", "phi-3.5", "phi-4", "mistral-nemo",
+                             "mistral-small-3.2"}
     sources = (FIXTURES / "SOURCES.md").read_text()
     for _, (stem, *_) in FAMILIES.items():
         assert f"{stem}.jinja" in sources
@@ -89,7 +93,7 @@ def test_the_stops_are_the_tokens_that_end_an_answer(name):
     assert lines == [f'PARAMETER stop "{s}"' for s in STOPS[name]]
 
 
-@pytest.mark.parametrize("name", ["demo", "llama-3.1", "qwen2.5", "gemma-3", "mistral-nemo", "phi-3.5"])
+@pytest.mark.parametrize("name", ["demo", "llama-3.1", "qwen2.5", "gemma-3", "mistral-nemo", "phi-3.5", "phi-4"])
 def test_a_chat_that_ends_on_an_answer_is_closed_as_the_template_closes_a_final_answer(name):
     s = SPECIAL[name]
     for turns in (2, 4):
