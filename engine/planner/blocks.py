@@ -84,10 +84,18 @@ class Arch:
     def kind_of(self, i: int) -> str:
         return self.layer_types[i] if i < len(self.layer_types) else FULL
 
+    def _memo(self, key, make):
+        """make(), computed once per Arch (frozen, so its answer cannot change): the planner asks the same shapes
+        hundreds of thousands of times while it searches for settings that fit."""
+        memo = self.__dict__.setdefault("_memos", {})
+        if key not in memo:
+            memo[key] = make()
+        return memo[key]
+
     def kinds(self) -> Counter:
         """{(layer kind, kv-shared): how many layers} - the layers whose shapes differ, counted once each."""
         first_shared = self.layers - self.kv_shared_layers
-        return Counter((self.kind_of(i), i >= first_shared) for i in range(self.layers))
+        return self._memo("kinds", lambda: Counter((self.kind_of(i), i >= first_shared) for i in range(self.layers)))
 
     def attn_shape(self, kind: str) -> tuple:
         """(head size, kv heads) of a layer of this kind: full-attention layers may have their own (Gemma 4)."""
@@ -102,8 +110,11 @@ class Arch:
 
     def layer_linears(self, kind: str = FULL, shared: bool = False) -> dict:
         """(in, out) of each nn.Linear in one decoder layer of this kind: what bitsandbytes quantizes and LoRA can
-        target. An MoE block's experts are fused 3-D parameters, not linears: this stack keeps them in the compute
-        dtype (DESIGN.md section 4) and LoRA does not reach them; nor does it reach a router that is not a Linear."""
+        target. An MoE block's experts are fused 3-D parameters, not linears: rigtune packs them to 4 bits itself
+        (engine.torchside.experts) and LoRA does not reach them; nor does it reach a router that is not a Linear."""
+        return dict(self._memo(("linears", kind, shared), lambda: self._layer_linears(kind, shared)))
+
+    def _layer_linears(self, kind: str, shared: bool) -> dict:
         h, i = self.hidden, self.intermediate
         if kind == LINEAR:
             vdim = self.linear_v_heads * self.linear_v_dim
@@ -137,6 +148,9 @@ class Arch:
     def linears(self) -> dict:
         """(in, out) of each nn.Linear name of a decoder layer (the largest where layer kinds differ): the names
         LoRA can target. layer_linears() gives each kind's own shapes."""
+        return dict(self._memo("linears", self._widest_linears))
+
+    def _widest_linears(self) -> dict:
         out: dict = {}
         for kind, shared in self.kinds():
             for name, shape in self.layer_linears(kind, shared).items():
