@@ -42,6 +42,7 @@ def tiny_model(tmp_path_factory) -> Path:
                        heads=4, kv_heads=2, intermediate=128)
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the group from the marker
 def pytest_collection_modifyitems(config, items):
     """Under pytest-xdist (`make test` runs the suite on both cores), every test that reads the trained demo run
     is sent to one worker, so that the demo trains once per run, as it does without xdist."""
