@@ -100,11 +100,50 @@ def test_experts_load_in_4bit_and_compute_as_their_whole_dequantized_copy(tmp_pa
         m.train()
         emb = m.get_input_embeddings().weight
         emb.requires_grad_(True)
+        made = watch_activations(m)
         out = m(input_ids=ids, labels=ids, use_cache=False)
+        # checkpointed layers keep none of their experts' activations until backward recomputes them
+        assert made and all(ref() is None for ref in made), sum(ref() is not None for ref in made)
         out.loss.backward()
         grads.append((out.logits.detach(), emb.grad.clone()))
     assert torch.allclose(grads[0][0], grads[1][0], rtol=1e-5, atol=1e-5)
     assert torch.allclose(grads[0][1], grads[1][1], rtol=1e-4, atol=1e-7) and grads[0][1].abs().sum() > 0
+
+
+def reshard(folder):
+    """Split a model folder's one safetensors file into two shards and their index, tensors unchanged."""
+    from safetensors.torch import load_file, save_file
+    tensors = load_file(str(folder / "model.safetensors"))
+    names = sorted(tensors)
+    halves = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
+    for shard, keys in halves.items():
+        save_file({k: tensors[k] for k in keys}, str(folder / shard), metadata={"format": "pt"})
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    (folder / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {"total_size": total}, "weight_map": {k: s for s, keys in halves.items() for k in keys}}))
+    (folder / "model.safetensors").unlink()
+
+
+def watch_activations(model) -> list:
+    """Weak references to every activation the experts' act_fn makes in the forwards to come."""
+    import weakref
+
+    import torch
+    made = []
+
+    class Watched(torch.nn.Module):
+        def __init__(self, act):
+            super().__init__()
+            self.act = act
+
+        def forward(self, x):
+            y = self.act(x)
+            made.append(weakref.ref(y))
+            return y
+    for m in model.modules():
+        if type(m).__name__.endswith("Experts") and not isinstance(m.act_fn, Watched):
+            m.act_fn = Watched(m.act_fn)
+    return made
 
 
 def mxfp4_gpt_oss(folder):
@@ -189,7 +228,15 @@ def test_moe_with_4bit_experts_trains_resumes_and_chats(tmp_path, moe):
 
     from engine.torchside import chat, export
     model, tok, _, _ = chat.load(run, None)
+    reshard(moe)  # the base in two shards with an index, as the hub ships larger models
     export.merged(run, tmp_path / "merged", progress=lambda line: None)
+    index = json.loads((tmp_path / "merged" / "model.safetensors.index.json").read_text())["weight_map"]
+    from safetensors import safe_open
+    written = {}
+    for shard in sorted((tmp_path / "merged").glob("*.safetensors")):
+        with safe_open(str(shard), framework="pt") as f:
+            written.update({k: shard.name for k in f.keys()})
+    assert index == written and len(set(written.values())) == 2  # the index names what was written, where
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged", dtype=torch.float32).eval()
     ids = torch.randint(0, 320, (1, 24), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():

@@ -30,7 +30,8 @@ bypassing transformers' grouped_mm dispatch, which needs the whole 3-D tensor.
 Backward. F.linear(x, W) saves W (or its transpose) for x's gradient. Inside the experts' forward a
 saved-tensor hook replaces a dequantized expert weight by (which, expert, view geometry) and backward
 dequantizes it again: backward holds no 16-bit expert weight beyond the one in use, with or without gradient
-checkpointing. The experts stay frozen (LoRA targets the linears, engine.torchside.model.linear_names).
+checkpointing. Every other tensor the experts save is handed on to the hooks around them (checkpointing's), so
+that a checkpointed layer keeps none of its experts' activations until it is recomputed. The experts stay frozen (LoRA targets the linears, engine.torchside.model.linear_names).
 
 Why not bitsandbytes.nn.parametrize.replace_parameter_4bit (bnb 0.50): it dequantizes the whole 3-D tensor on
 each access (cached for the module's forward), so every forward makes a 16-bit copy of all of the layer's experts
@@ -128,6 +129,7 @@ class _Views:
 
 
 _MARK = object()
+_OUTER = object()
 
 
 class FourBitExperts:
@@ -182,9 +184,23 @@ class FourBitExperts:
         return saved
 
     def forward(self, *args, **kwargs):
+        # torch applies only the innermost saved-tensor hooks: everything else the experts save goes on to the
+        # hooks around them (gradient checkpointing's, which keep nothing until the layer is recomputed), or the
+        # experts' activations would stay alive for every layer until backward
+        outer = torch._C._autograd._top_saved_tensors_default_hooks(False)
+
+        def pack(t):
+            mine = self._pack(t)
+            return mine if mine is not t or outer is None else (_OUTER, outer[0](t))
+
+        def unpack(saved):
+            if isinstance(saved, tuple) and saved and saved[0] is _OUTER:
+                return outer[1](saved[1])
+            return self._unpack(saved)
+
         self.__dict__["_rigtune_made"] = {}
         try:
-            with torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack):
+            with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
                 return self._rigtune_eager(*args, **kwargs)
         finally:
             self.__dict__["_rigtune_made"] = {}
