@@ -14,6 +14,7 @@ same.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from pathlib import Path
@@ -96,11 +97,11 @@ def merged(run_dir: Path, out: Path, checkpoint: str | None = None, into: str = 
     adapter = adapter_dir(run_dir, checkpoint)
     base = base_folder(cfg.model)
     files = shards(base)
-    check_output(out, sum(f.stat().st_size for f in files), force, "merged")
+    check_output(out, merged_size(files), force, "merged")
     deltas, scale = lora_deltas(adapter)
 
     def write(tmp: Path) -> None:
-        done = set()
+        done, weight_map = set(), {}
         for n, shard in enumerate(files, 1):
             tensors = {}
             with safe_open(str(shard), framework="pt") as f:
@@ -117,16 +118,34 @@ def merged(run_dir: Path, out: Path, checkpoint: str | None = None, into: str = 
                         name, t = X.trained_expert(name, t, lambda key: tensor_in(files, key), cfg, into)
                     tensors[name] = t.contiguous()
             save_file(tensors, str(tmp / shard.name), metadata={"format": "pt"})
+            weight_map.update({name: shard.name for name in tensors})
             progress(f"merged {shard.name} ({n}/{len(files)})")
         missing = sorted(set(deltas) - done)
         if missing:
             raise BadInput(f"the adapter has layers the base does not ({missing[0]}, ...); is this the run's base?")
         copy_model_files(base, tmp)
+        if len(files) > 1:  # the index of the tensors as written: MXFP4 experts changed names (blocks -> dense)
+            total = sum((tmp / f.name).stat().st_size for f in files)
+            (tmp / "model.safetensors.index.json").write_text(json.dumps(
+                {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}, indent=2))
         (tmp / "README.md").write_text(model_card(run_dir, cfg, adapter, into))
         M.mark_export(tmp, "merged", run_dir)
 
     C.write_complete(out.with_name(f".tmp-{out.name}"), out, write, f"the merged model {out.name}", C.AFTER_EXPORT)
     return out
+
+
+def merged_size(files) -> int:
+    """Bytes the merged model takes: the shards', plus what MXFP4 experts grow by when written dense in 16 bits
+    (two 4-bit values a byte become two 2-byte values; their scales are dropped)."""
+    from safetensors import safe_open
+    size = sum(f.stat().st_size for f in files)
+    for shard in files:
+        with safe_open(str(shard), framework="pt") as f:
+            for name in f.keys():
+                if name.endswith("_blocks") and ".experts." in name:
+                    size += 3 * math.prod(f.get_slice(name).get_shape())
+    return size
 
 
 def check_output(out: Path, size: int, force: bool, kind: str) -> None:
@@ -146,7 +165,7 @@ def copy_model_files(base: Path, tmp: Path) -> None:
     config = json.loads((base / "config.json").read_text())
     config.pop("quantization_config", None)
     (tmp / "config.json").write_text(json.dumps(config, indent=2))
-    for name in ("model.safetensors.index.json",) + TOKENIZER_FILES:
+    for name in TOKENIZER_FILES:  # the index is written from the shards as merged
         if (base / name).exists():
             shutil.copy2(base / name, tmp / name)
     if (base / "additional_chat_templates").is_dir():  # transformers' named chat templates beside the default
