@@ -79,6 +79,8 @@ def shape_id(arch) -> str:
     # the fields today's blocks added (engine.planner.blocks), where they are set: an older shape keeps its key
     numbers |= {f.name: getattr(arch, f.name) for f in dataclasses.fields(arch) if f.name not in SHAPE_FIELDS
                 and f.name not in NOT_SHAPE and getattr(arch, f.name) != f.default}
+    if arch.experts:  # experts packed to 4 bits as they load since issue 25: figures measured before do not apply
+        numbers["expert_storage"] = "4-bit at load"
     digest = hashlib.sha1(json.dumps(numbers, sort_keys=True).encode()).hexdigest()[:10]
     return f"{arch.model_type} {arch.layers}x{arch.hidden} {digest}"
 

@@ -135,3 +135,25 @@ def test_gemma4_per_layer_inputs_and_kv_shared_layers_are_counted():
            "enable_moe_block": True, "num_experts": 4, "top_k_experts": 2, "moe_intermediate_size": 32}
     for config in (dense, moe):
         assert P.arch_from_config(config, "tiny").total_params == real_count(config)
+
+
+@pytest.mark.parametrize("config,says", [
+    ({"model_type": "foo", "num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 4, "vocab_size": 100},
+     "lacks 'intermediate_size'"),  # an unknown model type without an MLP width: not planned with none
+    ({**json.loads((CONFIGS / "Gemma-4-31B.json").read_text()), "text_config": {
+        **json.loads((CONFIGS / "Gemma-4-31B.json").read_text())["text_config"], "per_layer_config": {"0": None}}},
+     "cannot read as a model's shape"),
+])
+def test_a_config_it_cannot_read_is_refused_with_the_file_named(tmp_path, config, says):
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    res = rigtune("plan", "--model", str(tmp_path / "config.json"), "--gpus", "1x24")
+    assert res.returncode == 2 and says in res.stderr and "config.json" in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_only_gpt_oss_mxfp4_checkpoints_are_taken():
+    from engine.planner.arch import trainable
+    gpt_oss = json.loads((CONFIGS / "gpt-oss-20b.json").read_text())
+    assert trainable(gpt_oss)[0] is None
+    other = {**json.loads((CONFIGS / "Qwen3-30B-A3B.json").read_text()), "quantization_config": {"quant_method": "mxfp4"}}
+    assert "already quantized (mxfp4)" in trainable(other)[0]

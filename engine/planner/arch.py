@@ -56,6 +56,9 @@ def arch_from_config(config: dict, name: str, hf_id: str = "") -> Arch:
     except (KeyError, TypeError) as e:
         raise BadInput(f"config.json lacks {e.args[0]!r}; rigtune plans decoder-only language models "
                        f"({', '.join(sorted(FAMILIES))}).", path=name) from None
+    except (AttributeError, ValueError) as e:  # a key of the wrong kind (a list where a table belongs, ...)
+        raise BadInput(f"config.json holds a value rigtune cannot read as a model's shape ({e}); give the model's "
+                       "own config.json as published.", path=name) from None
 
 
 def catalog_model(spec: str) -> Arch | None:
@@ -118,7 +121,8 @@ def trainable(config: dict, strategy: str = "single", trust_remote_code: bool = 
     text = config.get("text_config") or config
     model_type = str(config.get("model_type") or "")
     quant = config.get("quantization_config") or text.get("quantization_config")
-    if quant and quant.get("quant_method") != "mxfp4":  # MXFP4 experts (gpt-oss) are read into NF4 as they load
+    if quant and not (quant.get("quant_method") == "mxfp4" and "gpt_oss" in (model_type, text.get("model_type"))):
+        # gpt-oss's MXFP4 experts are read into NF4 as they load (engine.torchside.experts); nothing else is
         return (f"this checkpoint is already quantized ({quant.get('quant_method', 'quantized')}); QLoRA loads a 16-bit "
                 "checkpoint and quantizes it to NF4 itself: use the original (bf16) repository."), None
     if config.get("is_encoder_decoder"):

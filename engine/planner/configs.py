@@ -47,10 +47,13 @@ def _mappings() -> tuple:
     if path is None or not path.is_file():
         return {}, {}
     found = {}
-    for node in ast.parse(path.read_text()).body:
-        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
-            if node.targets[0].id in ("CONFIG_MAPPING_NAMES", "SPECIAL_MODEL_TYPE_TO_MODULE_NAME"):
-                found[node.targets[0].id] = _literal_dict(node.value)
+    try:  # another transformers release may write these differently: then the file's own keys, as without it
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
+                if node.targets[0].id in ("CONFIG_MAPPING_NAMES", "SPECIAL_MODEL_TYPE_TO_MODULE_NAME"):
+                    found[node.targets[0].id] = _literal_dict(node.value)
+    except (SyntaxError, ValueError, TypeError):
+        return {}, {}
     return found.get("CONFIG_MAPPING_NAMES", {}), found.get("SPECIAL_MODEL_TYPE_TO_MODULE_NAME", {})
 
 
@@ -258,6 +261,8 @@ def build_arch(config: dict, name: str, hf_id: str = "") -> Arch:
     k_eq_v = bool(text.get("attention_k_eq_v")) and gemma4
     types = layer_types(text, text_type)
     linear = any(t == LINEAR for t in types)
+    if not (text.get("intermediate_size") or (experts and text.get("moe_intermediate_size"))):
+        raise KeyError("intermediate_size")  # no MLP width: not a shape the planner can count
     return Arch(
         name=name, hf_id=hf_id, layers=text["num_hidden_layers"], hidden=hidden,
         intermediate=int(text.get("intermediate_size") or 0) if (not experts or gemma4) else
