@@ -250,6 +250,7 @@ def test_chunked_answer_log_probabilities_equal_one_pass_with_the_same_gradients
     assert loaded.head is not None  # the chunked path: the head held aside
     rows = [_encoded([5, 9, 13], [40, 41, 42, 43]), _encoded([7, 8], [30, 31])]
     params = [p for p in loaded.model.parameters() if p.requires_grad]
+    torch.manual_seed(0)  # the same adapter weights every run
     with torch.no_grad():
         for p in params:
             p.normal_(0, 0.05)
@@ -261,4 +262,5 @@ def test_chunked_answer_log_probabilities_equal_one_pass_with_the_same_gradients
         (logps * torch.arange(1, logps.numel() + 1)).sum().backward()
         out.append((logps.detach(), [p.grad.clone() for p in params]))
     assert torch.allclose(out[0][0], out[1][0], atol=1e-6) and out[0][0].numel() == 6
-    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(out[0][1], out[1][1]))
+    # fp32 sums in another order: equal to rounding, relative to each gradient's size
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().max())) for a, b in zip(out[0][1], out[1][1]))
