@@ -45,7 +45,10 @@ NOT_WEIGHTS = (".bin", ".pth", ".pt", ".ckpt", ".gguf", ".h5", ".msgpack", ".onn
 
 def cached_file(repo: str, filename: str, revision: str | None = None) -> Path | None:
     from huggingface_hub import try_to_load_from_cache
-    hit = try_to_load_from_cache(repo, filename, revision=revision)
+    try:
+        hit = try_to_load_from_cache(repo, filename, revision=revision)
+    except ValueError:  # an id or revision the hub client refuses (HFValidationError): nothing of it is cached
+        return None
     return Path(hit) if isinstance(hit, str) else None
 
 

@@ -7,8 +7,11 @@ from pathlib import Path
 
 from .errors import BadInput
 
-# a hub id: "name" or "owner/name", letters, digits, '-', '_', '.' (the hub's own rule), at most 96 characters
-HUB_ID = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9._-]{0,95}/)?[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+# a hub id: "name" or "owner/name", letters, digits, '-', '_', '.', at most 96 characters each, not ending in
+# '-' or '.' and without '--' or '..' (the hub's own rule: huggingface_hub refuses anything else with an exception,
+# which a half-typed id in the wizard's model field must never reach)
+_PART = r"(?!.*(?:--|\.\.))[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9_])?"
+HUB_ID = re.compile(rf"^(?:{_PART}/)?{_PART}$")
 DEMO_MODEL = "rigtune:tiny-demo"  # the placeholder presets use (engine.runvalues), built at launch
 # in a folder that holds a model's config.json and no weights: loading it gives random weights of that shape
 # (engine.probe builds such folders; engine.torchside.shape loads them)

@@ -157,3 +157,14 @@ def test_only_gpt_oss_mxfp4_checkpoints_are_taken():
     assert trainable(gpt_oss)[0] is None
     other = {**json.loads((CONFIGS / "Qwen3-30B-A3B.json").read_text()), "quantization_config": {"quant_method": "mxfp4"}}
     assert "already quantized (mxfp4)" in trainable(other)[0]
+
+
+@pytest.mark.parametrize("typed", ["openai/", "openai/gpt-oss-", "openai/gpt-oss.", "a--b/model"])
+def test_a_half_typed_hub_id_is_a_one_line_error_not_the_hub_clients_exception(typed):
+    """What the wizard's model field holds while someone types: the planner answers with BadInput (the fit meter
+    shows it), never with huggingface_hub's HFValidationError (which crashed the wizard)."""
+    from engine.errors import BadInput
+    with pytest.raises(BadInput):
+        P.resolve_model(typed)
+    res = rigtune("plan", "--model", typed, "--gpus", "1x24")
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
