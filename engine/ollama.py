@@ -40,6 +40,10 @@ DATE_PARTS = {"%Y": "slice $today 0 4", "%m": "slice $today 5 7", "%d": "slice $
 USED_DATE = re.compile(r"\x01(\d+)\x01")
 
 
+class Refused(ValueError):
+    """A chat template's own raise_exception(...): what the template refuses, e.g. Gemma 2 a system message."""
+
+
 class Unfit(BadInput):
     """The chat template cannot be written as an Ollama TEMPLATE that renders the same."""
 
@@ -62,7 +66,7 @@ def render(template: str, messages: list, generation_prompt: bool, bos: str = ""
         if formats is not None:
             formats.add(fmt)
         return (now or datetime.datetime.now()).strftime(fmt)
-    env.globals["raise_exception"] = lambda msg: (_ for _ in ()).throw(ValueError(msg))
+    env.globals["raise_exception"] = lambda msg: (_ for _ in ()).throw(Refused(msg))
     env.globals["strftime_now"] = strftime_now
     return env.from_string(template).render(messages=messages, add_generation_prompt=generation_prompt,
                                             bos_token=bos, eos_token=eos)
@@ -114,8 +118,10 @@ def _system(r) -> dict:
     """Where the template puts a system prompt, from renderings with one and two user turns."""
     try:
         one = r([_msg("system", SYS)] + _turns(1))
-    except Exception:  # the template refuses a system message (Gemma 2): the Modelfile drops one
+    except Refused:  # the template itself refuses a system message (Gemma 2): the Modelfile drops one
         return {"system": None}
+    except Exception as e:  # anything else is a template this reading cannot follow: refused, not guessed
+        raise Unfit(f"rendering it with a system prompt fails ({type(e).__name__}: {e})") from None
     if SYS not in one:
         raise Unfit("it drops the system prompt")
     pre, post, _ = _cut(one, SYS, U1)

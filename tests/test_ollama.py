@@ -138,3 +138,9 @@ def test_a_template_ollama_cannot_render_the_same_is_refused_with_the_reason():
     dropped = "{% for m in messages %}{% if m.role != 'system' %}{{ m.content }}{% endif %}{% endfor %}"
     with pytest.raises(BadInput, match="drops the system prompt"):
         modelfile("./m.gguf", dropped, {})
+    # a template that fails on a system message other than by its own raise_exception: refused, not taken as
+    # one that refuses system prompts (whose Modelfile would drop them)
+    broken = ("{% for m in messages %}{% if m.role == 'system' %}{{ m.content + 1 }}{% else %}{{ m.content }}"
+              "{% endif %}{% endfor %}")
+    with pytest.raises(BadInput, match="fails \\(TypeError"):
+        modelfile("./m.gguf", broken, {})
