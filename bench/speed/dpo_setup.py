@@ -78,7 +78,7 @@ def timed_alone(argv_for, env, cwd, tries: int = 4, wait_s: float = 600) -> dict
             done.set()
         thread.join()
         r["tries"], r["contended"] = attempt, sorted(set(seen))
-        if not seen:
+        if not seen or attempt == tries:
             return r
         print(f"  (another job was busy during the run, trying again: {r['contended'][:2]})", flush=True)
     return r

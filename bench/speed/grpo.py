@@ -35,65 +35,23 @@ import os
 import platform
 import statistics
 import tempfile
-import threading
-import time
 from pathlib import Path
 
-from dpo_setup import HERE, PY, ROOT, bench_env, events  # noqa: F401  (ROOT on sys.path)
-from run import timed
+from dpo_setup import HERE, PY, ROOT, bench_env, events, timed_alone  # noqa: F401  (ROOT on sys.path)
 
 SETTINGS = {"eval_every_steps": 0, "save_every_steps": 0, "sample_max_new_tokens": 0}
 TRL_SIDES = {"trl": [], "trl-fp32": ["fp32-adapter"]}
 NAMES = {"rigtune": "rigtune", "trl": "TRL GRPOTrainer (its default: bf16 adapter weights)",
          "trl-fp32": "TRL, adapter weights cast back to fp32 (diagnostic)"}
-BUSY = 25.0   # % of a core: a process outside this bench using more is another job on this shared machine
-
-
-def others_busy() -> list:
-    """Processes outside this bench's own tree using more than BUSY % of a core over the last second."""
-    import psutil
-    me = psutil.Process()
-    mine = {me.pid, *(c.pid for c in me.children(recursive=True))}
-    procs = [p for p in psutil.process_iter(["pid"]) if p.pid not in mine]
-    for p in procs:
-        try:
-            p.cpu_percent(None)
-        except psutil.Error:
-            pass
-    time.sleep(1.0)
-    busy = []
-    for p in procs:
-        try:
-            if p.cpu_percent(None) > BUSY:
-                busy.append(" ".join(p.cmdline()[:4])[:120] or p.name())
-        except psutil.Error:
-            pass
-    return busy
-
-
 WAIT_S = 120.0   # --wait
 
 
 def timed_watched(argv, wait_s: float | None = None) -> dict:
     """timed(argv), after waiting (up to wait_s) for no other job to be busy; the other jobs seen busy during
-    the run are recorded ("contended"), not retried (TRL's default run takes minutes here)."""
-    deadline = time.time() + (WAIT_S if wait_s is None else wait_s)
-    while others_busy() and time.time() < deadline:
-        time.sleep(5)
-    seen, done = [], threading.Event()
-
-    def watch():
-        while not done.is_set():
-            seen.extend(others_busy())
-
-    thread = threading.Thread(target=watch, daemon=True)
-    thread.start()
-    try:
-        r = timed(argv, bench_env(), ROOT)
-    finally:
-        done.set()
-    thread.join()
-    r["contended"] = sorted(set(seen))
+    the run are recorded ("contended"), not retried (TRL's default run takes minutes here): dpo_setup's
+    timed_alone with one try."""
+    r = timed_alone(lambda attempt: argv, bench_env(), ROOT, tries=1, wait_s=WAIT_S if wait_s is None else wait_s)
+    r.pop("tries")
     return r
 
 
