@@ -261,6 +261,7 @@ def build_arch(config: dict, name: str, hf_id: str = "") -> Arch:
     k_eq_v = bool(text.get("attention_k_eq_v")) and gemma4
     types = layer_types(text, text_type)
     linear = any(t == LINEAR for t in types)
+    global_heads = global_attention(text) if gemma4 else (0, 0)
     if not (text.get("intermediate_size") or (experts and text.get("moe_intermediate_size"))):
         raise KeyError("intermediate_size")  # no MLP width: not a shape the planner can count
     return Arch(
@@ -279,8 +280,7 @@ def build_arch(config: dict, name: str, hf_id: str = "") -> Arch:
         sliding_window=int(text.get("sliding_window") or 0) if SLIDING in types else 0,
         attn_gate=linear and (text_type.startswith("qwen3_5") or bool(text.get("attn_output_gate"))),  # transformers
         # builds Qwen3.5's q_proj gated whatever the file says (its config class has no attn_output_gate)
-        global_head_dim=global_attention(text)[0] if gemma4 else 0,
-        global_kv_heads=global_attention(text)[1] if gemma4 else 0, k_eq_v=k_eq_v,
+        global_head_dim=global_heads[0], global_kv_heads=global_heads[1], k_eq_v=k_eq_v,
         linear_k_heads=int(text.get("linear_num_key_heads") or 0) if linear else 0,
         linear_v_heads=int(text.get("linear_num_value_heads") or 0) if linear else 0,
         linear_k_dim=int(text.get("linear_key_head_dim") or 0) if linear else 0,
